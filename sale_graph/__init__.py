@@ -1,0 +1,36 @@
+"""sale_graph: Strategy Auctions for Workload Efficiency (SALE) as a LangGraph graph.
+
+Agents bid short plans, a jury of all agents scores them (cost minus value),
+cheaper losers refine from a Chroma memory of past auctions, the winner executes.
+"""
+
+from sale_graph.agents import Agent
+from sale_graph.context import Context
+from sale_graph.errors import (
+    InvalidTaskError,
+    MemoryUnavailableError,
+    ModelFileError,
+    NoBidsError,
+    PoolConfigError,
+    SaleError,
+)
+from sale_graph.graph import build_graph, graph, run_auction
+from sale_graph.scoring import Weights
+from sale_graph.state import AuctionInput, AuctionOutput
+
+__all__ = [
+    "Agent",
+    "AuctionInput",
+    "AuctionOutput",
+    "Context",
+    "InvalidTaskError",
+    "MemoryUnavailableError",
+    "ModelFileError",
+    "NoBidsError",
+    "PoolConfigError",
+    "SaleError",
+    "Weights",
+    "build_graph",
+    "graph",
+    "run_auction",
+]

@@ -1,0 +1,87 @@
+"""One model call, the way every auction step makes it.
+
+A deadline on every call (a model that hangs must not hang the auction), the
+reply's text, and its token usage: from ``usage_metadata`` when the backend
+reports it, otherwise estimated from the text and flagged as an estimate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage
+
+from sale_graph.agents import Agent
+
+LOCAL_LLM_TYPE = "llama-cpp-local"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A model's answer with what the audit needs to know about it."""
+
+    text: str
+    input_tokens: int
+    output_tokens: int
+    tokens_estimated: bool
+    metadata: dict[str, Any]
+    started: float
+    ended: float
+
+
+def message_text(message: BaseMessage) -> str:
+    """Plain text of a reply whose content may be a string or a list of blocks."""
+    content = message.content
+    if isinstance(content, str):
+        return content
+    parts = []
+    for block in content:
+        if isinstance(block, str):
+            parts.append(block)
+        elif isinstance(block, dict) and block.get("type") == "text":
+            parts.append(str(block.get("text", "")))
+    return "".join(parts)
+
+
+def estimate_tokens(text: str) -> int:
+    """Rough token count (~0.75 words per token) when a backend reports none."""
+    return max(1, round(len(text.split()) * 4 / 3)) if text.strip() else 0
+
+
+def is_local(agent: Agent) -> bool:
+    """True for in-process llama.cpp models (they accept a GBNF ``grammar``)."""
+    return getattr(agent.model, "_llm_type", "") == LOCAL_LLM_TYPE
+
+
+async def call(
+    agent: Agent, messages: Sequence[BaseMessage], *, timeout: float, **kwargs: Any
+) -> Reply:
+    """Invoke the agent's model with a deadline; raises TimeoutError past it."""
+    started = time.time()
+    message = await asyncio.wait_for(agent.model.ainvoke(list(messages), **kwargs), timeout)
+    ended = time.time()
+    if not isinstance(message, AIMessage):
+        raise TypeError(f"{agent.name} returned {type(message).__name__}, not an AIMessage")
+    text = message_text(message)
+    usage = message.usage_metadata or {}
+    estimated = not usage
+    return Reply(
+        text=text,
+        input_tokens=int(usage.get("input_tokens", 0)),
+        output_tokens=int(usage.get("output_tokens", 0)) if usage else estimate_tokens(text),
+        tokens_estimated=estimated,
+        metadata=dict(message.response_metadata or {}),
+        started=started,
+        ended=ended,
+    )
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for the audit: the exception type and message."""
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return f"timeout: {exc}" if str(exc) else "timeout"
+    return f"{type(exc).__name__}: {exc}"

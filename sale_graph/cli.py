@@ -1,0 +1,189 @@
+"""The ``sale`` command: run an auction, inspect the auction memory.
+
+``sale run "TASK"`` streams progress to stderr while the models work, then prints
+the auction table and the answer (or, with ``--json``, the audit record) to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from sale_graph.context import Context, default_memory_path
+from sale_graph.errors import SaleError
+
+
+def _context(args: argparse.Namespace) -> Context:
+    return Context(
+        pool=args.pool,
+        weights=args.weights,
+        memory_path=args.memory,
+        memory_url=args.memory_url,
+        collection=args.collection,
+        refine=not args.no_refine,
+        remember=not args.no_remember,
+        k=args.k,
+        jury=args.jury,
+    )
+
+
+def _progress(update: dict[str, Any], t0: float) -> str | None:
+    """One human line per finished graph step."""
+    (node, data), = update.items()
+    data = data or {}
+    when = f"[{time.time() - t0:6.1f}s]"
+    if node == "open_auction":
+        return f"{when} auction opened; agents are writing bids"
+    if node in ("bid", "refine"):
+        for b in data.get("bids", []):
+            kind = "refined bid" if node == "refine" else "bid"
+            return f"{when} {kind} from {b['agent']}: {b['tokens']} tokens"
+        for e in data.get("events", []):
+            return f"{when} {e['agent']} dropped out ({e['detail']})"
+    if node == "vote":
+        for v in data.get("votes", []):
+            shown = v["score"] if v["score"] is not None else "dropped"
+            return f"{when} {v['juror']} votes {shown} on {v['bid_id']}"
+    if node == "score":
+        return f"{when} bids scored"
+    if node == "memory_retrieve":
+        n = (data.get("retrieved") or {}).get("count", 0)
+        return f"{when} memory: {n} similar past auctions retrieved"
+    if node == "execute":
+        return f"{when} {data.get('winner')} executed its plan"
+    if node == "remember":
+        return f"{when} auction stored in memory"
+    return None
+
+
+def format_table(audit: dict[str, Any]) -> str:
+    """The auction table: one row per bid."""
+    head = ("agent", "round", "$/Mtok", "tokens", "entropy", "jury", "score", "refined", "winner")
+    rows = [head]
+    for b in audit["bids"]:
+        rows.append((
+            b["agent"], str(b["round"]), f"{b['price']:.4f}", str(b["tokens"]),
+            "-" if b["entropy"] is None else f"{b['entropy']:.3f}",
+            "-" if b["jury_mean"] is None else f"{b['jury_mean']:.2f}",
+            "-" if b["score"] is None else f"{b['score']:.3f}",
+            "yes" if b["refined"] else "",
+            "<==" if b["id"] == audit["winning_bid"] else "",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from sale_graph.graph import graph
+
+    context = _context(args)
+    t0 = time.time()
+    final: dict[str, Any] = {}
+    async for mode, chunk in graph.astream(
+        {"task": args.task}, context=context, stream_mode=["updates", "values"]
+    ):
+        if mode == "updates":
+            line = _progress(chunk, t0) if len(chunk) == 1 else None
+            if line and not args.quiet:
+                print(line, file=sys.stderr, flush=True)
+            if "remember" in chunk:
+                final = chunk["remember"]
+    audit = final["auction"]
+    if args.json:
+        print(json.dumps({"winner": final["winner"], "answer": final["answer"],
+                          "auction": audit}, indent=2, default=str))
+        return 0
+    totals, phases = audit["totals"], audit["phases"]
+    print(format_table(audit))
+    print()
+    print(f"winner: {audit['winner']} (provisional: {audit['provisional_winner']}; "
+          f"refined: {', '.join(audit['refiners']) or 'nobody'})")
+    print("time:   " + ", ".join(f"{p} {phases[p]['seconds']:.1f}s" for p in phases))
+    print(f"tokens: auction {totals['auction_tokens']}, execution {totals['execution_tokens']} "
+          f"(auction share {totals['overhead_token_share']:.1%}); "
+          f"cost ${totals['total_cost_usd']:.8f}")
+    for event in audit["events"]:
+        print(f"note:   {event['kind']}: {event.get('agent') or ''} {event['detail']}".rstrip())
+    print()
+    print("answer:")
+    print(final["answer"] if final["answer"] is not None else "(execution failed)")
+    return 0
+
+
+def _memory(args: argparse.Namespace) -> int:
+    context = _context(args)
+    memory = context.resolved_memory()
+    memory.ping()
+    if args.memory_command == "stats":
+        print(json.dumps(memory.stats(), indent=2))
+        return 0
+    for past in memory.search(args.text, args.k):
+        print(f"{past.similarity:.3f}  {past.auction_id}  winner={past.winner}  "
+              f"{past.task[:100]!r}")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pool", default="local",
+                   help="'local', 'local-small' or a JSON/TOML pool file (default: local)")
+    p.add_argument("--memory", default=default_memory_path(),
+                   help="directory of the embedded auction memory")
+    p.add_argument("--memory-url", default=None, help="Chroma server URL (http://host:port)")
+    p.add_argument("--collection", default="sale_auctions")
+    p.add_argument("--weights", default=None, help="weights JSON file (from `sale fit`)")
+    p.add_argument("-k", type=int, default=8, help="past auctions retrieved per refinement")
+    p.add_argument("--jury", default="all", choices=["all", "self", "peers", "none"])
+    p.add_argument("--no-refine", action="store_true", help="skip memory refinement")
+    p.add_argument("--no-remember", action="store_true", help="do not store this auction")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(prog="sale", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one strategy auction and execute the winner")
+    run.add_argument("task")
+    run.add_argument("--json", action="store_true", help="print the audit record as JSON")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    _common(run)
+    mem = sub.add_parser("memory", help="inspect the auction memory")
+    msub = mem.add_subparsers(dest="memory_command", required=True)
+    stats = msub.add_parser("stats", help="auctions stored, wins per agent")
+    _common(stats)
+    search = msub.add_parser("search", help="past auctions most similar to TEXT")
+    search.add_argument("text")
+    _common(search)
+    try:
+        from sale_graph.bench.cli import add_bench_commands
+    except ImportError:
+        pass
+    else:
+        add_bench_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sale`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return asyncio.run(_run(args))
+        if args.command == "memory":
+            return _memory(args)
+        return int(args.handler(args) or 0)
+    except SaleError as exc:
+        print(f"sale: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Runtime context of an auction: the pool, the weights, the memory, the limits.
+
+Passed as ``context=Context(...)`` to ``invoke``/``stream`` (LangGraph's runtime
+context API), so one compiled graph serves many configurations. Every field has
+a JSON-able default so LangGraph Studio can render and edit it; the ``agents``,
+``memory`` and ``executor`` fields take live objects for programmatic use and
+win over their string counterparts.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from sale_graph.agents import Agent, validate_pool
+from sale_graph.errors import PoolConfigError
+from sale_graph.scoring import Weights
+
+JuryMode = Literal["all", "self", "peers", "none"]
+
+
+def default_memory_path() -> str:
+    """Where the embedded auction memory lives unless told otherwise."""
+    return os.environ.get("SALE_MEMORY_PATH", str(Path.home() / ".sale_graph" / "memory"))
+
+
+@dataclass(kw_only=True)
+class Context:
+    """Everything an auction needs besides the task."""
+
+    pool: str = field(
+        default="local",
+        metadata={"description": "Agent pool: 'local' (3 embedded GGUF models), 'local-small' "
+                  "(the two smallest), or a path to a JSON/TOML pool file."},
+    )
+    agents: Any = field(
+        default=None,
+        metadata={"description": "A sequence of Agent objects; overrides `pool`."},
+    )
+    weights: Any = field(
+        default=None,
+        metadata={"description": "Score weights: a Weights, a dict {cost, entropy, jury, "
+                  "jury_default} or a path to a JSON file written by `sale fit`."},
+    )
+    memory_path: str = field(
+        default_factory=default_memory_path,
+        metadata={"description": "Directory of the embedded Chroma auction memory."},
+    )
+    memory_url: str | None = field(
+        default=None,
+        metadata={"description": "URL of a Chroma server (http://host:port); overrides "
+                  "memory_path."},
+    )
+    collection: str = field(
+        default="sale_auctions", metadata={"description": "Chroma collection of the memory."}
+    )
+    memory: Any = field(
+        default=None, metadata={"description": "An AuctionMemory object; overrides the above."}
+    )
+    k: int = field(default=8, metadata={"description": "Past auctions retrieved per refinement."})
+    max_pairs: int = field(
+        default=3,
+        metadata={"description": "(losing, winning) pairs shown in one refinement prompt; small "
+                  "models have short contexts."},
+    )
+    refine: bool = field(default=True, metadata={"description": "Run memory refinement."})
+    remember: bool = field(default=True, metadata={"description": "Write the auction to memory."})
+    jury: JuryMode = field(
+        default="all",
+        metadata={"description": "Who votes on a bid: all agents, the bidder only ('self'), "
+                  "everyone but the bidder ('peers'), or nobody."},
+    )
+    max_bid_tokens: int = field(default=160, metadata={"description": "Length cap of a bid."})
+    max_answer_tokens: int = field(
+        default=512, metadata={"description": "Length cap of the default executor's answer."}
+    )
+    call_timeout: float = field(
+        default=300.0, metadata={"description": "Seconds one bid/vote/refine call may take."}
+    )
+    execute_timeout: float = field(
+        default=900.0, metadata={"description": "Seconds the execution phase may take."}
+    )
+    max_task_chars: int = field(
+        default=20_000, metadata={"description": "Longer tasks are rejected."}
+    )
+    executor: Any = field(
+        default=None,
+        metadata={"description": "A Runnable/compiled subgraph that executes the winning plan "
+                  "for every agent without an executor of its own."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise PoolConfigError("k must be >= 1")
+        if self.max_pairs < 1:
+            raise PoolConfigError("max_pairs must be >= 1")
+        if self.jury not in ("all", "self", "peers", "none"):
+            raise PoolConfigError(f"jury must be all, self, peers or none, got {self.jury!r}")
+        if self.max_bid_tokens < 8:
+            raise PoolConfigError("max_bid_tokens must be >= 8")
+
+    def resolved_weights(self) -> Weights:
+        """The weight vector, parsed once per call site (cheap)."""
+        return Weights.coerce(self.weights)
+
+    def resolved_agents(self) -> tuple[Agent, ...]:
+        """The validated pool, loading models only the first time a preset/file is used."""
+        if self.agents is not None:
+            return validate_pool(self.agents)
+        return _pool_from_spec(self.pool)
+
+    def resolved_memory(self) -> Any:
+        """The AuctionMemory to use (opened lazily; opening touches no model)."""
+        if self.memory is not None:
+            return self.memory
+        from sale_graph.memory import AuctionMemory
+
+        key = (self.memory_url or "", self.memory_path, self.collection)
+        with _LOCK:
+            if key not in _MEMORIES:
+                if self.memory_url:
+                    _MEMORIES[key] = AuctionMemory.from_url(
+                        self.memory_url, collection=self.collection
+                    )
+                else:
+                    _MEMORIES[key] = AuctionMemory.persistent(
+                        self.memory_path, collection=self.collection
+                    )
+            return _MEMORIES[key]
+
+
+# Process-wide caches, deliberately: a GGUF model is hundreds of MB and a Chroma
+# client holds file handles, so every auction in a process shares one of each per
+# configuration instead of reloading them.
+_LOCK = threading.Lock()
+_POOLS: dict[tuple[str, float], tuple[Agent, ...]] = {}
+_MEMORIES: dict[tuple[str, str, str], Any] = {}
+
+PRESETS = ("local", "local-small")
+
+
+def _pool_from_spec(spec: str) -> tuple[Agent, ...]:
+    if spec in PRESETS:
+        key = (spec, 0.0)
+    else:
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise PoolConfigError(
+                f"pool {spec!r} is neither a preset ({', '.join(PRESETS)}) nor an existing "
+                "JSON/TOML pool file"
+            )
+        key = (str(path.resolve()), path.stat().st_mtime)
+    with _LOCK:
+        if key not in _POOLS:
+            if spec in PRESETS:
+                from sale_graph.local import default_pool
+
+                agents: Sequence[Agent] = default_pool(spec)
+            else:
+                from sale_graph.endpoint import load_pool_file
+
+                agents = load_pool_file(key[0])
+            _POOLS[key] = validate_pool(agents)
+        return _POOLS[key]

@@ -1,0 +1,320 @@
+"""The SALE auction as a LangGraph state graph (SALE.md, steps 1-7).
+
+    open_auction ─Send per agent─▶ bid ─▶ jury ─Send per (juror, bid)─▶ vote ─▶ score
+    score ─(cheaper agents may refine)─▶ memory_retrieve ─Send per refiner─▶ refine ─▶ jury
+    score ─(final)─▶ execute ─▶ remember ─▶ END
+
+``jury`` and ``score`` serve both rounds: original bids (round 0) and refined
+bids (round 1) are voted on and scored the same way. ``build_graph()`` returns the
+uncompiled graph for embedding (the parent compiles it with its own checkpointer
+and store); ``graph`` is compiled without either, for ``langgraph dev``/Studio.
+Nodes are async; use ``ainvoke``/``astream`` (or :func:`run_auction` from sync code).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+from langgraph.types import Command, Send
+
+from sale_graph.audit import build_audit, memory_bids
+from sale_graph.bidding import bid_id, write_bid
+from sale_graph.calls import describe_error
+from sale_graph.context import Context
+from sale_graph.errors import InvalidTaskError, MemoryUnavailableError, NoBidsError
+from sale_graph.execution import execute as run_executor
+from sale_graph.jury import cast_vote, jurors_for
+from sale_graph.prompts import bid_messages, refine_messages
+from sale_graph.refinement import contrastive_pairs, eligible_refiners
+from sale_graph.scoring import best, score_bid
+from sale_graph.state import (
+    AuctionInput,
+    AuctionOutput,
+    AuctionState,
+    BidRequest,
+    Event,
+    VoteRequest,
+)
+
+
+def _context(runtime: Runtime[Context] | None, default: Context | None) -> Context:
+    """The run's Context: given at invoke time, else the one bound at build time."""
+    ctx = getattr(runtime, "context", None)
+    if isinstance(ctx, Context):
+        return ctx
+    if isinstance(ctx, Mapping):  # e.g. JSON from the LangGraph server
+        base = default or Context()
+        known = {k: v for k, v in ctx.items() if k in Context.__dataclass_fields__}
+        return Context(**{**{f: getattr(base, f) for f in Context.__dataclass_fields__}, **known})
+    return default or Context()
+
+
+def validate_task(task: Any, max_chars: int) -> str:
+    """Reject empty, whitespace-only, non-string and oversized tasks before any model runs."""
+    if not isinstance(task, str):
+        raise InvalidTaskError(f"task must be a string, got {type(task).__name__}")
+    text = task.strip()
+    if not text:
+        raise InvalidTaskError("task is empty: give the auction something to do")
+    if len(text) > max_chars:
+        raise InvalidTaskError(
+            f"task is {len(text)} characters long; the limit is {max_chars} "
+            "(Context.max_task_chars)"
+        )
+    return text
+
+
+def build_graph(context: Context | None = None) -> StateGraph:
+    """Return the uncompiled auction graph.
+
+    Args:
+        context: defaults for runs that pass no ``Context`` of their own (useful
+            when the graph is a subgraph of an app with a different context schema).
+    """
+    bound = context
+
+    async def open_auction(
+        state: AuctionInput, runtime: Runtime[Context]
+    ) -> Command[Literal["bid"]]:
+        """Validate everything that can be validated before paying for a model call."""
+        ctx = _context(runtime, bound)
+        task = validate_task(state.get("task"), ctx.max_task_chars)
+        agents = ctx.resolved_agents()
+        ctx.resolved_weights()
+        if ctx.refine or ctx.remember:
+            memory = ctx.resolved_memory()
+            await asyncio.to_thread(memory.ping)
+        update = {
+            "task": task,
+            "auction_id": uuid.uuid4().hex,
+            "started": time.time(),
+            "round": 0,
+        }
+        sends = [Send("bid", BidRequest(task=task, agent=a.name, round=0)) for a in agents]
+        return Command(update=update, goto=sends)
+
+    async def bid(request: BidRequest, runtime: Runtime[Context]) -> dict[str, Any]:
+        """Step 1: one agent writes its plan; failure drops it from the auction."""
+        ctx = _context(runtime, bound)
+        agent = {a.name: a for a in ctx.resolved_agents()}[request["agent"]]
+        try:
+            new = await write_bid(
+                agent, bid_messages(agent.name, request["task"]), round_=0,
+                max_tokens=ctx.max_bid_tokens, timeout=ctx.call_timeout,
+            )
+        except Exception as exc:  # noqa: BLE001 - a failing agent drops out, the auction goes on
+            return {"events": [Event(kind="bid_failed", agent=agent.name,
+                                     detail=describe_error(exc))]}
+        return {"bids": [new]}
+
+    async def jury(state: AuctionState, runtime: Runtime[Context]) -> Command[Literal["vote", "score"]]:
+        """Step 2a: send every new bid to every juror (all agents still in the auction)."""
+        ctx = _context(runtime, bound)
+        round_ = state.get("round", 0)
+        bids = [b for b in state.get("bids", []) if b["round"] == round_]
+        if round_ == 0 and not bids:
+            failures = "; ".join(
+                f"{e.get('agent')}: {e.get('detail')}"
+                for e in state.get("events", []) if e.get("kind") == "bid_failed"
+            )
+            raise NoBidsError(f"every agent failed to bid ({failures})")
+        bidders = [b["agent"] for b in state.get("bids", []) if b["round"] == 0]
+        sends = [
+            Send("vote", VoteRequest(task=state["task"], juror=juror, bid=b))
+            for b in bids
+            for juror in jurors_for(b["agent"], bidders, ctx.jury)
+        ]
+        return Command(goto=sends or "score")
+
+    async def vote(request: VoteRequest, runtime: Runtime[Context]) -> dict[str, Any]:
+        """Step 2b: one juror's 0-5 vote on one bid (dropped votes are recorded)."""
+        ctx = _context(runtime, bound)
+        juror = {a.name: a for a in ctx.resolved_agents()}[request["juror"]]
+        cast = await cast_vote(juror, request["task"], request["bid"], timeout=ctx.call_timeout)
+        update: dict[str, Any] = {"votes": [cast]}
+        if cast["score"] is None:
+            update["events"] = [Event(kind="vote_dropped", agent=juror.name,
+                                      detail=f"on {request['bid']['id']}: {cast['error']}")]
+        return update
+
+    async def score(
+        state: AuctionState, runtime: Runtime[Context]
+    ) -> Command[Literal["memory_retrieve", "execute"]]:
+        """Steps 2c/3/5: S = C - V for the round's bids; pick the (provisional) winner."""
+        ctx = _context(runtime, bound)
+        weights = ctx.resolved_weights()
+        round_ = state.get("round", 0)
+        votes: dict[str, dict[str, int | None]] = {}
+        for v in state.get("votes", []):
+            votes.setdefault(v["bid_id"], {})[v["juror"]] = v["score"]
+        scores: dict[str, dict[str, Any]] = {}
+        scored = []
+        for b in state.get("bids", []):
+            if b["round"] != round_:
+                continue
+            parts = score_bid(price=b["price"], tokens=b["tokens"], entropy=b.get("entropy"),
+                              votes=votes.get(b["id"], {}), weights=weights)
+            scores[b["id"]] = {
+                "cost": parts.cost, "entropy_term": parts.entropy_term,
+                "jury_term": parts.jury_term, "jury_mean": parts.jury_mean,
+                "value": parts.value, "score": parts.score,
+            }
+            scored.append({**b, "score": parts.score})
+
+        if round_ == 0:
+            winner = best(scored)
+            agents = {a.name: a for a in ctx.resolved_agents()}
+            refiners = eligible_refiners(winner["price"], [b["agent"] for b in scored], agents)
+            update = {"scores": scores, "provisional_winner": winner["id"], "refiners": refiners}
+            if ctx.refine and refiners:
+                return Command(update=update, goto="memory_retrieve")
+            return Command(update={**update, "winning_bid": winner["id"]}, goto="execute")
+
+        provisional = state["provisional_winner"]
+        all_scores = {**state.get("scores", {}), **scores}
+        winning = provisional
+        if scored:
+            challenger = best(scored)
+            if challenger["score"] < all_scores[provisional]["score"]:
+                winning = challenger["id"]
+        return Command(update={"scores": scores, "winning_bid": winning}, goto="execute")
+
+    async def memory_retrieve(
+        state: AuctionState, runtime: Runtime[Context]
+    ) -> Command[Literal["refine", "execute"]]:
+        """Step 4a: fetch the k most similar past auctions; pick pairs for each refiner."""
+        ctx = _context(runtime, bound)
+        started = time.time()
+        try:
+            past = await asyncio.to_thread(ctx.resolved_memory().similar, state["task"], ctx.k)
+        except Exception as exc:  # noqa: BLE001 - no memory means no refinement, not no auction
+            event = Event(kind="memory_retrieve_failed", agent=None,
+                          detail=f"refinement skipped: {describe_error(exc)}")
+            return Command(
+                update={"events": [event], "winning_bid": state["provisional_winner"],
+                        "retrieved": {"count": 0, "started": started, "ended": time.time()}},
+                goto="execute",
+            )
+        retrieved = {
+            "count": len(past), "ids": [p.auction_id for p in past],
+            "started": started, "ended": time.time(),
+        }
+        own = {b["agent"]: b["strategy"] for b in state["bids"] if b["round"] == 0}
+        sends = []
+        for name in state.get("refiners", []):
+            pairs = contrastive_pairs(past, name, ctx.max_pairs)
+            if pairs:
+                sends.append(Send("refine", BidRequest(task=state["task"], agent=name, round=1,
+                                                       pairs=pairs, own_bid=own[name])))
+        update: dict[str, Any] = {"retrieved": retrieved, "round": 1}
+        if not sends:
+            update["winning_bid"] = state["provisional_winner"]
+            update["events"] = [Event(kind="refinement_skipped", agent=None,
+                                      detail="no past auctions with (losing, winning) pairs")]
+            return Command(update=update, goto="execute")
+        return Command(update=update, goto=sends)
+
+    async def refine(request: BidRequest, runtime: Runtime[Context]) -> dict[str, Any]:
+        """Step 4b: a cheaper loser rewrites its bid after studying past pairs."""
+        ctx = _context(runtime, bound)
+        agent = {a.name: a for a in ctx.resolved_agents()}[request["agent"]]
+        messages = refine_messages(agent.name, request["task"], request["own_bid"],
+                                   request["pairs"])
+        try:
+            new = await write_bid(agent, messages, round_=1, max_tokens=ctx.max_bid_tokens,
+                                  timeout=ctx.call_timeout)
+        except Exception as exc:  # noqa: BLE001
+            return {"events": [Event(kind="refine_failed", agent=agent.name,
+                                     detail=describe_error(exc))]}
+        new["retrieved"] = len(request["pairs"])
+        return {"bids": [new]}
+
+    async def execute(state: AuctionState, runtime: Runtime[Context]) -> dict[str, Any]:
+        """Step 6: the winner carries out its own plan with its own model."""
+        ctx = _context(runtime, bound)
+        winning = next(b for b in state["bids"] if b["id"] == state["winning_bid"])
+        agent = {a.name: a for a in ctx.resolved_agents()}[winning["agent"]]
+        result = await run_executor(
+            agent, ctx.executor, task=state["task"], strategy=winning["strategy"],
+            timeout=ctx.execute_timeout, max_tokens=ctx.max_answer_tokens,
+        )
+        update: dict[str, Any] = {"execution": result, "winner": agent.name,
+                                  "answer": result["answer"]}
+        if result["error"]:
+            update["events"] = [Event(kind="execution_failed", agent=agent.name,
+                                      detail=result["error"])]
+        return update
+
+    async def remember(state: AuctionState, runtime: Runtime[Context]) -> AuctionOutput:
+        """Step 7: write the whole auction to memory in one idempotent upsert."""
+        ctx = _context(runtime, bound)
+        agents = ctx.resolved_agents()
+        weights = ctx.resolved_weights().to_dict()
+        audit = build_audit(state, agents, weights=weights, jury_mode=ctx.jury,
+                            memory_write="pending")
+        status = "disabled"
+        started = time.time()
+        if ctx.remember:
+            status = await _write_memory(ctx, state, audit)
+        audit["memory"]["write"] = status
+        audit["memory"]["write_seconds"] = round(time.time() - started, 3)
+        if status.startswith("failed"):
+            audit["events"].append({"kind": "memory_write_failed", "agent": None,
+                                    "detail": status})
+        return {"winner": state.get("winner"), "answer": state.get("answer"), "auction": audit}
+
+    builder = StateGraph(
+        AuctionState, context_schema=Context, input_schema=AuctionInput,
+        output_schema=AuctionOutput,
+    )
+    builder.add_node("open_auction", open_auction)
+    builder.add_node("bid", bid)
+    builder.add_node("jury", jury)
+    builder.add_node("vote", vote)
+    builder.add_node("score", score)
+    builder.add_node("memory_retrieve", memory_retrieve)
+    builder.add_node("refine", refine)
+    builder.add_node("execute", execute)
+    builder.add_node("remember", remember)
+    builder.add_edge(START, "open_auction")
+    builder.add_edge("bid", "jury")
+    builder.add_edge("vote", "score")
+    builder.add_edge("refine", "jury")
+    builder.add_edge("execute", "remember")
+    builder.add_edge("remember", END)
+    return builder
+
+
+async def _write_memory(ctx: Context, state: Mapping[str, Any], audit: dict[str, Any]) -> str:
+    """One upsert keyed by the auction id, retried once; never a partial record."""
+    memory = ctx.resolved_memory()
+    last = ""
+    for _ in range(2):
+        try:
+            await asyncio.to_thread(
+                memory.write, state["auction_id"], state["task"], memory_bids(audit),
+                audit["winner"], state.get("started"),
+            )
+            return "ok"
+        except (MemoryUnavailableError, OSError, ValueError) as exc:
+            last = describe_error(exc)
+        except Exception as exc:  # noqa: BLE001 - reported in the audit, never raised
+            last = describe_error(exc)
+    return f"failed: {last}"
+
+
+def run_auction(task: str, context: Context | None = None) -> AuctionOutput:
+    """Run one auction from synchronous code (wraps ``graph.ainvoke``)."""
+    return asyncio.run(graph.ainvoke({"task": task}, context=context or Context()))
+
+
+graph = build_graph().compile()
+graph.name = "sale_auction"
+
+__all__ = ["build_graph", "graph", "run_auction", "validate_task", "bid_id"]

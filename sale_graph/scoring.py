@@ -1,0 +1,131 @@
+"""Bid scoring: S = C - V, lower wins (SALE.md, "Score").
+
+* cost   C = w_c * price * |s|                       (price in $/Mtok, |s| bid tokens)
+* value  V = w_h * H(s) + sum_j w_j * gamma_j(s)      (H mean token entropy, gamma_j in 0..5)
+
+Default weights are uncalibrated but chosen so that each term matters on the
+default local pool: the largest local agent's 150-token bid costs ~2.6 price x
+tokens units, so w_c = 0.5 makes its cost premium over the smallest agent
+~1.2, which the jury term (mean vote, 0..5) can outweigh for a clearly better
+plan. Fit real weights on your own workload with ``sale fit`` (min-max MILP).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sale_graph.errors import SaleError
+
+DEFAULT_COST_WEIGHT = 0.5
+DEFAULT_ENTROPY_WEIGHT = 0.5
+
+
+@dataclass(frozen=True, kw_only=True)
+class Weights:
+    """The weight vector w = (w_c, w_h, {w_j}).
+
+    ``jury`` maps juror name -> weight; jurors not named get ``jury_default``
+    divided by the number of jurors who voted, so by default the jury term is the
+    mean vote (0..5) whatever the pool size.
+    """
+
+    cost: float = DEFAULT_COST_WEIGHT
+    entropy: float = DEFAULT_ENTROPY_WEIGHT
+    jury: Mapping[str, float] = field(default_factory=dict)
+    jury_default: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("cost", "entropy", "jury_default"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise SaleError(f"weight {name!r} must be a finite number, got {value!r}")
+        for juror, value in self.jury.items():
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise SaleError(f"jury weight for {juror!r} must be a finite number, got {value!r}")
+
+    def juror_weight(self, juror: str, n_voters: int) -> float:
+        """Weight of one juror's vote; unnamed jurors share jury_default equally."""
+        if juror in self.jury:
+            return float(self.jury[juror])
+        return self.jury_default / max(n_voters, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able copy (what ``sale fit`` writes)."""
+        data = asdict(self)
+        data["jury"] = dict(self.jury)
+        return data
+
+    @classmethod
+    def coerce(cls, value: Weights | Mapping[str, Any] | str | Path | None) -> Weights:
+        """Accept Weights, a dict, a path to a JSON weights file, or None (defaults)."""
+        if value is None:
+            return cls()
+        if isinstance(value, Weights):
+            return value
+        if isinstance(value, (str, Path)):
+            path = Path(value)
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise SaleError(f"cannot read weights file {path}: {exc}") from exc
+            return cls.coerce(data)
+        if isinstance(value, Mapping):
+            known = {"cost", "entropy", "jury", "jury_default"}
+            unknown = set(value) - known
+            if unknown:
+                raise SaleError(f"unknown weight fields {sorted(unknown)}; expected {sorted(known)}")
+            return cls(**{k: value[k] for k in known if k in value})
+        raise SaleError(f"weights must be Weights, a dict or a JSON path, got {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class BidScore:
+    """The parts of one bid's score, kept for the audit."""
+
+    cost: float
+    entropy_term: float
+    jury_term: float
+    jury_mean: float | None
+    value: float
+    score: float
+
+
+def bid_cost(price: float, tokens: int, weights: Weights) -> float:
+    """C = w_c * price * |s|: a long plan predicts a long, costly, risky trajectory."""
+    return weights.cost * price * tokens
+
+
+def bid_value(entropy: float | None, votes: Mapping[str, int | None], weights: Weights) -> BidScore:
+    """V = w_h * H + sum_j w_j * gamma_j over the votes that were cast (dropped votes skipped)."""
+    cast = {j: v for j, v in votes.items() if v is not None}
+    entropy_term = weights.entropy * (entropy or 0.0)
+    jury_term = sum(weights.juror_weight(j, len(cast)) * v for j, v in cast.items())
+    mean = sum(cast.values()) / len(cast) if cast else None
+    value = entropy_term + jury_term
+    return BidScore(0.0, entropy_term, jury_term, mean, value, -value)
+
+
+def score_bid(
+    *, price: float, tokens: int, entropy: float | None, votes: Mapping[str, int | None],
+    weights: Weights,
+) -> BidScore:
+    """S = C - V for one bid, with its parts."""
+    cost = bid_cost(price, tokens, weights)
+    v = bid_value(entropy, votes, weights)
+    return BidScore(cost, v.entropy_term, v.jury_term, v.jury_mean, v.value, cost - v.value)
+
+
+def best(scored: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The winning bid: lowest score; ties go to the cheaper agent, then the name.
+
+    Why the tie-break: the market's point is to save money, so an even contest goes
+    to the cheaper agent; the name makes the order total (reproducible audits).
+    """
+    if not scored:
+        raise ValueError("no scored bids")
+    return min(scored, key=lambda b: (b["score"], b["price"], b["agent"], b["round"]))

@@ -1,0 +1,112 @@
+"""The auction's state: what flows between the nodes of the graph.
+
+Everything is plain JSON-able dicts so any LangGraph checkpointer can persist an
+auction mid-way (bids already paid for are never paid for again on resume).
+Bids, votes and events arrive from parallel ``Send`` branches and are merged by
+``operator.add``; a parent graph sees only :class:`AuctionInput` and
+:class:`AuctionOutput`.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Any, TypedDict
+
+
+class Bid(TypedDict, total=False):
+    """One strategy: an original bid (round 0) or a refined one (round 1)."""
+
+    id: str  # "<agent>#<round>"
+    agent: str
+    round: int
+    strategy: str
+    price: float
+    tokens: int  # |s|, output tokens of the bid
+    input_tokens: int
+    entropy: float | None
+    entropy_method: str | None
+    started: float
+    ended: float
+    retrieved: int  # refined bids: how many (loser, winner) pairs the prompt showed
+
+
+class Vote(TypedDict, total=False):
+    """One juror's Likert score (0..5) of one bid; ``score`` None = vote dropped."""
+
+    bid_id: str
+    juror: str
+    score: int | None
+    attempts: int
+    raw: list[str]
+    error: str | None
+    input_tokens: int
+    output_tokens: int
+    started: float
+    ended: float
+
+
+class Event(TypedDict, total=False):
+    """Something that did not go to plan but did not stop the auction."""
+
+    kind: str  # bid_failed, refine_failed, vote_dropped, memory_retrieve_failed, ...
+    agent: str | None
+    detail: str
+
+
+class AuctionInput(TypedDict):
+    """What a caller gives: the task text."""
+
+    task: str
+
+
+class AuctionOutput(TypedDict, total=False):
+    """What a caller gets: the winner, its answer and the full audit record."""
+
+    winner: str | None
+    answer: str | None
+    auction: dict[str, Any]
+
+
+def merge_dicts(left: dict[str, Any] | None, right: dict[str, Any] | None) -> dict[str, Any]:
+    """Reducer for keyed results written by parallel branches (later keys win)."""
+    return {**(left or {}), **(right or {})}
+
+
+class AuctionState(TypedDict, total=False):
+    """Internal state of one auction."""
+
+    task: str
+    auction_id: str
+    started: float
+    bids: Annotated[list[Bid], operator.add]
+    votes: Annotated[list[Vote], operator.add]
+    events: Annotated[list[Event], operator.add]
+    scores: Annotated[dict[str, dict[str, Any]], merge_dicts]
+    round: int
+    provisional_winner: str | None  # bid id
+    winning_bid: str | None  # bid id
+    refiners: list[str]
+    retrieved: dict[str, Any]
+    retrieve_seconds: float
+    execution: dict[str, Any]
+    winner: str | None
+    answer: str | None
+    auction: dict[str, Any]
+
+
+class BidRequest(TypedDict, total=False):
+    """Payload of one ``Send('bid', ...)`` / ``Send('refine', ...)`` branch."""
+
+    task: str
+    agent: str
+    round: int
+    pairs: list[dict[str, Any]]
+    own_bid: str
+
+
+class VoteRequest(TypedDict):
+    """Payload of one ``Send('vote', ...)`` branch: one juror, one bid."""
+
+    task: str
+    juror: str
+    bid: Bid

@@ -1,0 +1,98 @@
+"""A scripted chat model for tests of the graph's mechanics (never the product).
+
+It recognises which auction prompt it is answering (bid, refine, jury, execute)
+from the prompt text and replies from its script, reporting token usage and a
+fixed entropy like a real backend would. It also counts its calls per kind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from pydantic import Field
+
+Reply = str | Exception | Callable[[str], str]
+
+
+def prompt_kind(messages: list[BaseMessage]) -> str:
+    text = "\n".join(str(m.content) for m in messages)
+    if "strict judge" in text:
+        return "vote"
+    if "In past auctions" in text:
+        return "refine"
+    if "You won the right" in text:
+        return "execute"
+    if "bidding" in text:
+        return "bid"
+    return "other"
+
+
+class ScriptedChatModel(BaseChatModel):
+    """Replies by prompt kind; a reply may be text, an exception, or f(prompt)->text."""
+
+    script: dict[str, Any] = Field(default_factory=dict)
+    entropy: float | None = 1.0
+    delay: float = 0.0
+    calls: Counter = Field(default_factory=Counter)
+    prompts: list[tuple[str, str]] = Field(default_factory=list)
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted"
+
+    def _reply(self, messages: list[BaseMessage]) -> tuple[str, str]:
+        kind = prompt_kind(messages)
+        self.calls[kind] += 1
+        prompt = "\n".join(str(m.content) for m in messages)
+        self.prompts.append((kind, prompt))
+        reply = self.script.get(kind, "3" if kind == "vote" else f"{kind} reply")
+        if isinstance(reply, list):  # successive replies
+            reply = reply[min(self.calls[kind] - 1, len(reply) - 1)]
+        if isinstance(reply, Exception):
+            raise reply
+        if callable(reply):
+            reply = reply(prompt)
+        return kind, reply
+
+    def _result(self, text: str, messages: list[BaseMessage]) -> ChatResult:
+        n_in = sum(len(str(m.content).split()) for m in messages)
+        n_out = len(text.split())
+        meta: dict[str, Any] = {"model_name": "scripted"}
+        if self.entropy is not None:
+            meta.update(mean_token_entropy=self.entropy, entropy_method="scripted")
+        message = AIMessage(
+            content=text,
+            usage_metadata={"input_tokens": n_in, "output_tokens": n_out,
+                            "total_tokens": n_in + n_out},
+            response_metadata=meta,
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
+        _, text = self._reply(messages)
+        return self._result(text, messages)
+
+    async def _agenerate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        _, text = self._reply(messages)
+        return self._result(text, messages)
+
+
+def votes_by_plan(table: dict[str, str], default: str = "3") -> Callable[[str], str]:
+    """A jury reply chosen by a marker word found in the plan being judged."""
+
+    def reply(prompt: str) -> str:
+        plan = prompt.split("<plan>", 1)[-1]
+        for marker, vote in table.items():
+            if marker in plan:
+                return vote
+        return default
+
+    return reply

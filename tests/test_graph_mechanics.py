@@ -246,9 +246,13 @@ def test_garbage_vote_is_retried_then_dropped(memory, garbage):
 
 
 def test_vote_fixed_on_retry_counts(memory):
-    pool = make_pool(small={"vote": ["maybe", "4"] * 3})
+    def first_garbage_then_digit(prompt: str) -> str:
+        return "4" if "exactly one digit" in prompt else "maybe"
+
+    pool = make_pool(small={"vote": first_garbage_then_digit})
     out = run("Add numbers.", ctx(pool, memory, refine=False))
     assert out["auction"]["dropped_votes"] == []
+    assert all(row["votes"]["small"] == 4 for row in out["auction"]["bids"])
 
 
 @pytest.mark.integration

@@ -1,0 +1,668 @@
+"""The auction memory M: past auctions, retrieved by similarity of their tasks.
+
+Storage design: ONE Chroma record per auction.
+
+* id: the auction id chosen by the caller;
+* document: the task text;
+* embedding: the task's all-MiniLM-L6-v2 vector, computed here and passed with
+  ``embeddings=`` (the collection has no embedding function of its own, so Chroma
+  never tries to fetch a model) in a cosine-space HNSW index;
+* metadata: scalar fields (``winner``, ``created_at``, ``n_bids``, ``n_refined``,
+  ``refined_win``, ``schema``), ``bids_json`` (every bid of the auction as one JSON
+  string), a ``bid__<agent>`` flag per bidder so retrieval can be restricted to
+  auctions an agent took part in, and caller extras under ``x_<key>``.
+
+Why one record: a single ``upsert`` is atomic, so an auction is stored whole or not
+at all, and retrying the same id overwrites instead of duplicating; many workers can
+write at once without coordination. A persistent directory belongs to one process;
+several processes share a memory through ``chroma run`` and :meth:`AuctionMemory.server`.
+
+Every failure of Chroma or of the network surfaces as
+:class:`~sale_graph.errors.MemoryUnavailableError`; invalid records raise
+:class:`AuctionRecordError` before anything is sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sale_graph.errors import InvalidTaskError, MemoryUnavailableError, SaleError
+
+if TYPE_CHECKING:
+    from chromadb.api import ClientAPI
+    from chromadb.api.models.Collection import Collection
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DEFAULT_COLLECTION = "sale_auctions"
+DEFAULT_PORT = 8000
+# The Chroma HTTP client ships with no timeout at all: a server that accepts a
+# connection and never answers would hang an auction forever. These bound it.
+CONNECT_TIMEOUT = 3.0
+REQUEST_TIMEOUT = 30.0
+
+LABELS = ("win", "lose")
+ROUNDS = (0, 1)
+_BID_KEYS = ("agent", "round", "strategy", "score", "label", "price")
+_FLAG_PREFIX = "bid__"
+_EXTRA_PREFIX = "x_"
+_PAGE = 500
+
+_NAME_CHARS = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
+_IPV4 = re.compile(r"^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$")
+
+
+class AuctionRecordError(SaleError, ValueError):
+    """An auction record is malformed (no winner, two winners, a bad bid...)."""
+
+
+class TextEmbedder(Protocol):
+    """Anything that turns texts into unit vectors (the default is the shared MiniLM)."""
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """Return one vector per text."""
+        ...
+
+
+@dataclass(frozen=True)
+class PastAuction:
+    """One stored auction as retrieval returns it.
+
+    ``similarity`` is 1 - cosine distance to the query task; it is ``None`` for
+    records fetched by id, where no query exists.
+    """
+
+    auction_id: str
+    task: str
+    similarity: float | None
+    winner: str
+    bids: tuple[dict[str, Any], ...]
+    created_at: float
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def winning_bid(self) -> dict[str, Any]:
+        """The one bid labelled ``win`` (validated at write time)."""
+        return next(b for b in self.bids if b["label"] == "win")
+
+    @property
+    def losing_bids(self) -> tuple[dict[str, Any], ...]:
+        """Every bid labelled ``lose``, in stored order."""
+        return tuple(b for b in self.bids if b["label"] == "lose")
+
+    def bids_of(self, agent: str) -> tuple[dict[str, Any], ...]:
+        """Return the bids one agent made here (original, then refined)."""
+        return tuple(b for b in self.bids if b["agent"] == agent)
+
+
+def validate_collection_name(name: str) -> str:
+    """Apply Chroma's naming rule up front so that the error says what to change."""
+    if not isinstance(name, str):
+        raise ValueError(f"collection name must be a string, got {type(name).__name__}")
+    problem = None
+    if not _NAME_CHARS.match(name):
+        problem = (
+            "use 3-512 characters of [a-zA-Z0-9._-], starting and ending with a letter or digit"
+        )
+    elif ".." in name:
+        problem = "two consecutive periods are not allowed"
+    elif _IPV4.match(name):
+        problem = "it must not look like an IPv4 address"
+    if problem:
+        raise ValueError(f"invalid Chroma collection name {name!r}: {problem}")
+    return name
+
+
+def _finite(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise AuctionRecordError(f"{what} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise AuctionRecordError(f"{what} must be finite, got {value!r}")
+    return float(value)
+
+
+def normalise_bid(bid: Mapping[str, Any], index: int = 0) -> dict[str, Any]:
+    """Check one bid and return it with canonical types; unknown keys ride along if JSON-able."""
+    where = f"bid {index}"
+    if not isinstance(bid, Mapping):
+        raise AuctionRecordError(f"{where} must be a mapping, got {type(bid).__name__}")
+    missing = [k for k in _BID_KEYS if k not in bid]
+    if missing:
+        raise AuctionRecordError(f"{where} lacks {', '.join(missing)}")
+    agent = bid["agent"]
+    if not isinstance(agent, str) or not agent.strip():
+        raise AuctionRecordError(f"{where}: agent must be a non-empty string, got {agent!r}")
+    rnd = bid["round"]
+    if isinstance(rnd, bool) or rnd not in ROUNDS:
+        raise AuctionRecordError(f"{where} ({agent}): round must be 0 or 1 (refined), got {rnd!r}")
+    strategy = bid["strategy"]
+    if not isinstance(strategy, str):
+        raise AuctionRecordError(f"{where} ({agent}): strategy must be a string")
+    label = bid["label"]
+    if label not in LABELS:
+        raise AuctionRecordError(f"{where} ({agent}): label must be 'win' or 'lose', got {label!r}")
+    score = bid["score"]
+    price = _finite(bid["price"], f"{where} ({agent}) price")
+    if price < 0:
+        raise AuctionRecordError(f"{where} ({agent}): price must be >= 0, got {price}")
+    out: dict[str, Any] = {
+        "agent": agent,
+        "round": int(rnd),
+        "strategy": strategy,
+        "score": None if score is None else _finite(score, f"{where} ({agent}) score"),
+        "label": label,
+        "price": price,
+    }
+    for key, value in bid.items():
+        if key in out:
+            continue
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise AuctionRecordError(
+                f"{where} ({agent}): {key!r} is not JSON-serialisable"
+            ) from exc
+        out[str(key)] = value
+    return out
+
+
+def _check_bids(bids: Sequence[Mapping[str, Any]], winner: str) -> list[dict[str, Any]]:
+    if isinstance(bids, (str, bytes)) or not isinstance(bids, Sequence):
+        raise AuctionRecordError("bids must be a list of bid mappings")
+    if not bids:
+        raise AuctionRecordError("an auction needs at least one bid")
+    clean = [normalise_bid(b, i) for i, b in enumerate(bids)]
+    seen: set[tuple[str, int]] = set()
+    for b in clean:
+        key = (b["agent"], b["round"])
+        if key in seen:
+            raise AuctionRecordError(f"agent {b['agent']!r} has two bids in round {b['round']}")
+        seen.add(key)
+    wins = [b for b in clean if b["label"] == "win"]
+    if len(wins) != 1:
+        raise AuctionRecordError(f"exactly one bid must be labelled 'win', found {len(wins)}")
+    if winner != wins[0]["agent"]:
+        raise AuctionRecordError(
+            f"winner {winner!r} does not match the agent of the winning bid {wins[0]['agent']!r}"
+        )
+    return clean
+
+
+def _check_extra(extra: Mapping[str, Any] | None) -> dict[str, str | int | float | bool]:
+    out: dict[str, str | int | float | bool] = {}
+    for key, value in (extra or {}).items():
+        if not isinstance(key, str) or not key:
+            raise AuctionRecordError(f"extra keys must be non-empty strings, got {key!r}")
+        if value is None:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise AuctionRecordError(f"extra {key!r} must be finite")
+        if not isinstance(value, (str, int, float, bool)):
+            raise AuctionRecordError(
+                f"extra {key!r} must be a str, int, float or bool, got {type(value).__name__}"
+            )
+        out[_EXTRA_PREFIX + key] = value
+    return out
+
+
+def _bounded_timeouts(client: Any) -> None:
+    """Give the Chroma HTTP client's session finite timeouts (it defaults to none)."""
+    try:
+        import httpx
+    except ImportError:  # pragma: no cover - chromadb depends on httpx
+        return
+    session = getattr(getattr(client, "_server", None), "_session", None)
+    if isinstance(session, httpx.Client):
+        session.timeout = httpx.Timeout(REQUEST_TIMEOUT, connect=CONNECT_TIMEOUT)
+
+
+class AuctionMemory:
+    """Chroma-backed store of past auctions; opening is cheap, the embedder loads on first use.
+
+    Methods are synchronous and thread-safe; async callers wrap them in
+    ``asyncio.to_thread``.
+    """
+
+    def __init__(
+        self,
+        client: ClientAPI | Callable[[], ClientAPI],
+        collection: str = DEFAULT_COLLECTION,
+        embedder: TextEmbedder | None = None,
+        *,
+        location: str | None = None,
+        hint: str | None = None,
+        preflight: Callable[[], None] | None = None,
+    ) -> None:
+        self.collection_name = validate_collection_name(collection)
+        self._factory: Callable[[], ClientAPI] | None = client if callable(client) else None
+        self._client: ClientAPI | None = None if callable(client) else client
+        if self._client is not None:
+            _bounded_timeouts(self._client)
+        self._embedder = embedder
+        self._collection: Collection | None = None
+        self._lock = threading.Lock()
+        self.location = location or "a Chroma client"
+        self._hint = hint or "check that the Chroma store is reachable"
+        self._preflight = preflight
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def persistent(
+        cls,
+        path: str | os.PathLike[str],
+        collection: str = DEFAULT_COLLECTION,
+        embedder: TextEmbedder | None = None,
+    ) -> AuctionMemory:
+        """Open an embedded store in a directory (created if missing), for one process."""
+        directory = Path(path).expanduser()
+
+        def check() -> None:
+            if directory.exists() and not directory.is_dir():
+                raise MemoryUnavailableError(
+                    f"auction memory path {str(directory)!r} exists but is not a directory"
+                )
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise MemoryUnavailableError(
+                    f"cannot create the auction memory directory {str(directory)!r}: {exc}"
+                ) from exc
+            if not os.access(directory, os.W_OK | os.X_OK):
+                raise MemoryUnavailableError(
+                    f"auction memory directory {str(directory)!r} is not writable"
+                )
+
+        def factory() -> ClientAPI:
+            check()
+            import chromadb
+
+            # Default settings on purpose: Chroma refuses a second client on the same
+            # path with different settings, and its product telemetry is a no-op in 1.x.
+            return chromadb.PersistentClient(path=str(directory))
+
+        return cls(
+            factory,
+            collection,
+            embedder,
+            location=f"Chroma store at {str(directory)!r}",
+            hint=(
+                "check that the directory is writable and not held by another process; "
+                "to share one memory between processes, serve it with "
+                f"`chroma run --path {directory} --port {DEFAULT_PORT}` and use --memory-url"
+            ),
+            preflight=check,
+        )
+
+    @classmethod
+    def server(
+        cls,
+        host: str,
+        port: int = DEFAULT_PORT,
+        collection: str = DEFAULT_COLLECTION,
+        embedder: TextEmbedder | None = None,
+        ssl: bool = False,
+        headers: Mapping[str, str] | None = None,
+    ) -> AuctionMemory:
+        """Open a store served by ``chroma run``; many processes can share it."""
+        if not isinstance(host, str) or not host:
+            raise ValueError("Chroma server host must be a non-empty string")
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError(f"Chroma server port must be 1-65535, got {port!r}")
+        url = f"{'https' if ssl else 'http'}://{host}:{port}"
+        bind = "" if host in ("localhost", "127.0.0.1") else f" --host {host}"
+
+        hint = f"is it running? start one with `chroma run --path DIR{bind} --port {port}`"
+
+        def check() -> None:
+            _heartbeat(url, CONNECT_TIMEOUT, dict(headers or {}), hint)
+
+        def factory() -> ClientAPI:
+            check()
+            import chromadb
+
+            client = chromadb.HttpClient(host=host, port=port, ssl=ssl, headers=dict(headers or {}))
+            _bounded_timeouts(client)
+            return client
+
+        return cls(
+            factory,
+            collection,
+            embedder,
+            location=f"Chroma server at {url}",
+            hint=hint,
+            preflight=check,
+        )
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        collection: str = DEFAULT_COLLECTION,
+        embedder: TextEmbedder | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> AuctionMemory:
+        """Parse ``http(s)://host[:port]`` and open :meth:`server`."""
+        parts = urllib.parse.urlsplit(url.strip() if isinstance(url, str) else "")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"Chroma URL must look like http://host:port, got {url!r}")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"Chroma URL must not carry a path or query, got {url!r}")
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"Chroma URL has an invalid port: {url!r}") from exc
+        ssl = parts.scheme == "https"
+        if port is None:
+            port = 443 if ssl else DEFAULT_PORT
+        return cls.server(parts.hostname, port, collection, embedder, ssl=ssl, headers=headers)
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def embedder(self) -> TextEmbedder:
+        """The embedder; the shared MiniLM is loaded here, on first need, not at opening."""
+        if self._embedder is None:
+            from sale_graph.embeddings import get_embedder
+
+            self._embedder = get_embedder()
+        return self._embedder
+
+    def _unavailable(self, exc: BaseException | str) -> MemoryUnavailableError:
+        detail = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}".rstrip(": ")
+        return MemoryUnavailableError(
+            f"auction memory unavailable ({self.location}, collection "
+            f"{self.collection_name!r}): {detail}; {self._hint}"
+        )
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Turn any Chroma or network failure into one error type the graph understands."""
+        try:
+            yield
+        except (MemoryUnavailableError, AuctionRecordError):
+            raise
+        except Exception as exc:
+            raise self._unavailable(exc) from exc
+
+    def _col(self) -> Collection:
+        if self._collection is not None:
+            return self._collection
+        with self._lock:
+            if self._collection is None:
+                if self._client is None and self._factory is not None:
+                    self._client = self._factory()
+                if self._client is None:
+                    raise self._unavailable("no Chroma client")
+                col = self._client.get_or_create_collection(
+                    self.collection_name,
+                    configuration={"hnsw": {"space": "cosine"}},
+                    metadata={"sale_schema": SCHEMA_VERSION},
+                    embedding_function=None,
+                )
+                space = _space_of(col)
+                if space not in (None, "cosine"):
+                    raise MemoryUnavailableError(
+                        f"collection {self.collection_name!r} in {self.location} uses {space!r} "
+                        "distance but the auction memory needs cosine: pick another collection"
+                    )
+                self._collection = col
+        return self._collection
+
+    def _embed(self, text: str) -> list[Sequence[float]]:
+        """Embed one text, shaped as Chroma's one-row batch."""
+        vectors = self.embedder.embed([text])
+        if len(vectors) != 1:
+            raise RuntimeError(f"embedder returned {len(vectors)} vectors for 1 text")
+        return [[float(x) for x in vectors[0]]]
+
+    # ------------------------------------------------------------------ API
+
+    def ping(self) -> None:
+        """Fail fast, with what to do, if the store cannot be reached or opened."""
+        if self._preflight is not None:
+            self._preflight()
+        with self._guard():
+            if self._preflight is None and self._client is not None:
+                self._client.heartbeat()
+            self._col().count()
+
+    def write(
+        self,
+        auction_id: str,
+        task: str,
+        bids: Sequence[Mapping[str, Any]],
+        winner: str,
+        created_at: float | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Store one auction atomically; the same id again replaces it (idempotent)."""
+        if not isinstance(auction_id, str) or not auction_id.strip():
+            raise AuctionRecordError("auction_id must be a non-empty string")
+        if not isinstance(task, str) or not task.strip():
+            raise InvalidTaskError("cannot store an auction with an empty task")
+        if not isinstance(winner, str) or not winner:
+            raise AuctionRecordError("winner must be the name of the winning agent")
+        clean = _check_bids(bids, winner)
+        stamp = time.time() if created_at is None else _finite(created_at, "created_at")
+        metadata: dict[str, str | int | float | bool] = {
+            "schema": SCHEMA_VERSION,
+            "winner": winner,
+            "created_at": stamp,
+            "n_bids": len(clean),
+            "n_refined": sum(1 for b in clean if b["round"] == 1),
+            "refined_win": any(b["round"] == 1 and b["label"] == "win" for b in clean),
+            "bids_json": json.dumps(clean, ensure_ascii=False, allow_nan=False),
+        }
+        metadata.update(_check_extra(extra))
+        for b in clean:
+            metadata[_FLAG_PREFIX + b["agent"]] = True
+        with self._guard():  # an absent store fails before the embedder is loaded
+            col = self._col()
+        embedding = self._embed(task)
+        with self._guard():
+            col.upsert(
+                ids=[auction_id], documents=[task], embeddings=embedding, metadatas=[metadata]
+            )
+
+    def similar(
+        self,
+        task: str,
+        k: int = 8,
+        *,
+        agent: str | None = None,
+        exclude: Iterable[str] = (),
+    ) -> list[PastAuction]:
+        """Return the k past auctions whose tasks are most similar, best first.
+
+        ``agent`` keeps only auctions that agent bid in; ``exclude`` drops ids (the
+        running auction, say). Fewer stored than k returns all of them.
+        """
+        if not isinstance(task, str) or not task.strip():
+            raise InvalidTaskError("cannot search the memory with an empty task")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"k must be a non-negative integer, got {k!r}")
+        if k == 0:
+            return []
+        skip = set(exclude)
+        with self._guard():
+            stored = self._col().count()
+        if stored == 0:
+            return []
+        embedding = self._embed(task)
+        where: Any = {_FLAG_PREFIX + agent: True} if agent else None
+        with self._guard():
+            result = self._col().query(
+                query_embeddings=embedding,
+                n_results=min(k + len(skip), stored),
+                where=where,
+                include=["documents", "metadatas", "distances"],
+            )
+        ids = (result.get("ids") or [[]])[0]
+        docs = (result.get("documents") or [[]])[0]
+        metas = (result.get("metadatas") or [[]])[0]
+        dists = (result.get("distances") or [[]])[0]
+        found: list[PastAuction] = []
+        for rid, doc, meta, dist in zip(ids, docs, metas, dists, strict=True):
+            if rid in skip:
+                continue
+            similarity = max(-1.0, min(1.0, 1.0 - float(dist)))
+            past = _to_past(rid, doc, meta, similarity)
+            if past is not None:
+                found.append(past)
+        return found[:k]
+
+    def search(self, text: str, k: int = 8) -> list[PastAuction]:
+        """Free-text lookup for people (the CLI): the same ranking as :meth:`similar`."""
+        return self.similar(text, k)
+
+    def get(self, auction_id: str) -> PastAuction | None:
+        """One auction by id, or None; needs no embedder."""
+        with self._guard():
+            result = self._col().get(ids=[auction_id], include=["documents", "metadatas"])
+        if not result["ids"]:
+            return None
+        docs = result.get("documents") or [""]
+        metas = result.get("metadatas") or [{}]
+        return _to_past(result["ids"][0], docs[0], metas[0], None)
+
+    def count(self) -> int:
+        """Return the number of auctions stored."""
+        with self._guard():
+            return int(self._col().count())
+
+    def stats(self) -> dict[str, Any]:
+        """Totals for people and benchmarks: who wins, how often refined bids win."""
+        wins: Counter[str] = Counter()
+        bids_per_agent: Counter[str] = Counter()
+        refined_bids = refined_wins = auctions = 0
+        first = last = None
+        for meta in self._metadatas():
+            try:
+                bids = json.loads(str(meta["bids_json"]))
+            except (KeyError, ValueError):
+                continue
+            auctions += 1
+            wins[str(meta.get("winner"))] += 1
+            for b in bids:
+                bids_per_agent[b["agent"]] += 1
+                if b["round"] == 1:
+                    refined_bids += 1
+                    refined_wins += b["label"] == "win"
+            stamp = meta.get("created_at")
+            if isinstance(stamp, (int, float)):
+                first = stamp if first is None else min(first, stamp)
+                last = stamp if last is None else max(last, stamp)
+        return {
+            "location": self.location,
+            "collection": self.collection_name,
+            "auctions": auctions,
+            "wins": dict(sorted(wins.items())),
+            "bids": dict(sorted(bids_per_agent.items())),
+            "refined_bids": refined_bids,
+            "refined_wins": refined_wins,
+            "first_created_at": first,
+            "last_created_at": last,
+        }
+
+    def clear(self) -> None:
+        """Delete every stored auction (tests and fresh benchmark runs)."""
+        with self._guard():
+            col = self._col()
+            while True:
+                ids = col.get(include=[], limit=_PAGE)["ids"]
+                if not ids:
+                    return
+                col.delete(ids=ids)
+
+    def _metadatas(self) -> Iterator[Mapping[str, Any]]:
+        offset = 0
+        while True:
+            with self._guard():
+                page = self._col().get(include=["metadatas"], limit=_PAGE, offset=offset)
+            metas = page.get("metadatas") or []
+            yield from (m for m in metas if m)
+            if len(page["ids"]) < _PAGE:
+                return
+            offset += _PAGE
+
+    def __repr__(self) -> str:
+        return f"AuctionMemory({self.location}, collection={self.collection_name!r})"
+
+
+def _space_of(col: Any) -> str | None:
+    # The raw JSON, not ``.configuration``: parsing that warns about the (deliberately)
+    # absent embedding function on every open.
+    config = getattr(col, "configuration_json", None) or {}
+    hnsw = config.get("hnsw") if isinstance(config, Mapping) else None
+    if isinstance(hnsw, Mapping):
+        return hnsw.get("space")
+    return None
+
+
+def _to_past(
+    auction_id: str, document: str | None, meta: Mapping[str, Any] | None, similarity: float | None
+) -> PastAuction | None:
+    """Rebuild a record; a foreign or damaged one is skipped with a warning, not fatal."""
+    if meta is None:
+        log.warning("skipping auction memory record %r: no metadata", auction_id)
+        return None
+    try:
+        bids = json.loads(str(meta["bids_json"]))
+        return PastAuction(
+            auction_id=auction_id,
+            task=document or "",
+            similarity=similarity,
+            winner=str(meta["winner"]),
+            bids=tuple(dict(b) for b in bids),
+            created_at=float(meta.get("created_at", 0.0)),
+            extra={
+                k[len(_EXTRA_PREFIX) :]: v for k, v in meta.items() if k.startswith(_EXTRA_PREFIX)
+            },
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        log.warning("skipping auction memory record %r: %s", auction_id, exc)
+        return None
+
+
+def _heartbeat(url: str, timeout: float, headers: dict[str, str], hint: str) -> None:
+    """One bounded GET of the server's heartbeat, so that an absent server fails in seconds."""
+    import httpx
+
+    target = f"{url}/api/v2/heartbeat"
+    try:
+        response = httpx.get(target, timeout=timeout, headers=headers)
+    except httpx.HTTPError as exc:
+        raise MemoryUnavailableError(
+            f"auction memory unavailable: no Chroma server answers at {url} "
+            f"({type(exc).__name__}: {exc or 'no reply'}); {hint}"
+        ) from exc
+    if response.status_code != 200 or "heartbeat" not in response.text:
+        raise MemoryUnavailableError(
+            f"auction memory unavailable: {target} answered HTTP {response.status_code}, "
+            "which is not a Chroma 1.x server heartbeat; check the URL and the server version"
+        )
+
+
+__all__ = [
+    "AuctionMemory",
+    "AuctionRecordError",
+    "PastAuction",
+    "TextEmbedder",
+    "normalise_bid",
+    "validate_collection_name",
+]

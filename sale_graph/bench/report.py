@@ -1,0 +1,208 @@
+"""Write a benchmark's results: JSON, a Markdown table and PNG plots.
+
+Outputs in ``out_dir`` (``benchmarks/results/`` by convention):
+
+* ``results.json``: the full summary (every metric, every group, mean and std),
+  the small-agent win-rate curves, and whatever run metadata the caller passes;
+* ``results.md``: overall table, pass@1 per bin, win shares;
+* ``pareto.png``: pass@1 against total dollars for every method, with the
+  non-dominated methods joined;
+* ``win_rate.png``: small-agent win rate against tasks seen (methods with orders).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from sale_graph.bench.metrics import summarise, win_rate_curve
+from sale_graph.bench.records import Record
+
+__all__ = ["markdown_report", "pareto_front", "write_report"]
+
+
+def _fmt(stat: Mapping[str, float], scale: float = 1.0, spec: str = ".1f") -> str:
+    mean = stat["mean"] * scale
+    if stat["std"] > 0:
+        return f"{mean:{spec}} ± {stat['std'] * scale:{spec}}"
+    return f"{mean:{spec}}"
+
+
+_BIN_RANK = {"easy": 0, "medium": 1, "hard": 2}
+
+
+def _label_key(label: str) -> tuple[str, int, str]:
+    """Domains alphabetically, bins from easy to hard, unknown bins last."""
+    domain, _, bin_ = label.rpartition("/")
+    return (domain, _BIN_RANK.get(bin_, 3), bin_)
+
+
+def markdown_report(summary: Mapping[str, Mapping[str, Any]], agents: Sequence[str]) -> str:
+    """Tables of the summary: overall, pass@1 per bin and per domain, win shares."""
+    lines = ["# Benchmark results", ""]
+    lines += [
+        "| method | orders | n | pass@1 (%) | cost ($) | $/Mtok | largest agent (%) "
+        "| auction tokens (%) | auction time (%) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, s in summary.items():
+        o = s["overall"]
+        lines.append(
+            f"| {method} | {s['n_orders']} | {o['n']} | {_fmt(o['pass_at_1'], 100)} "
+            f"| {_fmt(o['cost_usd'], 1, '.4g')} | {_fmt(o['usd_per_mtok'], 1, '.4g')} "
+            f"| {_fmt(o['largest_share'], 100)} | {_fmt(o['auction_token_share'], 100, '.2f')} "
+            f"| {_fmt(o['auction_time_share'], 100, '.2f')} |"
+        )
+    for group, title in (
+        ("by_bin", "bin"),
+        ("by_domain", "domain"),
+        ("by_domain_bin", "domain/bin"),
+    ):
+        labels = sorted(
+            {label for s in summary.values() for label in s.get(group, {})}, key=_label_key
+        )
+        if not labels:
+            continue
+        lines += ["", f"## pass@1 (%) and cost ($) per {title}", ""]
+        lines.append("| method | " + " | ".join(labels) + " |")
+        lines.append("|---|" + "---|" * len(labels))
+        for method, s in summary.items():
+            cells = []
+            for label in labels:
+                g = s.get(group, {}).get(label)
+                cells.append(
+                    ""
+                    if g is None
+                    else f"{_fmt(g['pass_at_1'], 100)} / {_fmt(g['cost_usd'], 1, '.4g')}"
+                )
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", "## Share of tasks executed per agent (%)", ""]
+    lines.append("| method | " + " | ".join(agents) + " |")
+    lines.append("|---|" + "---|" * len(agents))
+    for method, s in summary.items():
+        ws = s["overall"]["win_share"]
+        lines.append(f"| {method} | " + " | ".join(_fmt(ws[a], 100) for a in agents) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def pareto_front(points: Mapping[str, tuple[float, float]]) -> list[str]:
+    """Methods no other method beats on both cost (lower) and pass@1 (higher), by cost."""
+    front = []
+    for name, (cost, acc) in points.items():
+        dominated = any(
+            (c <= cost and a >= acc) and (c < cost or a > acc)
+            for other, (c, a) in points.items()
+            if other != name
+        )
+        if not dominated:
+            front.append(name)
+    return sorted(front, key=lambda n: points[n][0])
+
+
+def _plot_pareto(summary: Mapping[str, Mapping[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = {
+        m: (s["overall"]["cost_usd"]["mean"], 100 * s["overall"]["pass_at_1"]["mean"])
+        for m, s in summary.items()
+    }
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for m, s in summary.items():
+        o = s["overall"]
+        ax.errorbar(
+            o["cost_usd"]["mean"],
+            100 * o["pass_at_1"]["mean"],
+            xerr=o["cost_usd"]["std"] or None,
+            yerr=100 * o["pass_at_1"]["std"] or None,
+            fmt="o",
+            capsize=3,
+            label=m,
+        )
+        ax.annotate(m, pts[m], textcoords="offset points", xytext=(4, 4), fontsize=7)
+    front = pareto_front(pts)
+    if len(front) > 1:
+        ax.plot([pts[m][0] for m in front], [pts[m][1] for m in front], "k--", lw=0.8,
+                label="Pareto front")  # fmt: skip
+    costs = [c for c, _ in pts.values() if c > 0]
+    if costs and max(costs) / min(costs) > 100:
+        ax.set_xscale("log")
+    ax.set_xlabel("total cost ($)")
+    ax.set_ylabel("pass@1 (%)")
+    ax.set_title("pass@1 vs cost")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_curves(curves: Mapping[str, Mapping[str, list[float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for m, c in curves.items():
+        x, y, e = c["tasks_seen"], [100 * v for v in c["mean"]], [100 * v for v in c["std"]]
+        ax.plot(x, y, marker="o", ms=3, label=m)
+        ax.fill_between(x, [a - b for a, b in zip(y, e, strict=True)],
+                        [a + b for a, b in zip(y, e, strict=True)], alpha=0.2)  # fmt: skip
+    ax.set_xlabel("tasks seen")
+    ax.set_ylabel("small-agent win rate (%)")
+    ax.set_title("Small-agent win rate per block of tasks, mean ± std over orders")
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(
+    records: Iterable[Record],
+    out_dir: str | Path,
+    *,
+    largest: str,
+    agents: Sequence[str],
+    curve_methods: Sequence[str] | None = None,
+    blocks: int = 10,
+    meta: Mapping[str, Any] | None = None,
+    plots: bool = True,
+) -> dict[str, Path]:
+    """Summarise ``records`` and write JSON, Markdown and plots; returns the paths.
+
+    ``curve_methods`` defaults to every method run over more than one task order.
+    """
+    recs = list(records)
+    summary = summarise(recs, largest, agents)
+    if curve_methods is None:
+        curve_methods = [m for m, s in summary.items() if s["n_orders"] > 1]
+    curves = {
+        m: win_rate_curve([r for r in recs if r.method == m], largest, blocks=blocks)
+        for m in curve_methods
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "markdown": out / "results.md"}
+    payload = {
+        "meta": dict(meta or {}),
+        "agents": list(agents),
+        "largest": largest,
+        "summary": summary,
+        "win_rate_curves": curves,
+        "records": [r.to_dict() for r in recs],
+    }
+    paths["json"].write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    paths["markdown"].write_text(markdown_report(summary, agents), encoding="utf-8")
+    if plots:
+        paths["pareto"] = out / "pareto.png"
+        _plot_pareto(summary, paths["pareto"])
+        paths["win_rate"] = out / "win_rate.png"
+        _plot_curves(curves, paths["win_rate"])
+    return paths

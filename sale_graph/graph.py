@@ -208,7 +208,12 @@ def build_graph(context: Context | None = None) -> StateGraph:
         own = {b["agent"]: b["strategy"] for b in state["bids"] if b["round"] == 0}
         sends = []
         for name in state.get("refiners", []):
-            pairs = contrastive_pairs(past, name, ctx.max_pairs)
+            candidates = list(past)
+            if not any(_lost_in(p, name) for p in past):
+                # the paper wants a refiner to see one of its own losing plans: look
+                # past the top-k for the most similar auction this agent lost
+                candidates += await _own_auctions(ctx, state["task"], name, retrieved["ids"])
+            pairs = contrastive_pairs(candidates, name, ctx.max_pairs)
             if pairs:
                 sends.append(Send("refine", BidRequest(task=state["task"], agent=name, round=1,
                                                        pairs=pairs, own_bid=own[name])))
@@ -307,6 +312,21 @@ async def _write_memory(ctx: Context, state: Mapping[str, Any], audit: dict[str,
         except Exception as exc:  # noqa: BLE001 - reported in the audit, never raised
             last = describe_error(exc)
     return f"failed: {last}"
+
+
+def _lost_in(past: Any, agent: str) -> bool:
+    return any(b.get("agent") == agent and b.get("label") == "lose" for b in past.bids)
+
+
+async def _own_auctions(ctx: Context, task: str, agent: str, seen: list[str]) -> list[Any]:
+    """Most similar past auctions the agent bid in and lost, beyond the top-k."""
+    try:
+        found = await asyncio.to_thread(
+            ctx.resolved_memory().similar, task, ctx.k, agent=agent, exclude=seen
+        )
+    except Exception:  # noqa: BLE001 - optional extra context; the top-k is enough to refine
+        return []
+    return [p for p in found if _lost_in(p, agent)][:1]
 
 
 def run_auction(task: str, context: Context | None = None) -> AuctionOutput:

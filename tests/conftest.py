@@ -20,3 +20,6 @@ def _network_policy(request: pytest.FixtureRequest):
     else:
         disable_socket(allow_unix_socket=True)
     yield
+
+
+from tests.chroma_server import chroma_server  # noqa: E402,F401 - shared fixture

@@ -314,3 +314,22 @@ def test_jury_modes(memory):
         assert list(row["votes"]) == [row["agent"]]
     out = run("Add numbers.", ctx(make_pool(), memory, refine=False, jury="none"))
     assert out["auction"]["phases"]["jury"]["calls"] == 0
+
+
+def test_refiner_sees_its_own_losing_plan_beyond_top_k(memory):
+    # k=1: the single most similar past auction has no bid from "small", but a less
+    # similar one where "small" lost exists; the refinement prompt must include it
+    memory.write("near", "Add two numbers in Python.", [
+        {"agent": "mid", "round": 0, "strategy": "MID near loser", "score": 1.0,
+         "label": "lose", "price": 0.16},
+        {"agent": "large", "round": 0, "strategy": "LARGE near winner", "score": -1.0,
+         "label": "win", "price": 0.36},
+    ], "large")
+    seed_memory(memory, "Compute the sum of a list of integers.", auction_id="far")
+    pool = make_pool(large={"bid": LARGE_AS_MID})
+    out = run("Add two numbers in Python, please.", ctx(pool, memory, k=1))
+    assert out["auction"]["refiners"] == ["small"]
+    refine_prompts = [p for kind, p in pool[0].model.prompts if kind == "refine"]
+    assert len(refine_prompts) == 1
+    assert "SMALL old plan" in refine_prompts[0] and "your own" in refine_prompts[0]
+    assert "MID near loser" in refine_prompts[0]

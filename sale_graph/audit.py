@@ -143,6 +143,7 @@ def build_audit(
             for v in votes if v.get("score") is None
         ],
         "events": events,
+        "approval": state.get("approval"),
         "memory": {
             "retrieved_auctions": retrieve.get("count", 0),
             "retrieved_ids": retrieve.get("ids", []),

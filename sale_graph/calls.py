@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,13 +58,34 @@ def is_local(agent: Agent) -> bool:
     return getattr(agent.model, "_llm_type", "") == LOCAL_LLM_TYPE
 
 
+# One semaphore per (event loop, model): Agent.max_concurrency bounds the calls in
+# flight to one model across all auctions of a process (asyncio primitives belong to
+# one loop, hence the per-loop table; it is dropped with its loop).
+_LIMITS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, asyncio.Semaphore]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _limit(agent: Agent) -> asyncio.Semaphore:
+    table = _LIMITS.setdefault(asyncio.get_running_loop(), {})
+    key = id(agent.model)
+    if key not in table:
+        table[key] = asyncio.Semaphore(agent.max_concurrency)
+    return table[key]
+
+
 async def call(
     agent: Agent, messages: Sequence[BaseMessage], *, timeout: float, **kwargs: Any
 ) -> Reply:
-    """Invoke the agent's model with a deadline; raises TimeoutError past it."""
-    started = time.time()
-    message = await asyncio.wait_for(agent.model.ainvoke(list(messages), **kwargs), timeout)
-    ended = time.time()
+    """Invoke the agent's model with a deadline; raises TimeoutError past it.
+
+    The deadline counts from when the call gets one of the agent's concurrency slots,
+    so a queue of auctions waiting for a busy model does not time out by itself.
+    """
+    async with _limit(agent):
+        started = time.time()
+        message = await asyncio.wait_for(agent.model.ainvoke(list(messages), **kwargs), timeout)
+        ended = time.time()
     if not isinstance(message, AIMessage):
         raise TypeError(f"{agent.name} returned {type(message).__name__}, not an AIMessage")
     text = message_text(message)

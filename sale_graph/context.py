@@ -87,6 +87,11 @@ class Context:
     max_task_chars: int = field(
         default=20_000, metadata={"description": "Longer tasks are rejected."}
     )
+    approval: bool = field(
+        default=False,
+        metadata={"description": "Pause before execution for a human decision (approve, "
+                  "override the winner, or reject); needs a checkpointer."},
+    )
     executor: Any = field(
         default=None,
         metadata={"description": "A Runnable/compiled subgraph that executes the winning plan "
@@ -102,6 +107,10 @@ class Context:
             raise PoolConfigError(f"jury must be all, self, peers or none, got {self.jury!r}")
         if self.max_bid_tokens < 8:
             raise PoolConfigError("max_bid_tokens must be >= 8")
+        if self.call_timeout <= 0 or self.execute_timeout <= 0:
+            raise PoolConfigError("call_timeout and execute_timeout must be positive")
+        if self.agents is not None:
+            validate_pool(self.agents)
 
     def resolved_weights(self) -> Weights:
         """The weight vector, parsed once per call site (cheap)."""

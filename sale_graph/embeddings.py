@@ -69,6 +69,12 @@ class Embedder:
                 "sentence-transformers is missing: install it with "
                 "`pip install sentence-transformers` (and a CPU torch)"
             ) from exc
+        try:  # a progress bar on every load would garble the CLI's progress lines
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except ImportError:  # pragma: no cover - transformers comes with sentence-transformers
+            pass
         self._model: Any = SentenceTransformer(self.path, device=device)
         # The model is not documented as safe for concurrent encode calls; graph nodes
         # run in worker threads, so calls are serialised.

@@ -2,7 +2,10 @@
 
     open_auction ─Send per agent─▶ bid ─▶ jury ─Send per (juror, bid)─▶ vote ─▶ score
     score ─(cheaper agents may refine)─▶ memory_retrieve ─Send per refiner─▶ refine ─▶ jury
-    score ─(final)─▶ execute ─▶ remember ─▶ END
+    score ─(final)─▶ approve ─▶ execute ─▶ remember ─▶ END
+
+``approve`` passes straight through unless ``Context.approval`` is set; then it
+interrupts the run so a person can approve the winner, override it or reject.
 
 ``jury`` and ``score`` serve both rounds: original bids (round 0) and refined
 bids (round 1) are voted on and scored the same way. ``build_graph()`` returns the
@@ -14,6 +17,7 @@ Nodes are async; use ``ainvoke``/``astream`` (or :func:`run_auction` from sync c
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -21,13 +25,13 @@ from typing import Any, Literal
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
-from langgraph.types import Command, Send
+from langgraph.types import Command, Send, interrupt
 
 from sale_graph.audit import build_audit, memory_bids
 from sale_graph.bidding import bid_id, write_bid
 from sale_graph.calls import describe_error
 from sale_graph.context import Context
-from sale_graph.errors import InvalidTaskError, MemoryUnavailableError, NoBidsError
+from sale_graph.errors import InvalidTaskError, MemoryUnavailableError, NoBidsError, SaleError
 from sale_graph.execution import execute as run_executor
 from sale_graph.jury import cast_vote, jurors_for
 from sale_graph.prompts import bid_messages, refine_messages
@@ -70,14 +74,35 @@ def validate_task(task: Any, max_chars: int) -> str:
     return text
 
 
+_AUCTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+def auction_id_for(state: Mapping[str, Any]) -> str:
+    """The caller's idempotency key if it gave one (validated), else a fresh id."""
+    given = state.get("auction_id")
+    if given is None:
+        return uuid.uuid4().hex
+    if not isinstance(given, str) or not _AUCTION_ID.match(given):
+        raise InvalidTaskError(
+            f"auction_id {given!r} is invalid: 1-128 characters of letters, digits, "
+            "'.', '_', ':' or '-'"
+        )
+    return given
+
+
 def build_graph(context: Context | None = None) -> StateGraph:
     """Return the uncompiled auction graph.
 
     Args:
         context: defaults for runs that pass no ``Context`` of their own (useful
             when the graph is a subgraph of an app with a different context schema).
+            Its pool and weights are validated here, so a bad configuration fails
+            when the app is built, not on its first request.
     """
     bound = context
+    if bound is not None:
+        bound.resolved_agents()
+        bound.resolved_weights()
 
     async def open_auction(
         state: AuctionInput, runtime: Runtime[Context]
@@ -92,7 +117,7 @@ def build_graph(context: Context | None = None) -> StateGraph:
             await asyncio.to_thread(memory.ping)
         update = {
             "task": task,
-            "auction_id": uuid.uuid4().hex,
+            "auction_id": auction_id_for(state),
             "started": time.time(),
             "round": 0,
         }
@@ -145,7 +170,7 @@ def build_graph(context: Context | None = None) -> StateGraph:
 
     async def score(
         state: AuctionState, runtime: Runtime[Context]
-    ) -> Command[Literal["memory_retrieve", "execute"]]:
+    ) -> Command[Literal["memory_retrieve", "approve"]]:
         """Steps 2c/3/5: S = C - V for the round's bids; pick the (provisional) winner."""
         ctx = _context(runtime, bound)
         weights = ctx.resolved_weights()
@@ -174,7 +199,7 @@ def build_graph(context: Context | None = None) -> StateGraph:
             update = {"scores": scores, "provisional_winner": winner["id"], "refiners": refiners}
             if ctx.refine and refiners:
                 return Command(update=update, goto="memory_retrieve")
-            return Command(update={**update, "winning_bid": winner["id"]}, goto="execute")
+            return Command(update={**update, "winning_bid": winner["id"]}, goto="approve")
 
         provisional = state["provisional_winner"]
         all_scores = {**state.get("scores", {}), **scores}
@@ -183,11 +208,11 @@ def build_graph(context: Context | None = None) -> StateGraph:
             challenger = best(scored)
             if challenger["score"] < all_scores[provisional]["score"]:
                 winning = challenger["id"]
-        return Command(update={"scores": scores, "winning_bid": winning}, goto="execute")
+        return Command(update={"scores": scores, "winning_bid": winning}, goto="approve")
 
     async def memory_retrieve(
         state: AuctionState, runtime: Runtime[Context]
-    ) -> Command[Literal["refine", "execute"]]:
+    ) -> Command[Literal["refine", "approve"]]:
         """Step 4a: fetch the k most similar past auctions; pick pairs for each refiner."""
         ctx = _context(runtime, bound)
         started = time.time()
@@ -199,7 +224,7 @@ def build_graph(context: Context | None = None) -> StateGraph:
             return Command(
                 update={"events": [event], "winning_bid": state["provisional_winner"],
                         "retrieved": {"count": 0, "started": started, "ended": time.time()}},
-                goto="execute",
+                goto="approve",
             )
         retrieved = {
             "count": len(past), "ids": [p.auction_id for p in past],
@@ -222,7 +247,7 @@ def build_graph(context: Context | None = None) -> StateGraph:
             update["winning_bid"] = state["provisional_winner"]
             update["events"] = [Event(kind="refinement_skipped", agent=None,
                                       detail="no past auctions with (losing, winning) pairs")]
-            return Command(update=update, goto="execute")
+            return Command(update=update, goto="approve")
         return Command(update=update, goto=sends)
 
     async def refine(request: BidRequest, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -239,6 +264,56 @@ def build_graph(context: Context | None = None) -> StateGraph:
                                      detail=describe_error(exc))]}
         new["retrieved"] = len(request["pairs"])
         return {"bids": [new]}
+
+    async def approve(
+        state: AuctionState, runtime: Runtime[Context]
+    ) -> Command[Literal["execute", "remember"]]:
+        """Optional human gate: approve the winner, override it, or reject the auction."""
+        ctx = _context(runtime, bound)
+        if not ctx.approval:
+            return Command(goto="execute")
+        winning = next(b for b in state["bids"] if b["id"] == state["winning_bid"])
+        agents = {a.name: a for a in ctx.resolved_agents()}
+        price = agents[winning["agent"]].price
+        scores = state.get("scores", {})
+        request = {
+            "question": "Execute this plan? Reply {'action': 'approve'}, "
+                        "{'action': 'override', 'winner': AGENT} or "
+                        "{'action': 'reject', 'reason': TEXT}.",
+            "auction_id": state["auction_id"],
+            "task": state["task"],
+            "winner": winning["agent"],
+            "strategy": winning["strategy"],
+            "score": scores.get(winning["id"], {}).get("score"),
+            "expected_cost_usd_max": price * (ctx.max_answer_tokens + winning["tokens"]
+                                              + winning.get("input_tokens", 0)) / 1e6,
+            "alternatives": sorted({b["agent"] for b in state["bids"]} - {winning["agent"]}),
+        }
+        bidders = sorted({b["agent"] for b in state["bids"]})
+        problem = None
+        while True:  # an unreadable reply is asked again, with the reason, not raised
+            asked = {**request, "error": problem} if problem else request
+            try:
+                decision = _decision(interrupt(asked), bidders)
+                break
+            except SaleError as exc:
+                problem = str(exc)
+        record = {"action": decision["action"], "by": "human", **{
+            k: v for k, v in decision.items() if k != "action"}}
+        if decision["action"] == "approve":
+            return Command(update={"approval": record}, goto="execute")
+        if decision["action"] == "reject":
+            event = Event(kind="rejected", agent=winning["agent"],
+                          detail=str(decision.get("reason") or "rejected before execution"))
+            return Command(update={"approval": record, "events": [event],
+                                   "winner": None, "answer": None}, goto="remember")
+        chosen = decision["winner"]
+        own = [b for b in state["bids"] if b["agent"] == chosen]
+        best_own = min(own, key=lambda b: scores.get(b["id"], {}).get("score", float("inf")))
+        event = Event(kind="winner_overridden", agent=chosen,
+                      detail=f"{winning['agent']} -> {chosen} by a human")
+        return Command(update={"approval": record, "winning_bid": best_own["id"],
+                               "events": [event]}, goto="execute")
 
     async def execute(state: AuctionState, runtime: Runtime[Context]) -> dict[str, Any]:
         """Step 6: the winner carries out its own plan with its own model."""
@@ -265,7 +340,9 @@ def build_graph(context: Context | None = None) -> StateGraph:
                             memory_write="pending")
         status = "disabled"
         started = time.time()
-        if ctx.remember:
+        if (state.get("approval") or {}).get("action") == "reject":
+            status = "skipped: rejected before execution"
+        elif ctx.remember:
             status = await _write_memory(ctx, state, audit)
         audit["memory"]["write"] = status
         audit["memory"]["write_seconds"] = round(time.time() - started, 3)
@@ -285,6 +362,7 @@ def build_graph(context: Context | None = None) -> StateGraph:
     builder.add_node("score", score)
     builder.add_node("memory_retrieve", memory_retrieve)
     builder.add_node("refine", refine)
+    builder.add_node("approve", approve)
     builder.add_node("execute", execute)
     builder.add_node("remember", remember)
     builder.add_edge(START, "open_auction")
@@ -312,6 +390,25 @@ async def _write_memory(ctx: Context, state: Mapping[str, Any], audit: dict[str,
         except Exception as exc:  # noqa: BLE001 - reported in the audit, never raised
             last = describe_error(exc)
     return f"failed: {last}"
+
+
+def _decision(raw: Any, bidders: list[str]) -> dict[str, Any]:
+    """Normalise a resume value: "approve"/"reject" or a dict with an action."""
+    if isinstance(raw, str):
+        raw = {"action": raw}
+    if not isinstance(raw, Mapping) or raw.get("action") not in ("approve", "override", "reject"):
+        raise SaleError(
+            f"approval reply {raw!r} is not understood: resume with {{'action': 'approve'}}, "
+            "{'action': 'override', 'winner': AGENT} or {'action': 'reject'}"
+        )
+    if raw["action"] == "override" and not isinstance(raw.get("winner"), str):
+        raise SaleError("an override needs the agent's name: {'action': 'override', 'winner': ...}")
+    if raw["action"] == "override" and raw["winner"] not in bidders:
+        raise SaleError(
+            f"cannot override the winner with {raw['winner']!r}: it has no bid in this auction "
+            f"(bidders: {', '.join(bidders)})"
+        )
+    return dict(raw)
 
 
 def _lost_in(past: Any, agent: str) -> bool:

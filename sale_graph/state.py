@@ -10,7 +10,7 @@ Bids, votes and events arrive from parallel ``Send`` branches and are merged by
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, NotRequired, TypedDict
 
 
 class Bid(TypedDict, total=False):
@@ -54,9 +54,14 @@ class Event(TypedDict, total=False):
 
 
 class AuctionInput(TypedDict):
-    """What a caller gives: the task text."""
+    """What a caller gives: the task text, and optionally an idempotency key.
+
+    ``auction_id`` names the memory record; a worker that retries a job with the
+    same id overwrites the same record instead of storing the auction twice.
+    """
 
     task: str
+    auction_id: NotRequired[str]
 
 
 class AuctionOutput(TypedDict, total=False):
@@ -88,6 +93,7 @@ class AuctionState(TypedDict, total=False):
     refiners: list[str]
     retrieved: dict[str, Any]
     retrieve_seconds: float
+    approval: dict[str, Any]
     execution: dict[str, Any]
     winner: str | None
     answer: str | None

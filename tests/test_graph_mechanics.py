@@ -333,3 +333,119 @@ def test_refiner_sees_its_own_losing_plan_beyond_top_k(memory):
     assert len(refine_prompts) == 1
     assert "SMALL old plan" in refine_prompts[0] and "your own" in refine_prompts[0]
     assert "MID near loser" in refine_prompts[0]
+
+
+# ---- human approval, idempotency, build-time validation ----------------------------------
+
+def approval_graph(pool, memory):
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    context = ctx(pool, memory, refine=False, approval=True)
+    return build_graph(context).compile(checkpointer=InMemorySaver()), context
+
+
+def test_approval_pauses_before_execution_and_override_changes_the_winner(memory):
+    from langgraph.types import Command
+
+    pool = make_pool()
+    app, context = approval_graph(pool, memory)
+    config = {"configurable": {"thread_id": "t-approve"}}
+    paused = asyncio.run(app.ainvoke({"task": "Add numbers."}, config=config, context=context))
+    (request,) = [i.value for i in paused["__interrupt__"]]
+    assert request["winner"] == "large" and request["expected_cost_usd_max"] > 0
+    assert sum(a.model.calls["execute"] for a in pool) == 0
+    bids_before = sum(a.model.calls["bid"] for a in pool)
+
+    out = asyncio.run(app.ainvoke(Command(resume={"action": "override", "winner": "small"}),
+                                  config=config, context=context))
+    assert out["winner"] == "small" and out["answer"] == "answer from small"
+    assert sum(a.model.calls["bid"] for a in pool) == bids_before  # no re-bidding on resume
+    kinds = [e["kind"] for e in out["auction"]["events"]]
+    assert "winner_overridden" in kinds
+    assert out["auction"]["approval"]["action"] == "override"
+    assert memory.get(out["auction"]["auction_id"]).winner == "small"
+
+
+def test_rejected_auction_is_not_executed_nor_remembered(memory):
+    from langgraph.types import Command
+
+    pool = make_pool()
+    app, context = approval_graph(pool, memory)
+    config = {"configurable": {"thread_id": "t-reject"}}
+    asyncio.run(app.ainvoke({"task": "Add numbers."}, config=config, context=context))
+    out = asyncio.run(app.ainvoke(Command(resume={"action": "reject", "reason": "too dear"}),
+                                  config=config, context=context))
+    assert out["winner"] is None and out["answer"] is None
+    assert sum(a.model.calls["execute"] for a in pool) == 0
+    assert memory.count() == 0
+    assert out["auction"]["memory"]["write"].startswith("skipped")
+
+
+def test_unreadable_approval_reply_is_asked_again(memory):
+    from langgraph.types import Command
+
+    pool = make_pool()
+    app, context = approval_graph(pool, memory)
+    config = {"configurable": {"thread_id": "t-bad"}}
+    asyncio.run(app.ainvoke({"task": "Add numbers."}, config=config, context=context))
+    again = asyncio.run(app.ainvoke(Command(resume={"action": "maybe"}), config=config,
+                                    context=context))
+    assert "not understood" in again["__interrupt__"][0].value["error"]
+    again = asyncio.run(app.ainvoke(Command(resume={"action": "override", "winner": "ghost"}),
+                                    config=config, context=context))
+    assert "no bid" in again["__interrupt__"][0].value["error"]
+    out = asyncio.run(app.ainvoke(Command(resume="approve"), config=config, context=context))
+    assert out["winner"] == "large" and out["auction"]["approval"]["action"] == "approve"
+
+
+def test_same_auction_id_is_stored_once(memory):
+    context = ctx(make_pool(), memory, refine=False)
+    for _ in range(2):  # e.g. a job queue delivering the same job twice
+        out = asyncio.run(graph.ainvoke({"task": "Add numbers.", "auction_id": "job-42"},
+                                        context=context))
+    assert out["auction"]["auction_id"] == "job-42" and memory.count() == 1
+    with pytest.raises(InvalidTaskError, match="auction_id"):
+        asyncio.run(graph.ainvoke({"task": "Add numbers.", "auction_id": "../etc"},
+                                  context=context))
+
+
+def test_bad_configuration_fails_at_build_time():
+    model = ScriptedChatModel()
+    with pytest.raises(PoolConfigError, match="duplicate"):
+        build_graph(Context(agents=[Agent(name="a", model=model, price=1.0),
+                                    Agent(name="a", model=model, price=2.0)]))
+    with pytest.raises(PoolConfigError, match="neither a preset"):
+        build_graph(Context(pool="/no/such/pool.json"))
+    from sale_graph import SaleError
+
+    with pytest.raises(SaleError, match="unknown weight"):
+        build_graph(Context(agents=[Agent(name="a", model=model, price=1.0)],
+                            weights={"cost": 1.0, "typo": 2.0}))
+
+
+def test_per_agent_concurrency_is_bounded(memory):
+    import time as _time
+
+    class Gauge(ScriptedChatModel):
+        peak: int = 0
+        now: int = 0
+
+        async def _agenerate(self, messages, stop=None, run_manager=None, **kwargs):
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+            await asyncio.sleep(0.02)
+            self.now -= 1
+            return await super()._agenerate(messages, stop, run_manager, **kwargs)
+
+    gauge = Gauge(script={"bid": "LARGE plan", "vote": "4"})
+    pool = [Agent(name="solo", model=gauge, price=1.0, max_concurrency=2),
+            Agent(name="other", model=ScriptedChatModel(script={"bid": "MID plan"}), price=0.5)]
+    context = ctx(pool, memory, refine=False, remember=False)
+
+    async def many():
+        await asyncio.gather(*(graph.ainvoke({"task": f"Task {i}"}, context=context)
+                               for i in range(4)))
+
+    t0 = _time.time()
+    asyncio.run(many())
+    assert gauge.peak == 2 and _time.time() - t0 < 60

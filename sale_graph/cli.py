@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -80,8 +81,22 @@ def format_table(audit: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _progress_stream():
+    """A private handle on the terminal's stderr.
+
+    Local model loading briefly points file descriptor 2 at /dev/null; progress
+    written through a duplicate of the original descriptor is never swallowed.
+    """
+    try:
+        return os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+    except (OSError, ValueError, AttributeError):
+        return sys.stderr
+
+
 async def _run(args: argparse.Namespace) -> int:
     from sale_graph.graph import graph
+
+    progress = _progress_stream()
 
     context = _context(args)
     t0 = time.time()
@@ -92,7 +107,7 @@ async def _run(args: argparse.Namespace) -> int:
         if mode == "updates":
             line = _progress(chunk, t0) if len(chunk) == 1 else None
             if line and not args.quiet:
-                print(line, file=sys.stderr, flush=True)
+                print(line, file=progress, flush=True)
             if "remember" in chunk:
                 final = chunk["remember"]
     audit = final["auction"]

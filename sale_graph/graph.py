@@ -110,10 +110,10 @@ def build_graph(context: Context | None = None) -> StateGraph:
         """Validate everything that can be validated before paying for a model call."""
         ctx = _context(runtime, bound)
         task = validate_task(state.get("task"), ctx.max_task_chars)
-        agents = ctx.resolved_agents()
-        ctx.resolved_weights()
+        agents = await asyncio.to_thread(ctx.resolved_agents)
+        await asyncio.to_thread(ctx.resolved_weights)
         if ctx.refine or ctx.remember:
-            memory = ctx.resolved_memory()
+            memory = await asyncio.to_thread(ctx.resolved_memory)
             await asyncio.to_thread(memory.ping)
         update = {
             "task": task,
@@ -127,7 +127,7 @@ def build_graph(context: Context | None = None) -> StateGraph:
     async def bid(request: BidRequest, runtime: Runtime[Context]) -> dict[str, Any]:
         """Step 1: one agent writes its plan; failure drops it from the auction."""
         ctx = _context(runtime, bound)
-        agent = {a.name: a for a in ctx.resolved_agents()}[request["agent"]]
+        agent = (await _pool(ctx))[request["agent"]]
         try:
             new = await write_bid(
                 agent, bid_messages(agent.name, request["task"]), round_=0,
@@ -160,7 +160,7 @@ def build_graph(context: Context | None = None) -> StateGraph:
     async def vote(request: VoteRequest, runtime: Runtime[Context]) -> dict[str, Any]:
         """Step 2b: one juror's 0-5 vote on one bid (dropped votes are recorded)."""
         ctx = _context(runtime, bound)
-        juror = {a.name: a for a in ctx.resolved_agents()}[request["juror"]]
+        juror = (await _pool(ctx))[request["juror"]]
         cast = await cast_vote(juror, request["task"], request["bid"], timeout=ctx.call_timeout)
         update: dict[str, Any] = {"votes": [cast]}
         if cast["score"] is None:
@@ -173,7 +173,7 @@ def build_graph(context: Context | None = None) -> StateGraph:
     ) -> Command[Literal["memory_retrieve", "approve"]]:
         """Steps 2c/3/5: S = C - V for the round's bids; pick the (provisional) winner."""
         ctx = _context(runtime, bound)
-        weights = ctx.resolved_weights()
+        weights = await asyncio.to_thread(ctx.resolved_weights)
         round_ = state.get("round", 0)
         votes: dict[str, dict[str, int | None]] = {}
         for v in state.get("votes", []):
@@ -194,7 +194,7 @@ def build_graph(context: Context | None = None) -> StateGraph:
 
         if round_ == 0:
             winner = best(scored)
-            agents = {a.name: a for a in ctx.resolved_agents()}
+            agents = await _pool(ctx)
             refiners = eligible_refiners(winner["price"], [b["agent"] for b in scored], agents)
             update = {"scores": scores, "provisional_winner": winner["id"], "refiners": refiners}
             if ctx.refine and refiners:
@@ -253,7 +253,7 @@ def build_graph(context: Context | None = None) -> StateGraph:
     async def refine(request: BidRequest, runtime: Runtime[Context]) -> dict[str, Any]:
         """Step 4b: a cheaper loser rewrites its bid after studying past pairs."""
         ctx = _context(runtime, bound)
-        agent = {a.name: a for a in ctx.resolved_agents()}[request["agent"]]
+        agent = (await _pool(ctx))[request["agent"]]
         messages = refine_messages(agent.name, request["task"], request["own_bid"],
                                    request["pairs"])
         try:
@@ -273,7 +273,7 @@ def build_graph(context: Context | None = None) -> StateGraph:
         if not ctx.approval:
             return Command(goto="execute")
         winning = next(b for b in state["bids"] if b["id"] == state["winning_bid"])
-        agents = {a.name: a for a in ctx.resolved_agents()}
+        agents = await _pool(ctx)
         price = agents[winning["agent"]].price
         scores = state.get("scores", {})
         request = {
@@ -319,7 +319,7 @@ def build_graph(context: Context | None = None) -> StateGraph:
         """Step 6: the winner carries out its own plan with its own model."""
         ctx = _context(runtime, bound)
         winning = next(b for b in state["bids"] if b["id"] == state["winning_bid"])
-        agent = {a.name: a for a in ctx.resolved_agents()}[winning["agent"]]
+        agent = (await _pool(ctx))[winning["agent"]]
         result = await run_executor(
             agent, ctx.executor, task=state["task"], strategy=winning["strategy"],
             timeout=ctx.execute_timeout, max_tokens=ctx.max_answer_tokens,
@@ -334,8 +334,8 @@ def build_graph(context: Context | None = None) -> StateGraph:
     async def remember(state: AuctionState, runtime: Runtime[Context]) -> AuctionOutput:
         """Step 7: write the whole auction to memory in one idempotent upsert."""
         ctx = _context(runtime, bound)
-        agents = ctx.resolved_agents()
-        weights = ctx.resolved_weights().to_dict()
+        agents = await asyncio.to_thread(ctx.resolved_agents)
+        weights = (await asyncio.to_thread(ctx.resolved_weights)).to_dict()
         audit = build_audit(state, agents, weights=weights, jury_mode=ctx.jury,
                             memory_write="pending")
         status = "disabled"
@@ -409,6 +409,11 @@ def _decision(raw: Any, bidders: list[str]) -> dict[str, Any]:
             f"(bidders: {', '.join(bidders)})"
         )
     return dict(raw)
+
+
+async def _pool(ctx: Context) -> dict[str, Any]:
+    """The pool by name, resolved off the event loop (first use may load files)."""
+    return {a.name: a for a in await asyncio.to_thread(ctx.resolved_agents)}
 
 
 def _lost_in(past: Any, agent: str) -> bool:

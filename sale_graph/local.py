@@ -110,6 +110,7 @@ class _Loaded:
 _models: dict[tuple, _Loaded] = {}
 _load_locks: dict[tuple, threading.Lock] = {}
 _models_lock = threading.Lock()
+_construct_lock = threading.Lock()
 
 _grammars: dict[str, Any] = {}
 _grammars_lock = threading.Lock()
@@ -183,15 +184,19 @@ def _load(key: tuple, path: str, n_ctx: int, n_threads: int, verbose: bool) -> _
         from llama_cpp import Llama
 
         try:
-            llama = Llama(
-                model_path=path,
-                n_ctx=n_ctx,
-                n_threads=n_threads,
-                n_threads_batch=n_threads,
-                n_gpu_layers=0,
-                logits_all=False,
-                verbose=verbose,
-            )
+            # One construction at a time: llama-cpp-python silences loading by pointing
+            # fds 1 and 2 at /dev/null and back; two loads interleaving in threads can
+            # leave stderr pointing at /dev/null for good.
+            with _construct_lock:
+                llama = Llama(
+                    model_path=path,
+                    n_ctx=n_ctx,
+                    n_threads=n_threads,
+                    n_threads_batch=n_threads,
+                    n_gpu_layers=0,
+                    logits_all=False,
+                    verbose=verbose,
+                )
         except ValueError as exc:
             raise ModelFileError(f"llama.cpp could not load {path}: {exc}") from exc
         loaded = _Loaded(

@@ -34,7 +34,8 @@ cells = [
         "audit = first['auction']\n"
         "for bid in audit['bids']:\n"
         "    print(f\"{bid['agent']:20} round={bid['round']} tokens={bid['tokens']:4} \"\n"
-        "          f\"entropy={bid['entropy']:.2f} jury={bid['jury_mean']} score={bid['score']:.3f}\")\n"
+        "          f\"entropy={bid['entropy']:.2f} jury={bid['jury_mean']} \"\n"
+        "          f\"score={bid['score']:.3f}\")\n"
         "print('winner:', first['winner'])\n"
         "print(first['answer'][:600])"
     ),
@@ -78,9 +79,9 @@ cells = [
         "own checkpointer, or call it from a node of a larger app with a different state."
     ),
     nbf.v4.new_code_cell(
-        "from typing_extensions import TypedDict\n"
         "from langgraph.checkpoint.memory import InMemorySaver\n"
-        "from langgraph.graph import END, START, StateGraph\n\n"
+        "from langgraph.graph import END, START, StateGraph\n"
+        "from typing_extensions import TypedDict\n\n"
         "auction = build_graph(frugal).compile(checkpointer=InMemorySaver())\n\n"
         "class AppState(TypedDict, total=False):\n"
         "    question: str\n"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,7 +89,7 @@ async def call(
     if not isinstance(message, AIMessage):
         raise TypeError(f"{agent.name} returned {type(message).__name__}, not an AIMessage")
     text = message_text(message)
-    usage = message.usage_metadata or {}
+    usage: Mapping[str, Any] = message.usage_metadata or {}
     estimated = not usage
     return Reply(
         text=text,

@@ -15,6 +15,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from langgraph.types import StreamMode
+
 from sale_graph.context import Context, default_memory_path
 from sale_graph.errors import SaleError
 
@@ -101,10 +103,9 @@ async def _run(args: argparse.Namespace) -> int:
     context = _context(args)
     t0 = time.time()
     final: dict[str, Any] = {}
-    async for mode, chunk in graph.astream(
-        {"task": args.task}, context=context, stream_mode=["updates", "values"]
-    ):
-        if mode == "updates":
+    modes: list[StreamMode] = ["updates", "values"]
+    async for mode, chunk in graph.astream({"task": args.task}, context=context, stream_mode=modes):
+        if mode == "updates" and isinstance(chunk, dict):
             line = _progress(chunk, t0) if len(chunk) == 1 else None
             if line and not args.quiet:
                 print(line, file=progress, flush=True)

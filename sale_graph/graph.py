@@ -21,7 +21,7 @@ import re
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
@@ -90,7 +90,9 @@ def auction_id_for(state: Mapping[str, Any]) -> str:
     return given
 
 
-def build_graph(context: Context | None = None) -> StateGraph:
+def build_graph(
+    context: Context | None = None,
+) -> StateGraph[AuctionState, Context, AuctionInput, AuctionOutput]:
     """Return the uncompiled auction graph.
 
     Args:
@@ -98,6 +100,7 @@ def build_graph(context: Context | None = None) -> StateGraph:
             when the graph is a subgraph of an app with a different context schema).
             Its pool and weights are validated here, so a bad configuration fails
             when the app is built, not on its first request.
+
     """
     bound = context
     if bound is not None:
@@ -138,7 +141,9 @@ def build_graph(context: Context | None = None) -> StateGraph:
                                      detail=describe_error(exc))]}
         return {"bids": [new]}
 
-    async def jury(state: AuctionState, runtime: Runtime[Context]) -> Command[Literal["vote", "score"]]:
+    async def jury(
+        state: AuctionState, runtime: Runtime[Context]
+    ) -> Command[Literal["vote", "score"]]:
         """Step 2a: send every new bid to every juror (all agents still in the auction)."""
         ctx = _context(runtime, bound)
         round_ = state.get("round", 0)
@@ -179,7 +184,7 @@ def build_graph(context: Context | None = None) -> StateGraph:
         for v in state.get("votes", []):
             votes.setdefault(v["bid_id"], {})[v["juror"]] = v["score"]
         scores: dict[str, dict[str, Any]] = {}
-        scored = []
+        scored: list[dict[str, Any]] = []
         for b in state.get("bids", []):
             if b["round"] != round_:
                 continue
@@ -201,7 +206,7 @@ def build_graph(context: Context | None = None) -> StateGraph:
                 return Command(update=update, goto="memory_retrieve")
             return Command(update={**update, "winning_bid": winner["id"]}, goto="approve")
 
-        provisional = state["provisional_winner"]
+        provisional = str(state["provisional_winner"])
         all_scores = {**state.get("scores", {}), **scores}
         winning = provisional
         if scored:
@@ -226,7 +231,7 @@ def build_graph(context: Context | None = None) -> StateGraph:
                         "retrieved": {"count": 0, "started": started, "ended": time.time()}},
                 goto="approve",
             )
-        retrieved = {
+        retrieved: dict[str, Any] = {
             "count": len(past), "ids": [p.auction_id for p in past],
             "started": started, "ended": time.time(),
         }
@@ -356,12 +361,12 @@ def build_graph(context: Context | None = None) -> StateGraph:
         output_schema=AuctionOutput,
     )
     builder.add_node("open_auction", open_auction)
-    builder.add_node("bid", bid)
+    builder.add_node("bid", bid, input_schema=BidRequest)  # type: ignore[call-overload]
     builder.add_node("jury", jury)
-    builder.add_node("vote", vote)
+    builder.add_node("vote", vote, input_schema=VoteRequest)  # type: ignore[call-overload]
     builder.add_node("score", score)
     builder.add_node("memory_retrieve", memory_retrieve)
-    builder.add_node("refine", refine)
+    builder.add_node("refine", refine, input_schema=BidRequest)  # type: ignore[call-overload]
     builder.add_node("approve", approve)
     builder.add_node("execute", execute)
     builder.add_node("remember", remember)
@@ -433,7 +438,8 @@ async def _own_auctions(ctx: Context, task: str, agent: str, seen: list[str]) ->
 
 def run_auction(task: str, context: Context | None = None) -> AuctionOutput:
     """Run one auction from synchronous code (wraps ``graph.ainvoke``)."""
-    return asyncio.run(graph.ainvoke({"task": task}, context=context or Context()))
+    result = asyncio.run(graph.ainvoke({"task": task}, context=context or Context()))
+    return cast(AuctionOutput, result)
 
 
 graph = build_graph().compile()

@@ -78,9 +78,13 @@ class Weights:
             known = {"cost", "entropy", "jury", "jury_default"}
             unknown = set(value) - known
             if unknown:
-                raise SaleError(f"unknown weight fields {sorted(unknown)}; expected {sorted(known)}")
+                raise SaleError(
+                    f"unknown weight fields {sorted(unknown)}; expected {sorted(known)}"
+                )
             return cls(**{k: value[k] for k in known if k in value})
-        raise SaleError(f"weights must be Weights, a dict or a JSON path, got {type(value).__name__}")
+        raise SaleError(
+            f"weights must be Weights, a dict or a JSON path, got {type(value).__name__}"
+        )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Scripts that tests launch as separate processes (real workers, real kills)."""

@@ -16,7 +16,7 @@ cells = [
     ),
     nbf.v4.new_code_cell(
         "import tempfile\n\n"
-        "from sale_graph import Context, Weights, build_graph, graph\n\n"
+        "from sale_graph import AuctionMemory, Context, Weights, build_graph, graph\n\n"
         "memory_dir = tempfile.mkdtemp(prefix='sale-memory-')\n"
         "context = Context(pool='local-small', memory_path=memory_dir, max_bid_tokens=96,\n"
         "                  max_answer_tokens=192)\n"
@@ -59,9 +59,21 @@ cells = [
         "    context=context,\n"
         ")\n"
         "a2 = second['auction']\n"
-        "print('retrieved:', a2['memory']['retrieved_auctions'], 'past auctions')\n"
         "print('provisional winner:', a2['provisional_winner'], '| refiners:', a2['refiners'])\n"
+        "print('retrieved:', a2['memory']['retrieved_auctions'], 'past auctions')\n"
         "print('final winner:', a2['winner'], '| refined bid won:', a2['refined_won'])"
+    ),
+    nbf.v4.new_markdown_cell(
+        "Refinement only happens when the provisional winner is not the cheapest agent (an "
+        "auction the smallest agent already won costs nothing extra). The memory itself is a "
+        "Chroma collection with one record per auction, searchable by task similarity:"
+    ),
+    nbf.v4.new_code_cell(
+        "memory = AuctionMemory.persistent(memory_dir)\n"
+        "print('auctions stored:', memory.count())\n"
+        "print('similar past auctions:')\n"
+        "for past in memory.similar('check whether a string reads the same backwards', k=2):\n"
+        "    print(f'  {past.similarity:.2f}  winner={past.winner:20} {past.task}')"
     ),
     nbf.v4.new_markdown_cell(
         "## Weights\nThe default weights are uncalibrated; `sale fit` fits them on your workload. "

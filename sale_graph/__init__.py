@@ -15,18 +15,21 @@ from sale_graph.errors import (
     SaleError,
 )
 from sale_graph.graph import build_graph, graph, run_auction
+from sale_graph.memory import AuctionMemory, PastAuction
 from sale_graph.scoring import Weights
 from sale_graph.state import AuctionInput, AuctionOutput
 
 __all__ = [
     "Agent",
     "AuctionInput",
+    "AuctionMemory",
     "AuctionOutput",
     "Context",
     "InvalidTaskError",
     "MemoryUnavailableError",
     "ModelFileError",
     "NoBidsError",
+    "PastAuction",
     "PoolConfigError",
     "SaleError",
     "Weights",

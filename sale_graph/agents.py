@@ -33,6 +33,7 @@ class Agent:
             ``{"task", "strategy", "model", "agent"}``. Without one, the pool's or
             the package's default executor is used.
         max_concurrency: how many calls to this agent may run at once.
+
     """
 
     name: str

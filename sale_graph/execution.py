@@ -74,6 +74,8 @@ async def execute(
             timeout,
         )
         result["answer"] = answer_text(raw)
+        if not result["answer"].strip():
+            result["error"] = "empty answer: the executor returned no text"
         if isinstance(raw, dict):
             result["details"] = {k: v for k, v in raw.items() if k != "answer" and _jsonable(v)}
     except Exception as exc:  # noqa: BLE001 - the auction's audit must survive a bad executor

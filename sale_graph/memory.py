@@ -254,6 +254,7 @@ class AuctionMemory:
             _bounded_timeouts(self._client)
         self._embedder = embedder
         self._collection: Collection | None = None
+        self._has_records = False  # set once seen non-empty; clear() resets it
         self._lock = threading.Lock()
         self.location = location or "a Chroma client"
         self._hint = hint or "check that the Chroma store is reachable"
@@ -499,16 +500,20 @@ class AuctionMemory:
         if k == 0:
             return []
         skip = set(exclude)
-        with self._guard():
-            stored = self._col().count()
-        if stored == 0:
-            return []
+        if not self._has_records:
+            # An empty memory answers without loading the embedder. Once it holds
+            # records the count is not asked again: Chroma returns at most what it
+            # has, and count() grows with the collection (~9 ms at 100k records).
+            with self._guard():
+                self._has_records = self._col().count() > 0
+            if not self._has_records:
+                return []
         embedding = self._embed(task)
         where: Any = {_FLAG_PREFIX + agent: True} if agent else None
         with self._guard():
             result = self._col().query(
                 query_embeddings=embedding,
-                n_results=min(k + len(skip), stored),
+                n_results=k + len(skip),
                 where=where,
                 include=["documents", "metadatas", "distances"],
             )
@@ -583,6 +588,7 @@ class AuctionMemory:
         """Delete every stored auction (tests and fresh benchmark runs)."""
         with self._guard():
             col = self._col()
+            self._has_records = False
             while True:
                 ids = col.get(include=[], limit=_PAGE)["ids"]
                 if not ids:

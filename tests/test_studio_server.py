@@ -98,3 +98,32 @@ def test_dev_server_rejects_an_empty_task(dev_server):
 
     run = asyncio.run(go())
     assert run["status"] == "error"
+
+
+def test_dev_server_human_approval_interrupts_and_resumes(dev_server):
+    from langgraph_sdk import get_client
+
+    context = {"pool": "local-small", "max_bid_tokens": 32, "max_answer_tokens": 32,
+               "refine": False, "remember": False, "approval": True}
+
+    async def go():
+        client = get_client(url=dev_server)
+        thread = await client.threads.create()
+        tid = thread["thread_id"]
+        paused = await client.runs.wait(tid, "sale_auction",
+                                        input={"task": "Return the sum of a and b in Python."},
+                                        context=context)
+        state = await client.threads.get_state(tid)
+        request = state["interrupts"][0]["value"] if state.get("interrupts") else None
+        if request is None:  # older servers report interrupts per task
+            request = state["tasks"][0]["interrupts"][0]["value"]
+        other = request["alternatives"][0]
+        done = await client.runs.wait(tid, "sale_auction", context=context,
+                                      command={"resume": {"action": "override",
+                                                          "winner": other}})
+        return paused, request, other, done
+
+    paused, request, other, done = asyncio.run(go())
+    assert "winner" not in paused or paused.get("winner") is None
+    assert request["winner"] in {"smollm2-135m", "qwen2.5-coder-0.5b"}
+    assert done["winner"] == other and done["auction"]["approval"]["action"] == "override"

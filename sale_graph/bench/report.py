@@ -39,9 +39,16 @@ def _label_key(label: str) -> tuple[str, int, str]:
     return (domain, _BIN_RANK.get(bin_, 3), bin_)
 
 
-def markdown_report(summary: Mapping[str, Mapping[str, Any]], agents: Sequence[str]) -> str:
-    """Tables of the summary: overall, pass@1 per bin and per domain, win shares."""
+def markdown_report(
+    summary: Mapping[str, Mapping[str, Any]], agents: Sequence[str], preamble: str = ""
+) -> str:
+    """Tables of the summary: overall, pass@1 per bin and per domain, win shares.
+
+    ``preamble`` (Markdown) goes under the title: what was run and how to read it.
+    """
     lines = ["# Benchmark results", ""]
+    if preamble.strip():
+        lines += [preamble.strip(), ""]
     lines += [
         "| method | orders | n | pass@1 (%) | cost ($) | $/Mtok | largest agent (%) "
         "| auction tokens (%) | auction time (%) |",
@@ -174,13 +181,18 @@ def write_report(
     blocks: int = 10,
     meta: Mapping[str, Any] | None = None,
     plots: bool = True,
+    preamble: str = "",
+    method_order: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Summarise ``records`` and write JSON, Markdown and plots; returns the paths.
 
     ``curve_methods`` defaults to every method run over more than one task order.
+    Tables list the methods of ``method_order`` first, in that order, then the rest.
     """
     recs = list(records)
     summary = summarise(recs, largest, agents)
+    rank = {m: i for i, m in enumerate(method_order)}
+    summary = {m: summary[m] for m in sorted(summary, key=lambda m: (rank.get(m, len(rank)), m))}
     if curve_methods is None:
         curve_methods = [m for m, s in summary.items() if s["n_orders"] > 1]
     curves = {
@@ -199,7 +211,7 @@ def write_report(
         "records": [r.to_dict() for r in recs],
     }
     paths["json"].write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    paths["markdown"].write_text(markdown_report(summary, agents), encoding="utf-8")
+    paths["markdown"].write_text(markdown_report(summary, agents, preamble), encoding="utf-8")
     if plots:
         paths["pareto"] = out / "pareto.png"
         _plot_pareto(summary, paths["pareto"])

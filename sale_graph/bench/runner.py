@@ -33,7 +33,6 @@ import contextvars
 import dataclasses
 import json
 import math
-import os
 import random
 import re
 import signal
@@ -56,14 +55,16 @@ from sale_graph.bench.tasks import BINS, Task
 __all__ = [
     "BenchConfig",
     "CallLedger",
-    "METHODS",
     "Method",
     "SMOKE",
     "bank_pool",
     "build_tasks",
+    "methods_for",
     "fit_from_bank",
     "open_bank",
     "report_from_bank",
+    "report_from_export",
+    "stored_config",
     "run_bench",
 ]
 
@@ -146,7 +147,7 @@ class Method:
         return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
 
 
-def METHODS(config: BenchConfig) -> list[Method]:  # noqa: N802 - reads as a table
+def methods_for(config: BenchConfig) -> list[Method]:
     """SALE variants in the order they run: the main rows first, then the ablations."""
     main = [Method("SALE", orders=config.orders)]
     if not config.ablations:
@@ -202,7 +203,8 @@ def build_tasks(config: BenchConfig) -> list[Task]:
             groups = len(config.bins) * len(DEFAULT_GENERATORS)
             per_level = max(1, math.ceil(n / groups))
             pool = [
-                t for t in reasoning_tasks(per_level=per_level, seed=config.seed)
+                t
+                for t in reasoning_tasks(per_level=per_level, seed=config.seed)
                 if t.bin in config.bins
             ]
             out += _sample(pool, n, config.seed, lambda t: (t.bin, t.payload["generator"]))
@@ -227,7 +229,8 @@ class Meter:
 
     def seconds(self, phase: str | None = None) -> float:
         """Recorded generation seconds, of one phase or all."""
-        return sum(c["seconds"] for c in self.calls if phase is None or c["phase"] == phase)
+        # fsum: exact, so the total does not depend on the order calls finished in
+        return math.fsum(c["seconds"] for c in self.calls if phase is None or c["phase"] == phase)
 
     @property
     def new(self) -> int:
@@ -338,13 +341,23 @@ def bank_pool(preset: str, cache: BaseCache) -> list[Any]:
     from sale_graph.local import default_pool
 
     cls = _banked_model_class()
-    fields = ("model_path", "model_name", "n_ctx", "n_threads", "temperature", "max_tokens",
-              "seed", "max_seconds", "verbose")  # fmt: skip
+    fields = (
+        "model_path",
+        "model_name",
+        "n_ctx",
+        "n_threads",
+        "temperature",
+        "max_tokens",
+        "seed",
+        "max_seconds",
+        "verbose",
+    )
     agents = []
     for a in default_pool(preset):
         model = cls(**{f: getattr(a.model, f) for f in fields}, cache=cache)
-        agents.append(Agent(name=a.name, model=model, price=a.price,
-                            max_concurrency=a.max_concurrency))  # fmt: skip
+        agents.append(
+            Agent(name=a.name, model=model, price=a.price, max_concurrency=a.max_concurrency)
+        )
     return agents
 
 
@@ -361,6 +374,19 @@ def open_bank(run_dir: Path) -> OutcomeBank:
     if fresh and export.exists():
         bank.import_(export)
     return bank
+
+
+def stored_config(run_dir: str | Path) -> BenchConfig | None:
+    """The configuration a run directory was started with, if any."""
+    run_dir = Path(run_dir)
+    if not (run_dir / BANK_DB).exists() and not (run_dir / BANK_EXPORT).exists():
+        return None
+    bank = open_bank(run_dir)
+    try:
+        stored = bank.get("meta", "config")
+    finally:
+        bank.close()
+    return BenchConfig.from_dict(stored) if stored else None
 
 
 def _outcome_key(task_id: str, agent: str) -> str:
@@ -429,8 +455,16 @@ def _hms(seconds: float) -> str:
 class _Runner:
     """Holds the live state of one run: bank, pool, tasks, executors, progress."""
 
-    def __init__(self, config: BenchConfig, run_dir: Path, bank: OutcomeBank, tasks: list[Task],
-                 train: list[Task], test: list[Task], stream: Any = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: BenchConfig,
+        run_dir: Path,
+        bank: OutcomeBank,
+        tasks: list[Task],
+        train: list[Task],
+        test: list[Task],
+        stream: Any = None,
+    ) -> None:
         from sale_graph.bench.coding_executor import build_coding_executor
         from sale_graph.bench.reasoning_executor import reasoning_executor
 
@@ -455,10 +489,18 @@ class _Runner:
             f.write(json.dumps(row, sort_keys=True, default=str) + "\n")
 
     def maybe_export(self, force: bool = False) -> None:
-        """Export the bank every ``EXPORT_EVERY`` seconds (and when forced)."""
+        """Every ``EXPORT_EVERY`` seconds (and when forced): export the bank, refresh the report."""
         if force or time.monotonic() - self.last_export > EXPORT_EVERY:
             self.bank.export(self.run_dir / BANK_EXPORT)
+            self.refresh_report()
             self.last_export = time.monotonic()
+
+    def refresh_report(self) -> None:
+        """Rewrite the report from the bank; a report problem must not stop the run."""
+        try:
+            report_from_bank(self.bank, self.run_dir)
+        except Exception as exc:  # noqa: BLE001 - logged; the next refresh tries again
+            print(f"[bench] report failed: {type(exc).__name__}: {exc}", file=self.stream)
 
     def context(self, task: Task, **overrides: Any) -> Any:
         """The auction Context for a task of this run (executor by domain)."""
@@ -484,20 +526,28 @@ class _Runner:
         from sale_graph.prompts import bid_messages
 
         started = time.monotonic()
+        prompt = task.prompt.strip()  # as the auction sees it (validate_task strips)
         bid_error = None
         with self.ledger.measure() as meter:
             try:
                 bid = await write_bid(
-                    agent, bid_messages(agent.name, task.prompt), round_=0,
-                    max_tokens=self.config.max_bid_tokens, timeout=self.config.call_timeout,
-                )  # fmt: skip
+                    agent,
+                    bid_messages(agent.name, prompt),
+                    round_=0,
+                    max_tokens=self.config.max_bid_tokens,
+                    timeout=self.config.call_timeout,
+                )
                 strategy, plan_tokens = bid["strategy"], bid["tokens"] + bid["input_tokens"]
             except Exception as exc:  # noqa: BLE001 - no plan: the agent still tries the task
                 bid_error, strategy, plan_tokens = f"{type(exc).__name__}: {exc}", "", 0
             result = await execute(
-                agent, self.executors[task.domain], task=task.prompt, strategy=strategy,
-                timeout=self.config.execute_timeout, max_tokens=self.config.max_answer_tokens,
-            )  # fmt: skip
+                agent,
+                self.executors[task.domain],
+                task=prompt,
+                strategy=strategy,
+                timeout=self.config.execute_timeout,
+                max_tokens=self.config.max_answer_tokens,
+            )
         answer = result["answer"] or ""
         passed = result["error"] is None and bool(answer.strip())
         if passed:
@@ -528,49 +578,84 @@ class _Runner:
 
     # ---------------------------------------------------------------- auctions
 
-    async def auction(self, task: Task, ctx: Any) -> tuple[dict[str, Any], Meter, float]:
+    async def auction(
+        self, task: Task, ctx: Any, auction_id: str | None = None
+    ) -> tuple[dict[str, Any], Meter, float]:
         """One auction of ``task``; returns its output, its meter and its wall seconds."""
         from sale_graph.graph import graph
+        from sale_graph.state import AuctionInput
 
         started = time.monotonic()
+        request = AuctionInput(task=task.prompt)
+        if auction_id:  # idempotent: a retried auction overwrites its own memory record
+            request["auction_id"] = auction_id
         with self.ledger.measure() as meter:
-            out = await graph.ainvoke({"task": task.prompt}, context=ctx)
+            out = await graph.ainvoke(request, context=ctx)
         return out, meter, time.monotonic() - started
 
     async def train_audit(self, task: Task) -> dict[str, Any]:
         """Every bid and every vote on a training task (no refinement, no memory)."""
         ctx = self.context(task, refine=False, remember=False, jury="all")
         out, meter, wall = await self.auction(task, ctx)
-        return {"audit": out["auction"], "calls": len(meter.calls), "new_calls": meter.new,
-                "wall_seconds": wall}  # fmt: skip
+        return {
+            "audit": out["auction"],
+            "calls": len(meter.calls),
+            "new_calls": meter.new,
+            "wall_seconds": wall,
+        }
 
-    async def sale(self, task: Task, method: Method, order: int, position: int,
-                   weights: Any, memory_path: Path | None) -> dict[str, Any]:  # fmt: skip
+    async def sale(
+        self,
+        task: Task,
+        method: Method,
+        order: int,
+        position: int,
+        weights: Any,
+        memory_path: Path | None,
+    ) -> dict[str, Any]:
         """One SALE auction on a test task, graded, as a Record plus its audit."""
         from sale_graph.bench.records import record_from_audit
         from sale_graph.bench.tasks import verify
 
-        overrides: dict[str, Any] = {"weights": weights, "jury": method.jury,
-                                     "refine": method.refine, "remember": method.refine}
+        overrides: dict[str, Any] = {
+            "weights": weights,
+            "jury": method.jury,
+            "refine": method.refine,
+            "remember": method.refine,
+        }
         if memory_path is not None:
             overrides["memory_path"] = str(memory_path)
-        out, meter, wall = await self.auction(task, self.context(task, **overrides))
+        auction_id = f"{method.slug}-o{order}-p{position}"
+        out, meter, wall = await self.auction(task, self.context(task, **overrides), auction_id)
         audit = out["auction"]
         answer = out.get("answer") or ""
         passed = not audit["execution"].get("error") and bool(answer.strip())
         if passed:
             passed = await asyncio.to_thread(verify, task, answer)
         record = record_from_audit(
-            method.name, task_id=task.id, domain=task.domain, bin=task.bin, audit=audit,
-            passed=bool(passed), order=order, position=position,
-        )  # fmt: skip
+            method.name,
+            task_id=task.id,
+            domain=task.domain,
+            bin=task.bin,
+            audit=audit,
+            passed=bool(passed),
+            order=order,
+            position=position,
+        )
         # honest time: compute seconds recorded per call, also for replayed calls
         record = dataclasses.replace(
-            record, seconds_auction=meter.seconds("auction"),
+            record,
+            seconds_auction=meter.seconds("auction"),
             seconds_execution=meter.seconds("execute"),
-        )  # fmt: skip
-        return {"record": record.to_dict(), "audit": audit, "answer": answer,
-                "calls": len(meter.calls), "new_calls": meter.new, "wall_seconds": wall}  # fmt: skip
+        )
+        return {
+            "record": record.to_dict(),
+            "audit": audit,
+            "answer": answer,
+            "calls": len(meter.calls),
+            "new_calls": meter.new,
+            "wall_seconds": wall,
+        }
 
 
 def _weights_for(method: Method, fitted: Mapping[str, Any]) -> dict[str, Any]:
@@ -601,20 +686,21 @@ def _rebuild_memory(memory: Any, rows: Sequence[Mapping[str, Any]]) -> None:
 # --------------------------------------------------------------------------- the run
 
 
-def _check_config(bank: OutcomeBank, config: BenchConfig, tasks: list[Task],
-                  resume: bool) -> BenchConfig:  # fmt: skip
+def _check_config(bank: OutcomeBank, config: BenchConfig, tasks: list[Task], resume: bool) -> None:
+    """Refuse to mix two configurations (or two task sets) in one bank."""
     stored = bank.get("meta", "config")
     if stored is None:
-        return config
+        return
     if not resume:
         raise RuntimeError(
-            f"{bank.path} already holds a run; pass --resume to continue it or pick a new "
-            "--run-dir"
+            f"{bank.path} already holds a run; pass --resume to continue it or pick a new --run-dir"
         )
     if stored != config.to_dict():
         diff = sorted(k for k in stored if stored.get(k) != config.to_dict().get(k))
         raise RuntimeError(f"--resume with a different configuration (differs in: {diff})")
-    return config
+    known = [t["id"] for t in (bank.get("meta", "tasks") or {}).get("tasks", [])]
+    if known and known != [t.id for t in tasks]:
+        raise RuntimeError("the task set changed since this run started (dataset versions?)")
 
 
 def _split(config: BenchConfig, tasks: list[Task]) -> tuple[list[Task], list[Task]]:
@@ -623,14 +709,15 @@ def _split(config: BenchConfig, tasks: list[Task]) -> tuple[list[Task], list[Tas
     return split(tasks, config.test_fraction, config.seed)
 
 
-async def _run(config: BenchConfig, run_dir: Path, bank: OutcomeBank, tasks: list[Task],
-               stream: Any) -> None:  # fmt: skip
+async def _run(
+    config: BenchConfig, run_dir: Path, bank: OutcomeBank, tasks: list[Task], stream: Any
+) -> None:
     from sale_graph.bench.tasks import task_orders
 
     train, test = _split(config, tasks)
     r = _Runner(config, run_dir, bank, tasks, train, test, stream)
     bank.put("meta", "pool", {"agents": [{"name": a.name, "price": a.price} for a in r.agents]})
-    methods = METHODS(config)
+    methods = methods_for(config)
     orders = task_orders(test, config.orders, config.seed)
 
     outcomes = bank.records("outcome")
@@ -644,12 +731,18 @@ async def _run(config: BenchConfig, run_dir: Path, bank: OutcomeBank, tasks: lis
     done = {
         "outcome": sum(_outcome_key(t.id, a.name) in outcomes for t in tasks for a in r.agents),
         "train auction": sum(t.id in audits for t in train),
-        "SALE": sum(_result_key(m.name, k, t.id) in results
-                    for m in methods for k in range(m.orders) for t in test),  # fmt: skip
+        "SALE": sum(
+            _result_key(m.name, k, t.id) in results
+            for m in methods
+            for k in range(m.orders)
+            for t in test
+        ),
     }
     progress = Progress(plan, done, stream)
-    progress.note(f"{len(tasks)} tasks ({len(train)} train, {len(test)} test), "
-                  f"{len(r.agents)} agents, run dir {run_dir}")  # fmt: skip
+    progress.note(
+        f"{len(tasks)} tasks ({len(train)} train, {len(test)} test), "
+        f"{len(r.agents)} agents, run dir {run_dir}"
+    )
 
     # 1. embeddings for the kNN routers (stored: the report must not need the model)
     missing = [t for t in tasks if bank.get("embedding", t.id) is None]
@@ -666,35 +759,52 @@ async def _run(config: BenchConfig, run_dir: Path, bank: OutcomeBank, tasks: lis
             key = _outcome_key(task.id, agent.name)
             if key in outcomes:
                 continue
-            row = await r.outcome(task, agent)
+            row = await _attempt(progress, f"{agent.name} on {task.id}", r.outcome, task, agent)
+            if row is None:
+                continue
             bank.put("outcome", key, row)
-            r._log({"kind": "outcome", "task_id": task.id, "agent": agent.name,
-                    **{k: row[k] for k in ("passed", "tokens", "cost", "seconds")}})  # fmt: skip
-            progress.step("outcome", f"{agent.name} on {task.id} "
-                          f"{'pass' if row['passed'] else 'fail'}",
-                          row["wall_seconds"], row["new_calls"], row["calls"])  # fmt: skip
+            r._log(
+                {
+                    "kind": "outcome",
+                    "task_id": task.id,
+                    "agent": agent.name,
+                    **{k: row[k] for k in ("passed", "tokens", "cost", "seconds")},
+                }
+            )
+            progress.step(
+                "outcome",
+                f"{agent.name} on {task.id} {'pass' if row['passed'] else 'fail'}",
+                row["wall_seconds"],
+                row["new_calls"],
+                row["calls"],
+            )
             r.maybe_export()
 
     # 3. training auctions, then the fit
     for task in train:
         if task.id in audits:
             continue
-        row = await r.train_audit(task)
+        row = await _attempt(progress, f"auction on {task.id}", r.train_audit, task)
+        if row is None:
+            continue
         bank.put("train_audit", task.id, row)
         r._log({"kind": "train auction", "task_id": task.id, "winner": row["audit"]["winner"]})
-        progress.step("train auction", task.id, row["wall_seconds"], row["new_calls"],
-                      row["calls"])  # fmt: skip
+        progress.step("train auction", task.id, row["wall_seconds"], row["new_calls"], row["calls"])
         r.maybe_export()
     fit = bank.get("fit", "minmax")
     if fit is None:
-        fit = fit_from_bank(bank, "minmax").to_dict()
+        try:
+            fit = fit_from_bank(bank, "minmax").to_dict()
+        except ValueError as exc:
+            progress.note(f"no fit, so no SALE yet: {exc}")
+            r.maybe_export(force=True)
+            return
         bank.put("fit", "minmax", fit)
-    from sale_graph.bench.fit import save_weights
-
-    save_weights(fit["weights"], run_dir / "weights.json")
-    progress.note(f"fitted weights (min-max, train pass {fit['train_pass_rate']:.0%}): "
-                  f"{json.dumps(fit['weights'], sort_keys=True)}")  # fmt: skip
-    report_from_bank(bank, run_dir)
+    progress.note(
+        f"fitted weights (min-max, train pass {fit['train_pass_rate']:.0%}): "
+        f"{json.dumps(fit['weights'], sort_keys=True)}"
+    )
+    r.refresh_report()
 
     # 4. SALE and ablations on the test split
     for method in _schedule(methods):
@@ -716,18 +826,42 @@ async def _run(config: BenchConfig, run_dir: Path, bank: OutcomeBank, tasks: lis
             key = keys[position]
             if key in results:
                 continue
-            row = await r.sale(task, m, k, position, weights, memory_path)
+            what = f"{m.name} order {k} #{position} {task.id}"
+            args = (task, m, k, position, weights, memory_path)
+            row = await _attempt(progress, what, r.sale, *args)
+            if row is None:  # the order cannot go on without this task's memory
+                progress.note(f"{m.name} order {k} stops here; --resume retries it")
+                break
             bank.put("result", key, row)
             results[key] = row
             rec = row["record"]
             r._log({"kind": "sale", **rec})
-            progress.step("SALE", f"{m.name} order {k} #{position} {task.id} -> "
-                          f"{rec['agent']} {'pass' if rec['passed'] else 'fail'}",
-                          row["wall_seconds"], row["new_calls"], row["calls"])  # fmt: skip
+            progress.step(
+                "SALE",
+                f"{m.name} order {k} #{position} {task.id} -> "
+                f"{rec['agent']} {'pass' if rec['passed'] else 'fail'}",
+                row["wall_seconds"],
+                row["new_calls"],
+                row["calls"],
+            )
             r.maybe_export()
-        report_from_bank(bank, run_dir)
+        r.refresh_report()
     r.maybe_export(force=True)
     progress.note(f"done: {r.ledger.misses} new model calls, {r.ledger.hits} replayed this session")
+
+
+async def _attempt(progress: Progress, what: str, job: Any, *args: Any) -> Any:
+    """Run one job, retrying once; after a second failure log it and return None.
+
+    Hours into a run, one failing job (a sandbox error, a model timeout) should not
+    cost the rest of the session; the job stays undone and ``--resume`` retries it.
+    """
+    for attempt in (1, 2):
+        try:
+            return await job(*args)
+        except Exception as exc:  # noqa: BLE001 - logged; interrupts are BaseException
+            progress.note(f"{what} failed (attempt {attempt}/2): {type(exc).__name__}: {exc}")
+    return None
 
 
 def _schedule(methods: Sequence[Method]) -> list[tuple[Method, int]]:
@@ -740,24 +874,39 @@ def _schedule(methods: Sequence[Method]) -> list[tuple[Method, int]]:
     return plan
 
 
-def run_bench(config: BenchConfig, run_dir: str | Path, *, resume: bool = False,
-              stream: Any = None) -> dict[str, Path]:  # fmt: skip
+def run_bench(
+    config: BenchConfig, run_dir: str | Path, *, resume: bool = False, stream: Any = None
+) -> dict[str, Path]:
     """Run (or resume) a benchmark into ``run_dir``; returns the report's paths."""
     run_dir = Path(run_dir)
     out = stream or sys.stderr
     tasks = build_tasks(config)
     train, test = _split(config, tasks)
     if not train or not test:
-        raise ValueError(f"the split has {len(train)} train and {len(test)} test tasks; "
-                         "both must be non-empty (more tasks or another --test-fraction)")  # fmt: skip
+        raise ValueError(
+            f"the split has {len(train)} train and {len(test)} test tasks; "
+            "both must be non-empty (more tasks or another --test-fraction)"
+        )
     bank = open_bank(run_dir)
     try:
         _check_config(bank, config, tasks, resume)
         bank.put("meta", "config", config.to_dict())
-        bank.put("meta", "tasks", {"tasks": [
-            {"id": t.id, "domain": t.domain, "bin": t.bin,
-             "split": "test" if t in test else "train"} for t in tasks
-        ]})  # fmt: skip
+        test_ids = {t.id for t in test}
+        bank.put(
+            "meta",
+            "tasks",
+            {
+                "tasks": [
+                    {
+                        "id": t.id,
+                        "domain": t.domain,
+                        "bin": t.bin,
+                        "split": "test" if t.id in test_ids else "train",
+                    }
+                    for t in tasks
+                ]
+            },
+        )
         previous = signal.getsignal(signal.SIGTERM)
         signal.signal(signal.SIGTERM, _interrupt)
         try:
@@ -783,8 +932,9 @@ def _pool_meta(bank: OutcomeBank) -> tuple[list[str], dict[str, float]]:
     return sorted(prices, key=lambda a: (prices[a], a)), prices
 
 
-def _outcome_table(bank: OutcomeBank, task_ids: Sequence[str],
-                   agents: Sequence[str]) -> dict[str, dict[str, Outcome]] | None:  # fmt: skip
+def _outcome_table(
+    bank: OutcomeBank, task_ids: Sequence[str], agents: Sequence[str]
+) -> dict[str, dict[str, Outcome]] | None:
     rows = bank.records("outcome")
     table: dict[str, dict[str, Outcome]] = {}
     for t in task_ids:
@@ -812,12 +962,20 @@ def fit_from_bank(bank: OutcomeBank, objective: str = "minmax", lam: float = FIT
     if table is None or any(t not in audits for t in train_ids):
         raise ValueError("the training outcomes and auctions are incomplete; resume the run first")
     rows = {t: training_bids(audits[t]["audit"], table[t]) for t in train_ids}
-    return fit_weights(rows, objective=objective, lam=lam, jurors=agents,  # type: ignore[arg-type]
-                       tie_order=agents)  # fmt: skip
+    if objective not in ("minmax", "mean"):
+        raise ValueError(f"objective must be minmax or mean, got {objective!r}")
+    return fit_weights(
+        rows,
+        objective="mean" if objective == "mean" else "minmax",
+        lam=lam,
+        jurors=agents,
+        tie_order=agents,
+    )
 
 
-def _router_loss(routes: Sequence[Any], table: Mapping[str, Mapping[str, Outcome]],
-                 scale: float) -> float:  # fmt: skip
+def _router_loss(
+    routes: Sequence[Any], table: Mapping[str, Mapping[str, Outcome]], scale: float
+) -> float:
     """Mean of the fit's loss (failure + FIT_LAM x normalised cost) over routed tasks."""
     losses = []
     for r in routes:
@@ -827,9 +985,14 @@ def _router_loss(routes: Sequence[Any], table: Mapping[str, Mapping[str, Outcome
     return sum(losses) / len(losses) if losses else 0.0
 
 
-def _tune(router: Any, knobs: Sequence[float], train_ids: Sequence[str],
-          table: Mapping[str, Mapping[str, Outcome]], embeddings: Mapping[str, Any],
-          prices: Mapping[str, float]) -> float:  # fmt: skip
+def _tune(
+    router: Any,
+    knobs: Sequence[float],
+    train_ids: Sequence[str],
+    table: Mapping[str, Mapping[str, Outcome]],
+    embeddings: Mapping[str, Any],
+    prices: Mapping[str, float],
+) -> float:
     """Pick the knob with the lowest leave-one-out training loss (the fit's loss)."""
     scale = max((o.cost for t in train_ids for o in table[t].values()), default=0.0) or 1.0
     best = None
@@ -847,9 +1010,15 @@ def _tune(router: Any, knobs: Sequence[float], train_ids: Sequence[str],
     return best[1]
 
 
-def _baseline_records(bank: OutcomeBank, train_ids: list[str], test_ids: list[str],
-                      agents: list[str], prices: dict[str, float], domains: dict[str, str],
-                      bins: dict[str, str]) -> tuple[list[Record], dict[str, Any]]:  # fmt: skip
+def _baseline_records(
+    bank: OutcomeBank,
+    train_ids: list[str],
+    test_ids: list[str],
+    agents: list[str],
+    prices: dict[str, float],
+    domains: dict[str, str],
+    bins: dict[str, str],
+) -> tuple[list[Record], dict[str, Any]]:
     import numpy as np
 
     from sale_graph.bench import routers
@@ -857,12 +1026,22 @@ def _baseline_records(bank: OutcomeBank, train_ids: list[str], test_ids: list[st
     table = _outcome_table(bank, [*train_ids, *test_ids], agents)
     if table is None:
         return [], {}
-    emb = {t: np.asarray(bank.get("embedding", t)["vector"], float) for t in table}
+    stored = {t: bank.get("embedding", t) for t in table}
+    if any(v is None for v in stored.values()):
+        return [], {}
+    emb = {t: np.asarray(v["vector"], dtype=np.float64) for t, v in stored.items() if v}
     c_max = max((o.cost for t in train_ids for o in table[t].values()), default=0.0) or 1.0
-    lam = _tune(routers.wtp, [c_max * f for f in (0.1, 0.3, 1, 3, 10, 100, 1000)],
-                train_ids, table, emb, prices)  # fmt: skip
-    mu = _tune(routers.carrot, [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9],
-               train_ids, table, emb, prices)  # fmt: skip
+    lam = _tune(
+        routers.wtp,
+        [c_max * f for f in (0.1, 0.3, 1, 3, 10, 100, 1000)],
+        train_ids,
+        table,
+        emb,
+        prices,
+    )
+    mu = _tune(
+        routers.carrot, [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9], train_ids, table, emb, prices
+    )
     thresholds = routers.fit_cascade_thresholds(train_ids, table, prices)
     routes = {f"single: {a}": routers.single_agent(test_ids, a) for a in agents}
     routes["random"] = routers.random_router(test_ids, agents, seed=0)
@@ -874,14 +1053,18 @@ def _baseline_records(bank: OutcomeBank, train_ids: list[str], test_ids: list[st
     records = []
     for name, rs in routes.items():
         records += routers.routes_to_records(name, rs, table, domains, bins)
-    knobs = {"wtp_lambda": lam, "wtp_lambda_over_cmax": lam / c_max, "carrot_mu": mu,
-             "cascade_thresholds": {a: (None if math.isinf(v) else v)
-                                    for a, v in thresholds.items()}}  # fmt: skip
+    knobs = {
+        "wtp_lambda": lam,
+        "wtp_lambda_over_cmax": lam / c_max,
+        "carrot_mu": mu,
+        "cascade_thresholds": {a: (None if math.isinf(v) else v) for a, v in thresholds.items()},
+    }
     return records, knobs
 
 
-def report_from_bank(bank: OutcomeBank, out_dir: str | Path, *, plots: bool = True
-                     ) -> dict[str, Path]:  # fmt: skip
+def report_from_bank(
+    bank: OutcomeBank, out_dir: str | Path, *, plots: bool = True
+) -> dict[str, Path]:
     """Write results.json/.md and the plots from what ``bank`` holds; no model is touched.
 
     Only complete pieces enter the tables: baselines once every agent has executed
@@ -903,7 +1086,7 @@ def report_from_bank(bank: OutcomeBank, out_dir: str | Path, *, plots: bool = Tr
     results = bank.records("result")
     progress: dict[str, str] = {}
     sale_calls: dict[str, dict[str, int]] = {}
-    for m in METHODS(config):
+    for m in methods_for(config):
         complete = []
         for k in range(m.orders):
             rows = [results.get(_result_key(m.name, k, t)) for t in test_ids]
@@ -914,34 +1097,72 @@ def report_from_bank(bank: OutcomeBank, out_dir: str | Path, *, plots: bool = Tr
                 for row in rows:
                     calls["calls"] += int(row["calls"])  # type: ignore[index]
                     calls["new_calls"] += int(row["new_calls"])  # type: ignore[index]
-        n_done = sum(_result_key(m.name, k, t) in results
-                     for k in range(m.orders) for t in test_ids)  # fmt: skip
+        n_done = sum(
+            _result_key(m.name, k, t) in results for k in range(m.orders) for t in test_ids
+        )
         progress[m.name] = f"{len(complete)}/{m.orders} orders complete ({n_done} auctions)"
     fit = bank.get("fit", "minmax")
+    out = Path(out_dir)
+    if fit:
+        from sale_graph.bench.fit import save_weights
+
+        save_weights(fit["weights"], out / "weights.json")
     meta = {
         "config": config.to_dict(),
         "agents": [{"name": a, "price_usd_per_mtok": prices[a]} for a in agents],
-        "tasks": {"train": len(train_ids), "test": len(test_ids),
-                  "test_by_domain": dict(Counter(domains[t] for t in test_ids))},  # fmt: skip
+        "tasks": {
+            "train": len(train_ids),
+            "test": len(test_ids),
+            "test_by_domain": dict(Counter(domains[t] for t in test_ids)),
+        },
         "fit": fit,
         "router_knobs": knobs,
         "sale_progress": progress,
         "sale_model_calls": sale_calls,
         "bank_calls": len(bank),
         "seconds": "llama.cpp compute seconds recorded at first generation (replayed calls "
-                   "keep theirs), summed over calls; sandbox time excluded",
+        "keep theirs), summed over calls; sandbox time excluded",
     }
-    out = Path(out_dir)
-    preamble = _preamble(config, agents, prices, train_ids, test_ids, domains, fit, knobs,
-                         progress, has_baselines=bool(knobs))  # fmt: skip
-    return write_report(records, out, largest=agents[-1], agents=agents, meta=meta,
-                        plots=plots, preamble=preamble)  # fmt: skip
+    preamble = _preamble(
+        config,
+        agents,
+        prices,
+        train_ids,
+        test_ids,
+        domains,
+        fit,
+        knobs,
+        progress,
+        has_baselines=bool(knobs),
+        outcomes_done=len(bank.records("outcome")),
+    )
+    order = [m.name for m in methods_for(config)] + [f"single: {a}" for a in agents[::-1]]
+    order += ["random", "oracle", "WTP", "CARROT", "cascade", "cascade (fitted)"]
+    return write_report(
+        records,
+        out,
+        largest=agents[-1],
+        agents=agents,
+        meta=meta,
+        plots=plots,
+        preamble=preamble,
+        method_order=order,
+    )
 
 
-def _preamble(config: BenchConfig, agents: list[str], prices: Mapping[str, float],
-              train_ids: list[str], test_ids: list[str], domains: Mapping[str, str],
-              fit: Mapping[str, Any] | None, knobs: Mapping[str, Any],
-              progress: Mapping[str, str], has_baselines: bool) -> str:  # fmt: skip
+def _preamble(
+    config: BenchConfig,
+    agents: list[str],
+    prices: Mapping[str, float],
+    train_ids: list[str],
+    test_ids: list[str],
+    domains: Mapping[str, str],
+    fit: Mapping[str, Any] | None,
+    knobs: Mapping[str, Any],
+    progress: Mapping[str, str],
+    has_baselines: bool,
+    outcomes_done: int = 0,
+) -> str:
     by_domain = Counter(domains[t] for t in test_ids)
     pool = ", ".join(f"{a} (${prices[a]:.5f}/Mtok)" for a in agents)
     lines = [
@@ -979,7 +1200,11 @@ def _preamble(config: BenchConfig, agents: list[str], prices: Mapping[str, float
             "Reasoning answers carry no self-check, so cascades always escalate there."
         )
     else:
-        lines.append("- Baselines: not yet (every agent must execute every task first).")
+        total = len(agents) * (len(train_ids) + len(test_ids))
+        lines.append(
+            f"- Baselines: not yet (every agent must execute every task first; "
+            f"{outcomes_done}/{total} done)."
+        )
     lines.append(
         f"- SALE runs {config.orders} seeded task order(s) with memory starting empty; "
         "ablations run the first order. Progress: "
@@ -992,8 +1217,9 @@ def _preamble(config: BenchConfig, agents: list[str], prices: Mapping[str, float
 # --------------------------------------------------------------------------- from an export
 
 
-def report_from_export(export: str | Path, out_dir: str | Path, *, plots: bool = True
-                       ) -> dict[str, Path]:  # fmt: skip
+def report_from_export(
+    export: str | Path, out_dir: str | Path, *, plots: bool = True
+) -> dict[str, Path]:
     """Rebuild the report from a committed ``bank.jsonl.gz`` (a scratch database, no model)."""
     with tempfile.TemporaryDirectory(prefix="sale-bank-") as tmp:
         bank = OutcomeBank.from_export(export, Path(tmp) / BANK_DB)
@@ -1001,8 +1227,3 @@ def report_from_export(export: str | Path, out_dir: str | Path, *, plots: bool =
             return report_from_bank(bank, out_dir, plots=plots)
         finally:
             bank.close()
-
-
-def env_summary() -> dict[str, Any]:
-    """Where the run happened, for the log."""
-    return {"cpus": os.cpu_count(), "python": sys.version.split()[0]}

@@ -1,0 +1,188 @@
+"""``sale bench`` and ``sale fit``: the benchmark from the command line.
+
+``sale bench`` runs (or, with ``--resume``, continues) a benchmark into a run
+directory; ``sale bench --from-bank`` rebuilds the tables from the run's exported
+bank without loading any model; ``sale fit`` fits SALE's weights on a run's
+training split and writes the JSON file that ``Context(weights=path)`` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_RUN_DIR = Path("benchmarks") / "results" / "full"
+SMOKE_RUN_DIR = Path("benchmarks") / "results" / "smoke"
+
+
+def _domains(text: str) -> tuple[str, ...]:
+    items = tuple(d.strip() for d in text.split(",") if d.strip())
+    bad = [d for d in items if d not in ("coding", "reasoning")]
+    if not items or bad:
+        raise argparse.ArgumentTypeError("domains: a comma list of coding, reasoning")
+    return items
+
+
+def _config(args: argparse.Namespace, stored: Any = None) -> Any:
+    """The BenchConfig the flags describe: the stored one (resume) or a preset, then flags."""
+    import dataclasses
+
+    from sale_graph.bench.runner import SMOKE, BenchConfig
+
+    base = stored or (SMOKE if args.smoke else BenchConfig())
+    changes: dict[str, Any] = {}
+    if args.pool is not None:
+        changes["pool"] = args.pool
+    if args.domains is not None:
+        changes["domains"] = args.domains
+    if args.limit is not None:
+        changes["per_domain"] = {d: args.limit for d in ("coding", "reasoning")}
+    if args.test_fraction is not None:
+        changes["test_fraction"] = args.test_fraction
+    if args.orders is not None:
+        changes["orders"] = args.orders
+    if args.no_ablations:
+        changes["ablations"] = False
+    if args.seed is not None:
+        changes["seed"] = args.seed
+    return dataclasses.replace(base, **changes)
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    """Run, resume or rebuild a benchmark; print the results table."""
+    from sale_graph.bench import runner
+
+    run_dir = Path(args.run_dir or (SMOKE_RUN_DIR if args.smoke else DEFAULT_RUN_DIR))
+    if args.from_bank:
+        export = Path(args.bank) if args.bank else run_dir / runner.BANK_EXPORT
+        if not export.is_file():
+            print(f"sale bench: no exported bank at {export}", file=sys.stderr)
+            return 2
+        paths = runner.report_from_export(export, run_dir, plots=not args.no_plots)
+    else:
+        stored = runner.stored_config(run_dir) if args.resume else None
+        try:
+            paths = runner.run_bench(_config(args, stored), run_dir, resume=args.resume)
+        except (RuntimeError, ValueError) as exc:
+            print(f"sale bench: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(
+                "sale bench: interrupted; the bank is saved, continue with --resume",
+                file=sys.stderr,
+            )
+            return 130
+    print(paths["markdown"].read_text(encoding="utf-8"))
+    print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
+    return 0
+
+
+def fit_command(args: argparse.Namespace) -> int:
+    """Fit weights on a run's training split; write them where ``Context(weights=)`` reads."""
+    import json
+    import tempfile
+
+    from sale_graph.bench import runner
+    from sale_graph.bench.bank import OutcomeBank
+    from sale_graph.bench.fit import save_weights
+
+    run_dir = Path(args.run_dir)
+    db = run_dir / runner.BANK_DB
+    export = run_dir / runner.BANK_EXPORT
+    with tempfile.TemporaryDirectory(prefix="sale-fit-") as tmp:
+        if db.exists():
+            bank = OutcomeBank(db)
+        elif export.exists():
+            bank = OutcomeBank.from_export(export, Path(tmp) / runner.BANK_DB)
+        else:
+            print(
+                f"sale fit: {run_dir} has neither {runner.BANK_DB} nor {runner.BANK_EXPORT}",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            result = runner.fit_from_bank(bank, args.objective, args.lam)
+        except ValueError as exc:
+            print(f"sale fit: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            bank.close()
+    save_weights(result.weights, args.output)
+    summary = {k: v for k, v in result.to_dict().items() if k != "selected"}
+    print(json.dumps(summary, indent=2, sort_keys=True))
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def add_bench_commands(subparsers: Any) -> None:
+    """Register ``bench`` and ``fit`` on the ``sale`` command's subparsers."""
+    bench = subparsers.add_parser(
+        "bench", help="benchmark SALE against baselines (resumable; see benchmarks/README.md)"
+    )
+    bench.add_argument(
+        "--pool",
+        choices=["local", "local-small"],
+        default=None,
+        help="agent pool (default: local; --smoke: local-small)",
+    )
+    bench.add_argument(
+        "--domains",
+        type=_domains,
+        default=None,
+        help="comma list of coding, reasoning (default: both)",
+    )
+    bench.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="tasks per domain, spread evenly over bins (default: 36)",
+    )
+    bench.add_argument(
+        "--test-fraction",
+        type=float,
+        default=None,
+        help="share of tasks in the test split (default: 0.5)",
+    )
+    bench.add_argument(
+        "--orders", type=int, default=None, help="seeded task orders SALE runs over (default: 5)"
+    )
+    bench.add_argument("--seed", type=int, default=None, help="task sampling/split/order seed")
+    bench.add_argument("--no-ablations", action="store_true", help="SALE and baselines only")
+    bench.add_argument(
+        "--run-dir",
+        default=None,
+        help=f"where results and the bank go (default: {DEFAULT_RUN_DIR}, "
+        f"--smoke: {SMOKE_RUN_DIR})",
+    )
+    bench.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --run-dir (its stored configuration must match)",
+    )
+    bench.add_argument(
+        "--from-bank",
+        action="store_true",
+        help="rebuild the tables from the run's bank.jsonl.gz, loading no model",
+    )
+    bench.add_argument("--bank", default=None, help="with --from-bank: another export to read")
+    bench.add_argument(
+        "--smoke",
+        action="store_true",
+        help="5 easy tasks, the two smallest models, 1 order, no ablations",
+    )
+    bench.add_argument("--no-plots", action="store_true", help="skip pareto.png/win_rate.png")
+    bench.set_defaults(handler=bench_command)
+
+    fit = subparsers.add_parser("fit", help="fit SALE's weights on a benchmark run's train split")
+    fit.add_argument("--run-dir", required=True, help="a `sale bench` run directory")
+    fit.add_argument("--objective", choices=["minmax", "mean"], default="minmax")
+    fit.add_argument(
+        "--lam",
+        type=float,
+        default=0.1,
+        help="weight of normalised cost in the loss (failure costs 1)",
+    )
+    fit.add_argument("-o", "--output", required=True, help="weights JSON to write")
+    fit.set_defaults(handler=fit_command)

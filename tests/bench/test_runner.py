@@ -1,0 +1,327 @@
+"""The benchmark runner's parts that need no model: metering, keys, tasks, report, fit, CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import RunnableLambda
+
+from sale_graph.bench import runner
+from sale_graph.bench.bank import OutcomeBank
+from sale_graph.bench.records import Record
+from sale_graph.bench.runner import (
+    SMOKE,
+    BenchConfig,
+    CallLedger,
+    Method,
+    build_tasks,
+    metered,
+    methods_for,
+    report_from_bank,
+    report_from_export,
+)
+
+# --------------------------------------------------------------------------- metering
+
+
+def test_ledger_replays_recorded_seconds_and_counts_new_calls(tmp_path, scripted) -> None:
+    bank = OutcomeBank(tmp_path / "bank.sqlite")
+    ledger = CallLedger(bank)
+    model = scripted(replies=["plan A", "plan B"], cache=ledger)
+    with ledger.measure() as first:
+        assert model.invoke([HumanMessage("task")]).content == "plan A"
+    with ledger.measure() as second:
+        assert model.invoke([HumanMessage("task")]).content == "plan A"  # from the bank
+    assert model.calls == 1
+    assert (first.new, len(first.calls)) == (1, 1)
+    assert (second.new, len(second.calls)) == (0, 1)
+    # the replay reports the seconds recorded when the call really ran, not ~0
+    assert second.seconds() == pytest.approx(0.5) == first.seconds()
+    assert (ledger.hits, ledger.misses) == (1, 1)
+
+
+def test_metered_executor_calls_count_as_execution(tmp_path, scripted) -> None:
+    ledger = CallLedger(OutcomeBank(tmp_path / "bank.sqlite"))
+    model = scripted(replies=["bid", "answer"], cache=ledger)
+
+    async def execute(inputs: dict, config) -> str:
+        return (await inputs["model"].ainvoke([HumanMessage("execute " + inputs["task"])])).content
+
+    executor = metered(RunnableLambda(execute))
+
+    async def job() -> str:
+        await model.ainvoke([HumanMessage("bid on t")])
+        return await executor.ainvoke({"task": "t", "model": model})
+
+    with ledger.measure() as meter:
+        assert asyncio.run(job()) == "answer"
+    assert [c["phase"] for c in meter.calls] == ["auction", "execute"]
+    assert meter.seconds("auction") == pytest.approx(0.5)
+    assert meter.seconds("execute") == pytest.approx(0.5)
+
+
+def test_banked_local_model_is_keyed_by_digest_and_a_hit_skips_llama(tmp_path, monkeypatch):
+    from sale_graph.local import LlamaCppChatModel
+    from sale_graph.model_files import MODELS
+
+    runs = []
+
+    def fake_run(self, messages, stop, cancel, options):
+        runs.append(self.model_path)
+        message = AIMessage(
+            content="1. read 2. code",
+            usage_metadata={"input_tokens": 7, "output_tokens": 5, "total_tokens": 12},
+            response_metadata={"generation_seconds": 2.5, "mean_token_entropy": 0.3},
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    monkeypatch.setattr(LlamaCppChatModel, "_run", fake_run)
+    cls = runner._banked_model_class()
+    ledger = CallLedger(OutcomeBank(tmp_path / "bank.sqlite"))
+    here = cls(model_path="/site-packages/a.gguf", model_name="smollm2-135m", cache=ledger)
+    there = cls(model_path="/elsewhere/a.gguf", model_name="smollm2-135m", cache=ledger)
+    llm_string = here._get_llm_string(max_tokens=5)
+    assert MODELS["smollm2-135m"].sha256 in llm_string and "a.gguf" not in llm_string
+
+    msgs = [HumanMessage("plan this")]
+    with ledger.measure() as meter:
+        first = asyncio.run(here.ainvoke(msgs, max_tokens=5))
+        again = asyncio.run(there.ainvoke(msgs, max_tokens=5))  # other path, same weights
+        other = asyncio.run(here.ainvoke(msgs, max_tokens=6))  # other decoding: a new call
+    assert runs == ["/site-packages/a.gguf", "/site-packages/a.gguf"]
+    assert again.content == first.content and again.usage_metadata["output_tokens"] == 5
+    assert other.content == first.content
+    assert meter.new == 2 and meter.seconds() == pytest.approx(7.5)
+
+
+# --------------------------------------------------------------------------- tasks and plan
+
+
+def test_tasks_are_spread_over_bins_and_generators() -> None:
+    config = BenchConfig(per_domain={"coding": 12, "reasoning": 18})
+    tasks = build_tasks(config)
+    assert [t.id for t in tasks] == [t.id for t in build_tasks(config)]
+    coding = Counter(t.bin for t in tasks if t.domain == "coding")
+    reasoning = Counter((t.bin, t.payload["generator"]) for t in tasks if t.domain == "reasoning")
+    assert coding == {"easy": 4, "medium": 4, "hard": 4}
+    assert set(reasoning.values()) == {2} and len(reasoning) == 9
+    assert len({t.id for t in tasks}) == 30
+
+
+def test_smoke_preset_has_train_and_test_tasks() -> None:
+    tasks = build_tasks(SMOKE)
+    train, test = runner._split(SMOKE, tasks)
+    assert len(tasks) == 5 and {t.bin for t in tasks} == {"easy"}
+    assert len(train) == 2 and len(test) == 3
+    assert {t.domain for t in train} == {t.domain for t in test} == {"coding", "reasoning"}
+
+
+def test_schedule_runs_main_rows_first_then_ablations() -> None:
+    plan = runner._schedule(methods_for(BenchConfig(orders=3)))
+    names = [(m.name, k) for m, k in plan]
+    assert names[:4] == [("SALE", 0), ("SALE w/o memory", 0), ("SALE", 1), ("SALE", 2)]
+    assert len(names) == 3 + 6 and len(set(names)) == len(names)
+    assert methods_for(BenchConfig(ablations=False)) == [Method("SALE", orders=5)]
+
+
+def test_ablation_weights_zero_one_term() -> None:
+    fitted = {"cost": 0.2, "entropy": 1.5, "jury": {"a": 0.4}}
+    assert runner._weights_for(Method("x", zero=("entropy",)), fitted) == {
+        "cost": 0.2, "entropy": 0.0, "jury": {"a": 0.4},
+    }  # fmt: skip
+    assert runner._weights_for(Method("x", zero=("cost",)), fitted)["cost"] == 0.0
+    default = runner._weights_for(Method("x", weights="default"), fitted)
+    assert default["jury"] == {} and default["cost"] == 0.5
+
+
+def test_resume_refuses_a_different_configuration(tmp_path) -> None:
+    bank = OutcomeBank(tmp_path / "bank.sqlite")
+    tasks = build_tasks(SMOKE)
+    runner._check_config(bank, SMOKE, tasks, resume=False)  # empty bank: fine
+    bank.put("meta", "config", SMOKE.to_dict())
+    with pytest.raises(RuntimeError, match="--resume"):
+        runner._check_config(bank, SMOKE, tasks, resume=False)
+    runner._check_config(bank, SMOKE, tasks, resume=True)
+    other = BenchConfig.from_dict({**SMOKE.to_dict(), "orders": 2})
+    with pytest.raises(RuntimeError, match="orders"):
+        runner._check_config(bank, other, tasks, resume=True)
+    assert BenchConfig.from_dict(SMOKE.to_dict()) == SMOKE
+
+
+# --------------------------------------------------------------------------- report from a bank
+
+AGENTS = [("small", 0.1), ("large", 1.0)]
+
+
+def _audit(task: str, votes: dict[str, dict[str, int]], tokens: dict[str, int]) -> dict:
+    return {
+        "task": task,
+        "bids": [
+            {"agent": a, "price": p, "tokens": tokens[a], "entropy": 0.5, "votes": votes[a],
+             "round": 0}
+            for a, p in AGENTS
+        ],
+    }  # fmt: skip
+
+
+def _synthetic_bank(path, *, orders_done: int, orders: int = 2) -> OutcomeBank:
+    """4 train + 4 test tasks; 'small' passes even tasks, 'large' passes all but t7."""
+    bank = OutcomeBank(path)
+    config = BenchConfig(
+        pool="local-small", domains=("coding",), per_domain={"coding": 8}, orders=orders,
+        ablations=False,
+    )  # fmt: skip
+    ids = [f"t{i}" for i in range(8)]
+    bank.put("meta", "config", config.to_dict())
+    bank.put("meta", "pool", {"agents": [{"name": a, "price": p} for a, p in AGENTS]})
+    bank.put("meta", "tasks", {"tasks": [
+        {"id": t, "domain": "coding", "bin": "easy" if i % 2 else "hard",
+         "split": "train" if i < 4 else "test"} for i, t in enumerate(ids)
+    ]})  # fmt: skip
+    rng = np.random.default_rng(0)
+    for i, t in enumerate(ids):
+        bank.put("embedding", t, {"vector": rng.normal(size=8).tolist()})
+        for a, p in AGENTS:
+            passed = (i % 2 == 0) if a == "small" else (i != 7)
+            bank.put("outcome", f"{t}|{a}", {
+                "passed": passed, "tokens": 1000, "cost": 1000 * p / 1e6, "seconds": 1.0,
+                "confidence": 1.0 if passed else 0.0,
+            })  # fmt: skip
+        if i < 4:  # the jury rates the small agent's plan 5 exactly where it passes
+            good = 5 if i % 2 == 0 else 0
+            votes = {"small": {"small": good, "large": good}, "large": {"small": 3, "large": 3}}
+            bank.put("train_audit", t, {"audit": _audit(t, votes, {"small": 50, "large": 50})})
+    test = ids[4:]
+    for k in range(orders_done + 1):
+        for pos, t in enumerate(test if k < orders_done else test[:2]):
+            rec = Record(
+                method="SALE", task_id=t, domain="coding", bin="easy" if int(t[1]) % 2 else "hard",
+                agent="large", passed=t != "t7", tokens_auction=100, tokens_execution=900,
+                seconds_auction=0.5, seconds_execution=2.0, cost_auction=1e-5, cost_execution=9e-4,
+                order=k, position=pos, tried=("large",),
+            )  # fmt: skip
+            bank.put("result", f"SALE|{k}|{t}", {"record": rec.to_dict(), "calls": 10,
+                                                  "new_calls": 4})  # fmt: skip
+    return bank
+
+
+def test_report_from_bank_has_baselines_and_only_complete_orders(tmp_path) -> None:
+    bank = _synthetic_bank(tmp_path / "bank.sqlite", orders_done=1)
+    paths = report_from_bank(bank, tmp_path / "out", plots=False)
+    data = json.loads(paths["json"].read_text())
+    summary = data["summary"]
+    assert {"SALE", "oracle", "random", "WTP", "CARROT", "cascade", "single: small",
+            "single: large"} <= set(summary)  # fmt: skip
+    # order 1 covers only 2 of 4 test tasks: it must not enter the mean
+    assert summary["SALE"]["n_orders"] == 1 and summary["SALE"]["overall"]["n"] == 4
+    assert summary["SALE"]["overall"]["pass_at_1"]["mean"] == pytest.approx(0.75)
+    assert summary["single: small"]["overall"]["pass_at_1"]["mean"] == pytest.approx(0.5)
+    assert summary["oracle"]["overall"]["pass_at_1"]["mean"] == pytest.approx(0.75)
+    # the oracle takes the small agent wherever it passes: cheaper than large alone
+    assert (summary["oracle"]["overall"]["cost_usd"]["mean"]
+            < summary["single: large"]["overall"]["cost_usd"]["mean"])  # fmt: skip
+    assert summary["SALE"]["overall"]["auction_token_share"]["mean"] == pytest.approx(0.1)
+    md = paths["markdown"].read_text()
+    assert "SALE: 1/2 orders complete (6 auctions)" in md
+    assert data["meta"]["sale_model_calls"]["SALE"] == {"calls": 40, "new_calls": 16}
+
+    # the same tables from the export alone
+    bank.export(tmp_path / "bank.jsonl.gz")
+    again = report_from_export(tmp_path / "bank.jsonl.gz", tmp_path / "again", plots=False)
+    assert again["markdown"].read_text() == md
+    assert json.loads(again["json"].read_text()) == data
+
+
+def test_report_waits_for_complete_outcomes(tmp_path) -> None:
+    bank = _synthetic_bank(tmp_path / "bank.sqlite", orders_done=0)
+    bank.clear_records("outcome")
+    paths = report_from_bank(bank, tmp_path / "out", plots=False)
+    data = json.loads(paths["json"].read_text())
+    assert data["summary"] == {}
+    assert "Baselines: not yet" in paths["markdown"].read_text()
+
+
+def test_fit_from_bank_and_sale_fit_write_weights_context_reads(tmp_path) -> None:
+    from sale_graph.cli import main
+    from sale_graph.context import Context
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    bank = _synthetic_bank(run_dir / runner.BANK_DB, orders_done=0)
+    result = runner.fit_from_bank(bank)
+    # the jury separates the tasks the small agent solves: every training task passes
+    assert result.train_pass_rate == 1.0
+    assert result.selected == {"t0": "small", "t1": "large", "t2": "small", "t3": "large"}
+    bank.close()
+
+    out = tmp_path / "w.json"
+    assert main(["fit", "--run-dir", str(run_dir), "-o", str(out)]) == 0
+    weights = Context(weights=str(out)).resolved_weights()
+    assert set(weights.jury) == {"small", "large"}
+    assert weights.to_dict()["cost"] == pytest.approx(result.weights["cost"])
+
+
+def test_fit_refuses_incomplete_training_data(tmp_path) -> None:
+    bank = _synthetic_bank(tmp_path / "bank.sqlite", orders_done=0)
+    bank.clear_records("train_audit")
+    with pytest.raises(ValueError, match="incomplete"):
+        runner.fit_from_bank(bank)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_bench_and_fit_are_registered_with_handlers() -> None:
+    from sale_graph.bench.cli import _config, bench_command, fit_command
+    from sale_graph.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["bench", "--smoke", "--limit", "4", "--orders", "2"])
+    assert args.handler is bench_command
+    config = _config(args)
+    assert config.pool == "local-small" and config.orders == 2
+    assert config.per_domain == {"coding": 4, "reasoning": 4}
+    args = parser.parse_args(["bench", "--domains", "reasoning", "--test-fraction", "0.25"])
+    assert _config(args).domains == ("reasoning",) and _config(args).test_fraction == 0.25
+    assert _config(args).pool == "local"
+    args = parser.parse_args(["fit", "--run-dir", "x", "-o", "w.json"])
+    assert args.handler is fit_command and args.objective == "minmax"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--domains", "chess"])
+
+
+def test_from_bank_without_an_export_fails_cleanly(tmp_path, capsys) -> None:
+    from sale_graph.cli import main
+
+    assert main(["bench", "--from-bank", "--run-dir", str(tmp_path)]) == 2
+    assert "no exported bank" in capsys.readouterr().err
+
+
+def test_a_failing_job_is_retried_once_then_left_for_resume() -> None:
+    import io
+
+    stream = io.StringIO()
+    progress = runner.Progress({"x": 2}, {}, stream)
+    calls = []
+
+    async def flaky(n: int) -> int:
+        calls.append(n)
+        if len(calls) == 1:
+            raise OSError("sandbox hiccup")
+        return n * 2
+
+    async def broken() -> None:
+        raise RuntimeError("model gone")
+
+    assert asyncio.run(runner._attempt(progress, "flaky", flaky, 21)) == 42
+    assert calls == [21, 21]
+    assert asyncio.run(runner._attempt(progress, "broken", broken)) is None
+    log = stream.getvalue()
+    assert "flaky failed (attempt 1/2): OSError: sandbox hiccup" in log
+    assert "broken failed (attempt 2/2)" in log

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langgraph.graph import END, START, StateGraph
 
@@ -442,7 +442,11 @@ def build_coding_executor(
     ) -> dict[str, Any]:
         text = reply.content if isinstance(reply.content, str) else str(reply.text)
         return {
-            "messages": [*messages, reply],
+            # Only the text goes back into the conversation: a cached reply carries
+            # different metadata (LangChain adds usage "total_cost" on a cache hit), and
+            # metadata in the next prompt would change its cache key, so a rerun could
+            # never replay the fix round.
+            "messages": [*messages, AIMessage(content=text)],
             "answer": extract_code(text, entry),
             "entry_point": entry or "",
             "rounds": int(state.get("rounds") or 0) + 1,

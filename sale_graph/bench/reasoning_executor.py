@@ -23,9 +23,11 @@ from sale_graph.prompts import execute_messages
 
 __all__ = ["ANSWER_FORMAT", "reasoning_executor", "reasoning_messages"]
 
+# No example value on purpose: given "e.g. <answer>42</answer>", a 0.5B model
+# answered 42 to every question.
 ANSWER_FORMAT = (
     "Work through the plan, then end your reply with the final answer alone inside "
-    "<answer></answer> tags, e.g. <answer>42</answer>."
+    "<answer></answer> tags."
 )
 
 

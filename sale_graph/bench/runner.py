@@ -61,7 +61,9 @@ __all__ = [
     "build_tasks",
     "methods_for",
     "fit_from_bank",
+    "invalidate_stale",
     "open_bank",
+    "prompt_fingerprint",
     "report_from_bank",
     "report_from_export",
     "stored_config",
@@ -73,6 +75,7 @@ BANK_EXPORT = "bank.jsonl.gz"
 RESULTS_LOG = "results.jsonl"
 FIT_LAM = 0.1  # loss = failure + FIT_LAM x normalised cost: the fit's and the routers' tuning
 EXPORT_EVERY = 600.0
+KNN_K = (3, 5, 10, 20, 50)  # neighbour counts the kNN routers are tuned over
 
 
 # --------------------------------------------------------------------------- configuration
@@ -335,8 +338,12 @@ def _banked_model_class() -> type:
     return BankedLlamaChatModel
 
 
-def bank_pool(preset: str, cache: BaseCache) -> list[Any]:
-    """The default local pool with every model reading and writing ``cache``."""
+def bank_pool(preset: str, cache: BaseCache, max_seconds: float | None = None) -> list[Any]:
+    """The default local pool with every model reading and writing ``cache``.
+
+    ``max_seconds`` replaces the models' compute deadline (not part of the bank key):
+    on a shared machine a deadline hit is the load's doing, not the model's.
+    """
     from sale_graph.agents import Agent
     from sale_graph.local import default_pool
 
@@ -354,7 +361,10 @@ def bank_pool(preset: str, cache: BaseCache) -> list[Any]:
     )
     agents = []
     for a in default_pool(preset):
-        model = cls(**{f: getattr(a.model, f) for f in fields}, cache=cache)
+        params = {f: getattr(a.model, f) for f in fields}
+        if max_seconds is not None:
+            params["max_seconds"] = max_seconds
+        model = cls(**params, cache=cache)
         agents.append(
             Agent(name=a.name, model=model, price=a.price, max_concurrency=a.max_concurrency)
         )
@@ -387,6 +397,48 @@ def stored_config(run_dir: str | Path) -> BenchConfig | None:
     finally:
         bank.close()
     return BenchConfig.from_dict(stored) if stored else None
+
+
+DERIVED = ("outcome", "train_audit", "fit", "result")
+
+
+def prompt_fingerprint() -> str:
+    """Digest of every prompt text and prompt constant a run's calls are built from.
+
+    Stored results were graded on answers to these prompts; when one changes they
+    are stale, although most model calls (keyed by their own prompts) still hold.
+    """
+    import hashlib
+    import importlib
+
+    parts: dict[str, str] = {}
+    for name in (
+        "sale_graph.prompts",
+        "sale_graph.jury",
+        "sale_graph.bench.prompts",
+        "sale_graph.bench.reasoning_executor",
+        "sale_graph.bench.tasks",
+    ):
+        module = importlib.import_module(name)
+        for key, value in vars(module).items():
+            if key.isupper() and isinstance(value, (str, int, float, tuple)):
+                parts[f"{name}.{key}"] = repr(value)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def invalidate_stale(bank: OutcomeBank, fingerprint: str) -> bool:
+    """Drop the stored results if the prompts changed since they were made (calls stay).
+
+    Recomputing them replays every call whose prompt did not change, so this costs
+    little but the calls that really are new. Returns whether anything was dropped.
+    """
+    stored = (bank.get("meta", "prompts") or {}).get("fingerprint")
+    stale = stored != fingerprint and any(bank.records(ns) for ns in DERIVED)
+    if stale:
+        for ns in DERIVED:
+            bank.clear_records(ns)
+    bank.put("meta", "prompts", {"fingerprint": fingerprint})
+    return stale
 
 
 def _outcome_key(task_id: str, agent: str) -> str:
@@ -473,7 +525,7 @@ class _Runner:
         self.bank = bank
         self.ledger = CallLedger(bank)
         self.tasks, self.train, self.test = tasks, train, test
-        self.agents = bank_pool(config.pool, self.ledger)
+        self.agents = bank_pool(config.pool, self.ledger, max_seconds=config.call_timeout)
         self.executors = {
             "coding": metered(build_coding_executor(max_rounds=config.coding_rounds)),
             "reasoning": metered(reasoning_executor),
@@ -538,6 +590,8 @@ class _Runner:
                     timeout=self.config.call_timeout,
                 )
                 strategy, plan_tokens = bid["strategy"], bid["tokens"] + bid["input_tokens"]
+            except TimeoutError:
+                raise  # the machine's load, not the model: retry rather than record
             except Exception as exc:  # noqa: BLE001 - no plan: the agent still tries the task
                 bid_error, strategy, plan_tokens = f"{type(exc).__name__}: {exc}", "", 0
             result = await execute(
@@ -548,6 +602,8 @@ class _Runner:
                 timeout=self.config.execute_timeout,
                 max_tokens=self.config.max_answer_tokens,
             )
+        if _is_timeout(result["error"]):
+            raise TimeoutError(f"execution: {result['error']}")
         answer = result["answer"] or ""
         passed = result["error"] is None and bool(answer.strip())
         if passed:
@@ -591,6 +647,9 @@ class _Runner:
             request["auction_id"] = auction_id
         with self.ledger.measure() as meter:
             out = await graph.ainvoke(request, context=ctx)
+        timeout = _audit_timeout(out["auction"])
+        if timeout:
+            raise TimeoutError(f"auction: {timeout}")
         return out, meter, time.monotonic() - started
 
     async def train_audit(self, task: Task) -> dict[str, Any]:
@@ -656,6 +715,26 @@ class _Runner:
             "new_calls": meter.new,
             "wall_seconds": wall,
         }
+
+
+def _is_timeout(error: str | None) -> bool:
+    return bool(error) and "timeout" in str(error).lower()
+
+
+def _audit_timeout(audit: Mapping[str, Any]) -> str | None:
+    """A timeout anywhere in an auction (a dropped bid or vote, the execution), if any.
+
+    A timed-out call changes the auction (an agent drops out), and whether it times
+    out depends on the machine's load; such an auction is retried, never recorded.
+    """
+    for e in audit.get("events") or []:
+        if _is_timeout(e.get("detail")):
+            return f"{e.get('kind')} {e.get('agent')}: {e.get('detail')}"
+    for v in audit.get("dropped_votes") or []:
+        if _is_timeout(v.get("error")):
+            return f"vote by {v.get('juror')}: {v.get('error')}"
+    error = (audit.get("execution") or {}).get("error")
+    return f"execution: {error}" if _is_timeout(error) else None
 
 
 def _weights_for(method: Method, fitted: Mapping[str, Any]) -> dict[str, Any]:
@@ -890,6 +969,15 @@ def run_bench(
     bank = open_bank(run_dir)
     try:
         _check_config(bank, config, tasks, resume)
+        if invalidate_stale(bank, prompt_fingerprint()):
+            print(
+                "[bench] prompts changed since the stored results were made: recomputing "
+                "them (unchanged calls replay from the bank)",
+                file=out,
+                flush=True,
+            )
+            with open(run_dir / RESULTS_LOG, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"kind": "invalidated", "reason": "prompts changed"}) + "\n")
         bank.put("meta", "config", config.to_dict())
         test_ids = {t.id for t in test}
         bank.put(
@@ -992,22 +1080,26 @@ def _tune(
     table: Mapping[str, Mapping[str, Outcome]],
     embeddings: Mapping[str, Any],
     prices: Mapping[str, float],
-) -> float:
-    """Pick the knob with the lowest leave-one-out training loss (the fit's loss)."""
+) -> tuple[int, float]:
+    """Pick (k, knob) with the lowest leave-one-out training loss (the fit's loss).
+
+    k is tuned too: the paper's k = 50 assumes a large training set; with fewer
+    training tasks than 50 it would average over all of them and ignore the task.
+    """
     scale = max((o.cost for t in train_ids for o in table[t].values()), default=0.0) or 1.0
+    ks = sorted({k for k in KNN_K if k < len(train_ids)} | {min(50, max(1, len(train_ids) - 1))})
     best = None
-    for knob in knobs:
-        routes = []
-        for t in train_ids:
-            others = [u for u in train_ids if u != t]
-            if not others:
-                others = [t]
-            routes += router(others, [t], table, embeddings, prices, knob)
-        loss = _router_loss(routes, table, scale)
-        if best is None or loss < best[0] - 1e-12:
-            best = (loss, knob)
+    for k in ks:
+        for knob in knobs:
+            routes = []
+            for t in train_ids:
+                others = [u for u in train_ids if u != t] or [t]
+                routes += router(others, [t], table, embeddings, prices, knob, k=k)
+            loss = _router_loss(routes, table, scale)
+            if best is None or loss < best[0] - 1e-12:
+                best = (loss, k, knob)
     assert best is not None
-    return best[1]
+    return best[1], best[2]
 
 
 def _baseline_records(
@@ -1031,7 +1123,7 @@ def _baseline_records(
         return [], {}
     emb = {t: np.asarray(v["vector"], dtype=np.float64) for t, v in stored.items() if v}
     c_max = max((o.cost for t in train_ids for o in table[t].values()), default=0.0) or 1.0
-    lam = _tune(
+    k_wtp, lam = _tune(
         routers.wtp,
         [c_max * f for f in (0.1, 0.3, 1, 3, 10, 100, 1000)],
         train_ids,
@@ -1039,15 +1131,15 @@ def _baseline_records(
         emb,
         prices,
     )
-    mu = _tune(
+    k_carrot, mu = _tune(
         routers.carrot, [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9], train_ids, table, emb, prices
     )
     thresholds = routers.fit_cascade_thresholds(train_ids, table, prices)
     routes = {f"single: {a}": routers.single_agent(test_ids, a) for a in agents}
     routes["random"] = routers.random_router(test_ids, agents, seed=0)
     routes["oracle"] = routers.oracle(test_ids, table, prices)
-    routes["WTP"] = routers.wtp(train_ids, test_ids, table, emb, prices, lam)
-    routes["CARROT"] = routers.carrot(train_ids, test_ids, table, emb, prices, mu)
+    routes["WTP"] = routers.wtp(train_ids, test_ids, table, emb, prices, lam, k=k_wtp)
+    routes["CARROT"] = routers.carrot(train_ids, test_ids, table, emb, prices, mu, k=k_carrot)
     routes["cascade"] = routers.cascade(test_ids, table, prices)
     routes["cascade (fitted)"] = routers.cascade(test_ids, table, prices, thresholds)
     records = []
@@ -1057,6 +1149,8 @@ def _baseline_records(
         "wtp_lambda": lam,
         "wtp_lambda_over_cmax": lam / c_max,
         "carrot_mu": mu,
+        "wtp_k": k_wtp,
+        "carrot_k": k_carrot,
         "cascade_thresholds": {a: (None if math.isinf(v) else v) for a, v in thresholds.items()},
     }
     return records, knobs
@@ -1194,8 +1288,9 @@ def _preamble(
     if has_baselines:
         lines.append(
             f"- Routers tuned on the training split (leave-one-out, same loss): WTP lambda = "
-            f"{knobs['wtp_lambda_over_cmax']:g} x the dearest training execution, CARROT mu = "
-            f"{knobs['carrot_mu']:g}; 'cascade' stops when the coding examples pass, "
+            f"{knobs['wtp_lambda_over_cmax']:g} x the dearest training execution with "
+            f"k = {knobs['wtp_k']} neighbours, CARROT mu = {knobs['carrot_mu']:g} with "
+            f"k = {knobs['carrot_k']}; 'cascade' stops when the coding examples pass, "
             "'cascade (fitted)' uses per-agent thresholds fitted for 90% training precision. "
             "Reasoning answers carry no self-check, so cascades always escalate there."
         )

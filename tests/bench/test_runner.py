@@ -325,3 +325,47 @@ def test_a_failing_job_is_retried_once_then_left_for_resume() -> None:
     log = stream.getvalue()
     assert "flaky failed (attempt 1/2): OSError: sandbox hiccup" in log
     assert "broken failed (attempt 2/2)" in log
+
+
+def test_changed_prompts_invalidate_stored_results_but_keep_calls(tmp_path, scripted) -> None:
+    bank = _synthetic_bank(tmp_path / "bank.sqlite", orders_done=1)
+    model = scripted(replies=["x"], cache=bank)
+    model.invoke([HumanMessage("kept")])
+    fingerprint = runner.prompt_fingerprint()
+    assert fingerprint == runner.prompt_fingerprint() and len(fingerprint) == 16
+    # results made before fingerprints were stored have unknown prompts: stale
+    assert runner.invalidate_stale(bank, fingerprint)
+    assert all(not bank.records(ns) for ns in runner.DERIVED)
+    assert len(bank) == 1 and bank.get("embedding", "t0") is not None
+    bank.put("outcome", "t0|small", {"passed": True})
+    assert not runner.invalidate_stale(bank, fingerprint)  # same prompts: kept
+    assert bank.get("outcome", "t0|small") == {"passed": True}
+    assert runner.invalidate_stale(bank, "0123456789abcdef")
+    assert bank.get("outcome", "t0|small") is None
+
+
+def test_timeouts_anywhere_in_an_auction_are_detected() -> None:
+    assert runner._audit_timeout({"events": [], "dropped_votes": [], "execution": {}}) is None
+    bid = {"events": [{"kind": "bid_failed", "agent": "a", "detail": "timeout: a exceeded 300s"}]}
+    assert "bid_failed a" in runner._audit_timeout(bid)
+    vote = {"dropped_votes": [{"juror": "b", "error": "timeout; timeout"}]}
+    assert "vote by b" in runner._audit_timeout(vote)
+    assert runner._audit_timeout({"execution": {"error": "timeout"}}) == "execution: timeout"
+    unreadable = {"dropped_votes": [{"juror": "b", "error": "unreadable vote ['7']"}]}
+    assert runner._audit_timeout(unreadable) is None
+
+
+def test_a_rerun_replays_the_coding_fix_round_too(tmp_path, scripted) -> None:
+    from sale_graph.bench.coding_executor import build_coding_executor
+
+    ledger = CallLedger(OutcomeBank(tmp_path / "bank.sqlite"))
+    model = scripted(replies=["```python\ndef f(x):\n    return 0\n```"], cache=ledger)
+    executor = build_coding_executor(max_rounds=2)
+    task = 'def f(x):\n    """Double it.\n    >>> f(1)\n    2\n    """\n'
+    inputs = {"task": task, "strategy": "return 2x", "model": model, "agent": "a"}
+    with ledger.measure() as first:
+        out = executor.invoke(inputs)
+    assert out["rounds"] == 2 and not out["examples_passed"]
+    with ledger.measure() as again:
+        assert executor.invoke(inputs)["answer"] == out["answer"]
+    assert (first.new, again.new, len(again.calls)) == (2, 0, 2)

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sale_graph.agents import Agent
+from sale_graph.jury import vote_value
 
 PHASES = ("bid", "jury", "refine", "execute")
 
@@ -49,6 +50,7 @@ def build_audit(
     *,
     weights: Mapping[str, Any],
     jury_mode: str,
+    jury_vote: str = "expected",
     memory_write: str,
     remember_seconds: float = 0.0,
 ) -> dict[str, Any]:
@@ -59,9 +61,11 @@ def build_audit(
     scores = dict(state.get("scores") or {})
     events = list(state.get("events") or [])
     execution = dict(state.get("execution") or {})
-    by_bid: dict[str, dict[str, int | None]] = {}
+    by_bid: dict[str, dict[str, float | None]] = {}
+    digits: dict[str, dict[str, int | None]] = {}
     for v in votes:
-        by_bid.setdefault(v["bid_id"], {})[v["juror"]] = v.get("score")
+        by_bid.setdefault(v["bid_id"], {})[v["juror"]] = vote_value(v, jury_vote)
+        digits.setdefault(v["bid_id"], {})[v["juror"]] = v.get("score")
 
     bid_rows = []
     for b in sorted(bids, key=lambda b: (b["round"], prices.get(b["agent"], 0.0), b["agent"])):
@@ -70,7 +74,8 @@ def build_audit(
             "id": b["id"], "agent": b["agent"], "round": b["round"], "refined": b["round"] == 1,
             "price": b["price"], "tokens": b["tokens"], "input_tokens": b.get("input_tokens", 0),
             "entropy": b.get("entropy"), "entropy_method": b.get("entropy_method"),
-            "votes": by_bid.get(b["id"], {}), "jury_mean": s.get("jury_mean"),
+            "votes": by_bid.get(b["id"], {}), "vote_digits": digits.get(b["id"], {}),
+            "jury_mean": s.get("jury_mean"),
             "cost": s.get("cost"), "entropy_term": s.get("entropy_term"),
             "jury_term": s.get("jury_term"), "value": s.get("value"), "score": s.get("score"),
             "retrieved_pairs": b.get("retrieved"),
@@ -130,6 +135,7 @@ def build_audit(
         "task": state.get("task"),
         "weights": dict(weights),
         "jury_mode": jury_mode,
+        "jury_vote": jury_vote,
         "bids": bid_rows,
         "provisional_winner": by_id[provisional]["agent"] if provisional in by_id else None,
         "winner": by_id[winning]["agent"] if winning in by_id else None,

@@ -21,6 +21,7 @@ from sale_graph.errors import PoolConfigError
 from sale_graph.scoring import Weights
 
 JuryMode = Literal["all", "self", "peers", "none"]
+VoteReading = Literal["expected", "digit"]
 
 
 def default_memory_path() -> str:
@@ -74,6 +75,12 @@ class Context:
         metadata={"description": "Who votes on a bid: all agents, the bidder only ('self'), "
                   "everyone but the bidder ('peers'), or nobody."},
     )
+    jury_vote: VoteReading = field(
+        default="expected",
+        metadata={"description": "What a vote counts as: 'expected' (its mean under the "
+                  "juror's digit probabilities, when the backend reports them; else the "
+                  "digit) or 'digit' (the voted digit, as in the paper)."},
+    )
     max_bid_tokens: int = field(default=160, metadata={"description": "Length cap of a bid."})
     max_answer_tokens: int = field(
         default=512, metadata={"description": "Length cap of the default executor's answer."}
@@ -105,6 +112,8 @@ class Context:
             raise PoolConfigError("max_pairs must be >= 1")
         if self.jury not in ("all", "self", "peers", "none"):
             raise PoolConfigError(f"jury must be all, self, peers or none, got {self.jury!r}")
+        if self.jury_vote not in ("expected", "digit"):
+            raise PoolConfigError(f"jury_vote must be expected or digit, got {self.jury_vote!r}")
         if self.max_bid_tokens < 8:
             raise PoolConfigError("max_bid_tokens must be >= 8")
         if self.call_timeout <= 0 or self.execute_timeout <= 0:

@@ -33,7 +33,7 @@ from sale_graph.calls import describe_error
 from sale_graph.context import Context
 from sale_graph.errors import InvalidTaskError, MemoryUnavailableError, NoBidsError, SaleError
 from sale_graph.execution import execute as run_executor
-from sale_graph.jury import cast_vote, jurors_for
+from sale_graph.jury import cast_vote, jurors_for, vote_value
 from sale_graph.prompts import bid_messages, refine_messages
 from sale_graph.refinement import contrastive_pairs, eligible_refiners
 from sale_graph.scoring import best, score_bid
@@ -180,9 +180,9 @@ def build_graph(
         ctx = _context(runtime, bound)
         weights = await asyncio.to_thread(ctx.resolved_weights)
         round_ = state.get("round", 0)
-        votes: dict[str, dict[str, int | None]] = {}
+        votes: dict[str, dict[str, float | None]] = {}
         for v in state.get("votes", []):
-            votes.setdefault(v["bid_id"], {})[v["juror"]] = v["score"]
+            votes.setdefault(v["bid_id"], {})[v["juror"]] = vote_value(v, ctx.jury_vote)
         scores: dict[str, dict[str, Any]] = {}
         scored: list[dict[str, Any]] = []
         for b in state.get("bids", []):
@@ -342,7 +342,7 @@ def build_graph(
         agents = await asyncio.to_thread(ctx.resolved_agents)
         weights = (await asyncio.to_thread(ctx.resolved_weights)).to_dict()
         audit = build_audit(state, agents, weights=weights, jury_mode=ctx.jury,
-                            memory_write="pending")
+                            jury_vote=ctx.jury_vote, memory_write="pending")
         status = "disabled"
         started = time.time()
         if (state.get("approval") or {}).get("action") == "reject":

@@ -6,12 +6,23 @@ trailing period). Anything else — "7", "four", an essay, an error — is retri
 once with a terser instruction, then the vote is dropped and the audit records
 the raw replies. A dropped vote simply does not count (the jury term averages
 the votes that were cast), so a broken juror cannot sink a good bid.
+
+Besides the digit, a vote carries its *expected* value, sum_d d * p(d), under
+the juror's own distribution over the six digits when the backend exposes it
+(exactly for local models; from ``top_logprobs`` over an API, renormalised over
+the digits listed). Small jurors decoded greedily tend to give every plan the
+same digit, which makes the jury term a constant; their digit probabilities
+still move with plan quality (measured on Qwen2.5-Coder-1.5B: expected votes
+3.6 / 2.7 / 2.1 for a correct, a wrong and an off-topic plan, all with mode 4
+or 0). ``Context.jury_vote`` picks which of the two the score uses.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
@@ -23,12 +34,59 @@ from sale_graph.state import Bid, Vote
 VOTE_GRAMMAR = "root ::= [0-5]"
 _VOTE = re.compile(r"^\s*([0-5])\s*(?:/\s*5)?\s*\.?\s*$")
 ATTEMPTS = 2
+SCALE = "012345"
 
 
 def parse_vote(text: str) -> int | None:
     """The vote in a reply, or None when the reply is not a clean 0-5 digit."""
     match = _VOTE.match(text or "")
     return int(match.group(1)) if match else None
+
+
+def expected_vote(metadata: Mapping[str, Any] | None) -> float | None:
+    """Mean of the 0-5 scale under the juror's digit probabilities, if known.
+
+    Local models report ``choice_probs``; OpenAI-style ``logprobs`` are read at the
+    first token that is a digit, from its ``top_logprobs`` entries that are digits.
+    None when the backend gives neither (the digit itself is then used).
+    """
+    metadata = metadata or {}
+    probs = metadata.get("choice_probs")
+    if isinstance(probs, Mapping):
+        weights = {int(d): float(p) for d, p in probs.items() if d in set(SCALE)}
+    else:
+        weights = _digit_probs_from_logprobs(metadata.get("logprobs"))
+    total = math.fsum(weights.values())
+    if not weights or not math.isfinite(total) or total <= 0:
+        return None
+    return math.fsum(d * p for d, p in weights.items()) / total
+
+
+def _digit_probs_from_logprobs(logprobs: Any) -> dict[int, float]:
+    if not isinstance(logprobs, Mapping):
+        return {}
+    digits = set(SCALE)
+    for token in logprobs.get("content") or []:
+        if not isinstance(token, Mapping) or str(token.get("token", "")).strip() not in digits:
+            continue
+        found: dict[int, float] = {}
+        for alt in token.get("top_logprobs") or []:
+            digit = str(alt.get("token", "")).strip() if isinstance(alt, Mapping) else ""
+            lp = alt.get("logprob") if isinstance(alt, Mapping) else None
+            if digit in digits and isinstance(lp, (int, float)) and math.isfinite(lp):
+                found[int(digit)] = found.get(int(digit), 0.0) + math.exp(lp)
+        return found
+    return {}
+
+
+def vote_value(vote: Vote, reading: str = "expected") -> float | None:
+    """What a vote adds to the jury term: its expected value if asked and known, else its digit."""
+    if vote.get("score") is None:
+        return None
+    expected = vote.get("expected")
+    if reading == "expected" and expected is not None:
+        return float(expected)
+    return float(vote["score"])
 
 
 def jurors_for(bid_agent: str, agents: Sequence[str], mode: str) -> list[str]:
@@ -48,6 +106,7 @@ async def cast_vote(juror: Agent, task: str, bid: Bid, *, timeout: float) -> Vot
     kwargs: dict[str, object] = {"max_tokens": 2 if is_local(juror) else 4}
     if is_local(juror):
         kwargs["grammar"] = VOTE_GRAMMAR
+        kwargs["choices"] = SCALE
     raw: list[str] = []
     errors: list[str] = []
     input_tokens = output_tokens = 0
@@ -65,15 +124,18 @@ async def cast_vote(juror: Agent, task: str, bid: Bid, *, timeout: float) -> Vot
         raw.append(reply.text)
         score = parse_vote(reply.text)
         if score is not None:
+            expected = expected_vote(reply.metadata)
             return Vote(
-                bid_id=bid["id"], juror=juror.name, score=score, attempts=len(raw) + len(errors),
+                bid_id=bid["id"], juror=juror.name, score=score,
+                expected=None if expected is None else round(expected, 4),
+                attempts=len(raw) + len(errors),
                 raw=raw, error=None, input_tokens=input_tokens, output_tokens=output_tokens,
                 started=started, ended=ended,
             )
         messages = [*messages, AIMessage(reply.text), HumanMessage(JURY_RETRY)]
     reason = "; ".join(errors) if errors else f"unreadable vote {raw!r}"
     return Vote(
-        bid_id=bid["id"], juror=juror.name, score=None, attempts=ATTEMPTS, raw=raw,
+        bid_id=bid["id"], juror=juror.name, score=None, expected=None, attempts=ATTEMPTS, raw=raw,
         error=reason, input_tokens=input_tokens, output_tokens=output_tokens,
         started=started or 0.0, ended=ended or 0.0,
     )

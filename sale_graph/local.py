@@ -57,7 +57,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "local-small": ("smollm2-135m", "qwen2.5-coder-0.5b"),
 }
 
-_CALL_OPTIONS = frozenset({"max_tokens", "grammar", "temperature", "seed"})
+_CALL_OPTIONS = frozenset({"max_tokens", "grammar", "temperature", "seed", "choices"})
 _POLL_SECONDS = 0.05
 
 
@@ -249,18 +249,51 @@ def fast_logits_entropy(logits: np.ndarray) -> float:
     return max(h, 0.0)
 
 
+def choice_distribution(logits: np.ndarray, ids: Sequence[int]) -> list[float]:
+    """Softmax of the first token's raw logits restricted to the ``ids`` (sums to 1).
+
+    With a grammar that admits exactly these tokens, this is the distribution the
+    constrained sampler draws from at temperature 1: the model's graded opinion,
+    where greedy decoding keeps only its mode.
+    """
+    z = np.asarray(logits, dtype=np.float64)[list(ids)]
+    finite = np.isfinite(z)
+    if not finite.any():
+        return [1.0 / len(ids)] * len(ids)
+    e = np.where(finite, np.exp(z - z[finite].max()), 0.0)
+    return [float(v) for v in e / e.sum()]
+
+
+def _choice_ids(llama: Any, choices: str) -> list[int]:
+    """Token ids of single-token choices, e.g. the digits of a vote scale."""
+    if not isinstance(choices, str) or not choices or len(set(choices)) != len(choices):
+        raise ValueError(f"choices must be a string of distinct characters, got {choices!r}")
+    ids = []
+    for c in choices:
+        tokens = llama.tokenize(c.encode("utf-8"), add_bos=False, special=False)
+        if len(tokens) != 1:
+            raise ValueError(f"choice {c!r} is not a single token for this model")
+        ids.append(tokens[0])
+    return ids
+
+
 class _EntropyMeter:
     """Logits processor that records each generated token's full-vocabulary entropy.
 
     llama-cpp-python runs it first in the sampler chain, so it sees the raw
     logits, before grammar masking or greedy selection: the entropy is the
     model's own uncertainty at temperature 1, whatever the decoding settings.
+    Given ``choice_ids`` it also keeps the first token's distribution over them.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, choice_ids: Sequence[int] = ()) -> None:
         self.values: list[float] = []
+        self.choice_ids = list(choice_ids)
+        self.choice_probs: list[float] | None = None
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        if self.choice_ids and not self.values:
+            self.choice_probs = choice_distribution(scores, self.choice_ids)
         self.values.append(fast_logits_entropy(scores))
         return scores
 
@@ -341,8 +374,11 @@ class LlamaCppChatModel(BaseChatModel):
     audits can be compared run to run. Entropy is unaffected: it is measured on
     the raw logits, not on the sampling distribution.
 
-    Per-call options (``invoke(..., max_tokens=, grammar=, temperature=, seed=)``):
+    Per-call options (``invoke(..., max_tokens=, grammar=, temperature=, seed=, choices=)``):
     ``grammar`` is a GBNF string, e.g. ``'root ::= [0-5]'`` for a jury vote.
+    ``choices`` (e.g. ``"012345"``, each a single token) adds
+    ``response_metadata["choice_probs"]``: the first token's probability of each
+    choice, renormalised over them (see ``choice_distribution``).
 
     A call that spends more than ``max_seconds`` generating (time spent queueing
     for the model or the CPU gate does not count) raises ``TimeoutError``. The
@@ -415,10 +451,12 @@ class LlamaCppChatModel(BaseChatModel):
         grammar_text = options.get("grammar")
         loaded = self._loaded()
         grammar = _grammar(grammar_text, loaded.llama) if grammar_text else None
+        choices = options.get("choices")
+        choice_ids = _choice_ids(loaded.llama, choices) if choices is not None else []
 
         queued = time.monotonic()
         with _holding(loaded.lock, cancel), _holding(_cpu_gate(), cancel):
-            meter = _EntropyMeter()
+            meter = _EntropyMeter(choice_ids)
             deadline = _Deadline(self.max_seconds, cancel)
             wait_seconds = deadline.started - queued
             prompt = loaded.formatter(messages=chat)
@@ -449,6 +487,16 @@ class LlamaCppChatModel(BaseChatModel):
         usage = response.get("usage") or {}
         input_tokens = int(usage.get("prompt_tokens", 0))
         output_tokens = int(usage.get("completion_tokens", 0))
+        metadata: dict[str, Any] = {
+            "model_name": self.model_name,
+            "finish_reason": choice.get("finish_reason"),
+            "mean_token_entropy": meter.mean(),
+            "entropy_method": entropy.EXACT,
+            "generation_seconds": seconds,
+            "queue_seconds": wait_seconds,
+        }
+        if choices is not None and meter.choice_probs is not None:
+            metadata["choice_probs"] = dict(zip(choices, meter.choice_probs, strict=True))
         message = AIMessage(
             content=text,
             usage_metadata={
@@ -456,14 +504,7 @@ class LlamaCppChatModel(BaseChatModel):
                 "output_tokens": output_tokens,
                 "total_tokens": input_tokens + output_tokens,
             },
-            response_metadata={
-                "model_name": self.model_name,
-                "finish_reason": choice.get("finish_reason"),
-                "mean_token_entropy": meter.mean(),
-                "entropy_method": entropy.EXACT,
-                "generation_seconds": seconds,
-                "queue_seconds": wait_seconds,
-            },
+            response_metadata=metadata,
         )
         return ChatResult(
             generations=[ChatGeneration(message=message)],

@@ -104,7 +104,9 @@ def bid_cost(price: float, tokens: int, weights: Weights) -> float:
     return weights.cost * price * tokens
 
 
-def bid_value(entropy: float | None, votes: Mapping[str, int | None], weights: Weights) -> BidScore:
+def bid_value(
+    entropy: float | None, votes: Mapping[str, float | None], weights: Weights
+) -> BidScore:
     """V = w_h * H + sum_j w_j * gamma_j over the votes that were cast (dropped votes skipped)."""
     cast = {j: v for j, v in votes.items() if v is not None}
     entropy_term = weights.entropy * (entropy or 0.0)
@@ -115,7 +117,7 @@ def bid_value(entropy: float | None, votes: Mapping[str, int | None], weights: W
 
 
 def score_bid(
-    *, price: float, tokens: int, entropy: float | None, votes: Mapping[str, int | None],
+    *, price: float, tokens: int, entropy: float | None, votes: Mapping[str, float | None],
     weights: Weights,
 ) -> BidScore:
     """S = C - V for one bid, with its parts."""

@@ -31,11 +31,16 @@ class Bid(TypedDict, total=False):
 
 
 class Vote(TypedDict, total=False):
-    """One juror's Likert score (0..5) of one bid; ``score`` None = vote dropped."""
+    """One juror's Likert score (0..5) of one bid; ``score`` None = vote dropped.
+
+    ``expected`` is the vote's mean under the juror's digit probabilities, when the
+    backend reports them (see ``sale_graph.jury``).
+    """
 
     bid_id: str
     juror: str
     score: int | None
+    expected: float | None
     attempts: int
     raw: list[str]
     error: str | None

@@ -38,6 +38,8 @@ class ScriptedChatModel(BaseChatModel):
 
     script: dict[str, Any] = Field(default_factory=dict)
     entropy: float | None = 1.0
+    # for votes: {"0": p0, ..., "5": p5} or f(prompt) -> that, reported like a local model
+    digit_probs: Any = None
     delay: float = 0.0
     calls: Counter = Field(default_factory=Counter)
     prompts: list[tuple[str, str]] = Field(default_factory=list)
@@ -61,11 +63,16 @@ class ScriptedChatModel(BaseChatModel):
         return kind, reply
 
     def _result(self, text: str, messages: list[BaseMessage]) -> ChatResult:
+        kind = prompt_kind(messages)
         n_in = sum(len(str(m.content).split()) for m in messages)
         n_out = len(text.split())
         meta: dict[str, Any] = {"model_name": "scripted"}
         if self.entropy is not None:
             meta.update(mean_token_entropy=self.entropy, entropy_method="scripted")
+        if kind == "vote" and self.digit_probs is not None:
+            probs = self.digit_probs
+            meta["choice_probs"] = probs("\n".join(str(m.content) for m in messages)) if callable(
+                probs) else dict(probs)
         message = AIMessage(
             content=text,
             usage_metadata={"input_tokens": n_in, "output_tokens": n_out,

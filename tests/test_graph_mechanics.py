@@ -255,6 +255,48 @@ def test_vote_fixed_on_retry_counts(memory):
     assert all(row["votes"]["small"] == 4 for row in out["auction"]["bids"])
 
 
+def _leaning(mode: int, lean: int) -> dict[str, float]:
+    """Digit probabilities with most mass on ``mode`` and a tail towards ``lean``."""
+    probs = {str(d): 0.02 for d in range(6)}
+    probs[str(mode)] = 0.6
+    probs[str(lean)] += 0.3
+    return probs
+
+
+def test_expected_votes_separate_plans_that_get_the_same_digit(memory):
+    # every juror votes "4" on every plan, but leans towards 5 on LARGE and 0 on SMALL
+    def probs(prompt: str) -> dict[str, float]:
+        plan = prompt.split("<plan>", 1)[-1]
+        return _leaning(4, 5) if "LARGE" in plan else _leaning(4, 0)
+
+    def pool():
+        agents = make_pool(**{n: {"vote": "4"} for n in ("small", "mid", "large")})
+        for a in agents:
+            a.model.digit_probs = probs
+        return agents
+
+    weights = Weights(cost=0.0, entropy=0.0)
+    out = run("Add numbers.", ctx(pool(), memory, refine=False, weights=weights))
+    rows = {r["agent"]: r for r in out["auction"]["bids"]}
+    assert out["auction"]["jury_vote"] == "expected"
+    assert all(set(r["vote_digits"].values()) == {4} for r in rows.values())
+    assert rows["large"]["jury_mean"] > rows["small"]["jury_mean"]
+    expected = sum(int(d) * p for d, p in _leaning(4, 5).items()) / sum(_leaning(4, 5).values())
+    assert rows["large"]["votes"]["mid"] == pytest.approx(expected, abs=1e-4)
+    assert out["winner"] == "large"
+
+    # read as digits the three bids tie on value, and the tie goes to the cheapest
+    out = run("Add numbers.", ctx(pool(), memory, refine=False, weights=weights,
+                                  jury_vote="digit"))
+    assert all(r["jury_mean"] == 4 for r in out["auction"]["bids"])
+    assert out["winner"] == "small"
+
+
+def test_jury_vote_reading_is_validated():
+    with pytest.raises(PoolConfigError, match="jury_vote"):
+        Context(jury_vote="mean")
+
+
 @pytest.mark.integration
 def test_unreachable_memory_server_fails_before_any_model_call():
     pool = make_pool()

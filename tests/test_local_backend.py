@@ -237,6 +237,27 @@ def test_grammar_forces_one_vote_digit(fixture, request):
     assert re.fullmatch(r"[0-5]", reply.content), reply.content
     assert reply.usage_metadata["output_tokens"] >= 1
     assert reply.response_metadata["mean_token_entropy"] is not None
+    assert "choice_probs" not in reply.response_metadata
+
+
+@pytest.mark.parametrize("fixture", ["smol", "qwen05"])
+def test_vote_digit_probabilities_agree_with_the_greedy_digit(fixture, request):
+    model = request.getfixturevalue(fixture)
+    reply = model.invoke(
+        "Rate this plan from 0 (useless) to 5 (excellent): 'split the string on commas "
+        "and return the number of parts'. Reply with one digit.",
+        grammar=VOTE,
+        choices="012345",
+        max_tokens=2,
+    )
+    probs = reply.response_metadata["choice_probs"]
+    assert list(probs) == list("012345")
+    assert sum(probs.values()) == pytest.approx(1.0)
+    assert all(0.0 <= p <= 1.0 for p in probs.values())
+    # greedy decoding under the grammar picks the most likely allowed digit
+    assert reply.content == max(probs, key=probs.get)
+    with pytest.raises(ValueError, match="choices"):
+        model.invoke("Vote.", grammar=VOTE, choices="0012", max_tokens=2)
 
 
 def test_invalid_grammar_is_rejected_not_fatal(smol):

@@ -34,18 +34,29 @@ class Reply:
     ended: float
 
 
-def message_text(message: BaseMessage) -> str:
-    """Plain text of a reply whose content may be a string or a list of blocks."""
-    content = message.content
+def content_text(content: str | list, *, strict: bool = False) -> str:
+    """Plain text of message content given as a string or a list of blocks.
+
+    Non-text blocks (images, tool calls) are skipped, or with ``strict`` rejected
+    with a ValueError (for backends that would otherwise silently lose them).
+    """
     if isinstance(content, str):
         return content
     parts = []
     for block in content:
         if isinstance(block, str):
             parts.append(block)
-        elif isinstance(block, dict) and block.get("type") == "text":
+        elif isinstance(block, Mapping) and block.get("type") == "text":
             parts.append(str(block.get("text", "")))
+        elif strict:
+            kind = block.get("type") if isinstance(block, Mapping) else type(block).__name__
+            raise ValueError(f"text only, got a {kind!r} content block")
     return "".join(parts)
+
+
+def message_text(message: BaseMessage) -> str:
+    """Plain text of a reply whose content may be a string or a list of blocks."""
+    return content_text(message.content)
 
 
 def estimate_tokens(text: str) -> int:

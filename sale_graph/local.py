@@ -42,6 +42,7 @@ from pydantic import Field
 
 from sale_graph import entropy
 from sale_graph.agents import Agent
+from sale_graph.calls import content_text
 from sale_graph.errors import ModelFileError, PoolConfigError
 from sale_graph.model_files import MODELS, model_path
 
@@ -328,21 +329,6 @@ def _as_list(value: str | list[str] | None) -> list[str]:
 # --- message conversion --------------------------------------------------------------------------
 
 
-def _text(content: str | list) -> str:
-    if isinstance(content, str):
-        return content
-    parts = []
-    for block in content:
-        if isinstance(block, str):
-            parts.append(block)
-        elif isinstance(block, Mapping) and block.get("type") == "text":
-            parts.append(str(block.get("text", "")))
-        else:
-            kind = block.get("type") if isinstance(block, Mapping) else type(block).__name__
-            raise ValueError(f"local models accept text only, got a {kind!r} content block")
-    return "".join(parts)
-
-
 def to_llama_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
     """LangChain messages -> the role/content dicts llama.cpp chat templates expect."""
     converted = []
@@ -359,7 +345,11 @@ def to_llama_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
             role = message.role
         else:
             raise ValueError(f"unsupported message type {type(message).__name__}")
-        converted.append({"role": role, "content": _text(message.content)})
+        try:
+            text = content_text(message.content, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"local models accept {exc}") from None
+        converted.append({"role": role, "content": text})
     return converted
 
 

@@ -32,7 +32,7 @@ import re
 import threading
 import time
 import urllib.parse
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -54,6 +54,7 @@ DEFAULT_PORT = 8000
 # connection and never answers would hang an auction forever. These bound it.
 CONNECT_TIMEOUT = 3.0
 REQUEST_TIMEOUT = 30.0
+RECENT_EMBEDDINGS = 32  # task vectors kept per store (see _embed)
 
 LABELS = ("win", "lose")
 ROUNDS = (0, 1)
@@ -256,6 +257,9 @@ class AuctionMemory:
         self._collection: Collection | None = None
         self._has_records = False  # set once seen non-empty; clear() resets it
         self._lock = threading.Lock()
+        # one auction embeds its task up to 2 + refiners times (retrieve, own-plan
+        # lookups, write); the last few vectors are kept so that costs one embedding
+        self._recent: OrderedDict[str, list[float]] = OrderedDict()
         self.location = location or "a Chroma client"
         self._hint = hint or "check that the Chroma store is reachable"
         self._preflight = preflight
@@ -425,11 +429,21 @@ class AuctionMemory:
         return self._collection
 
     def _embed(self, text: str) -> list[Sequence[float]]:
-        """Embed one text, shaped as Chroma's one-row batch."""
+        """Embed one text, shaped as Chroma's one-row batch (recent texts are reused)."""
+        with self._lock:
+            vector = self._recent.get(text)
+            if vector is not None:
+                self._recent.move_to_end(text)
+                return [vector]
         vectors = self.embedder.embed([text])
         if len(vectors) != 1:
             raise RuntimeError(f"embedder returned {len(vectors)} vectors for 1 text")
-        return [[float(x) for x in vectors[0]]]
+        vector = [float(x) for x in vectors[0]]
+        with self._lock:
+            self._recent[text] = vector
+            while len(self._recent) > RECENT_EMBEDDINGS:
+                self._recent.popitem(last=False)
+        return [vector]
 
     # ------------------------------------------------------------------ API
 

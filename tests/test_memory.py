@@ -413,3 +413,29 @@ def test_ping_on_something_that_is_not_chroma_raises() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+class CountingEmbedder:
+    """The real embedder, counting the texts it is asked to embed."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
+        self.texts: list[str] = []
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        self.texts.extend(texts)
+        return self.inner.embed(texts)
+
+
+def test_one_auction_embeds_its_task_once(tmp_path: Path, embedder: Embedder) -> None:
+    counting = CountingEmbedder(embedder)
+    mem = AuctionMemory.persistent(tmp_path / "memory", embedder=counting)
+    mem.write("seed", "Sort a list of numbers.", auction(), "large")
+    task = "Sort a list of integers in Python."
+    # retrieve, two refiners looking up their own losing plans, then the write
+    first = mem.similar(task, 8)
+    mem.similar(task, 8, agent="small")
+    mem.similar(task, 8, agent="medium")
+    mem.write("now", task, auction(), "large")
+    assert counting.texts.count(task) == 1
+    assert [p.auction_id for p in mem.similar(task, 8)] == ["now", *[p.auction_id for p in first]]

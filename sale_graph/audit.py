@@ -14,6 +14,7 @@ from typing import Any
 
 from sale_graph.agents import Agent
 from sale_graph.jury import vote_value
+from sale_graph.scoring import Weights
 
 PHASES = ("bid", "jury", "refine", "execute")
 
@@ -56,6 +57,7 @@ def build_audit(
 ) -> dict[str, Any]:
     """Assemble the audit record from the final state (pure; JSON-able)."""
     prices = {a.name: a.price for a in agents}
+    w = Weights.coerce(weights)
     bids = list(state.get("bids") or [])
     votes = list(state.get("votes") or [])
     scores = dict(state.get("scores") or {})
@@ -102,6 +104,11 @@ def build_audit(
             "seconds": round(_span(refine_items), 3),
         },
     }
+    # what each juror's round-0 votes cost: the weight fit weighs a juror against its price
+    phases["jury"]["by_juror"] = {
+        j: _phase([v for v in votes0 if v["juror"] == j], prices, "juror")["cost_usd"]
+        for j in sorted({v["juror"] for v in votes0})
+    }
     # refine votes are priced by juror, refined bids by bidder
     phases["refine"]["cost_usd"] = (
         _phase(round1, prices, "agent")["cost_usd"] + _phase(votes1, prices, "juror")["cost_usd"]
@@ -136,6 +143,7 @@ def build_audit(
         "weights": dict(weights),
         "jury_mode": jury_mode,
         "jury_vote": jury_vote,
+        "unheeded_jurors": sorted(a.name for a in agents if not w.heeds(a.name)),
         "bids": bid_rows,
         "provisional_winner": by_id[provisional]["agent"] if provisional in by_id else None,
         "winner": by_id[winning]["agent"] if winning in by_id else None,

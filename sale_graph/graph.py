@@ -144,7 +144,11 @@ def build_graph(
     async def jury(
         state: AuctionState, runtime: Runtime[Context]
     ) -> Command[Literal["vote", "score"]]:
-        """Step 2a: send every new bid to every juror (all agents still in the auction)."""
+        """Step 2a: send every new bid to every juror (all agents still in the auction).
+
+        Jurors whose weight is zero (``sale fit`` zeroes those not worth their price)
+        are not asked: their votes could not change any score.
+        """
         ctx = _context(runtime, bound)
         round_ = state.get("round", 0)
         bids = [b for b in state.get("bids", []) if b["round"] == round_]
@@ -155,10 +159,12 @@ def build_graph(
             )
             raise NoBidsError(f"every agent failed to bid ({failures})")
         bidders = [b["agent"] for b in state.get("bids", []) if b["round"] == 0]
+        weights = await asyncio.to_thread(ctx.resolved_weights)
         sends = [
             Send("vote", VoteRequest(task=state["task"], juror=juror, bid=b))
             for b in bids
             for juror in jurors_for(b["agent"], bidders, ctx.jury)
+            if weights.heeds(juror)  # a zero-weight vote would be paid for and ignored
         ]
         return Command(goto=sends or "score")
 

@@ -54,6 +54,10 @@ class Weights:
             return float(self.jury[juror])
         return self.jury_default / max(n_voters, 1)
 
+    def heeds(self, juror: str) -> bool:
+        """Whether the juror's vote can move a score; a juror weighted 0 is not asked."""
+        return float(self.jury.get(juror, self.jury_default)) != 0.0
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able copy (what ``sale fit`` writes)."""
         data = asdict(self)

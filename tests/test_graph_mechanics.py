@@ -504,3 +504,19 @@ def test_untrusted_text_cannot_close_its_fence():
     prompt = str(refine_messages("a", "task", "own plan", [pair])[1].content)
     assert prompt.count("</winning_plan>") == 1
     assert len(prompt) < 3 * MAX_MEMORY_STRATEGY_CHARS + 2000  # memory text is capped
+
+
+def test_zero_weight_jurors_are_not_asked(memory):
+    pool = make_pool()
+    weights = Weights(cost=1.0, entropy=1.0, jury={"small": 0.0, "mid": 0.0, "large": 1.0})
+    out = run("Add numbers.", ctx(pool, memory, refine=False, weights=weights))
+    audit = out["auction"]
+    assert audit["unheeded_jurors"] == ["mid", "small"]
+    assert all(list(r["votes"]) == ["large"] for r in audit["bids"])
+    assert [a.model.calls["vote"] for a in pool] == [0, 0, 3]
+    assert list(audit["phases"]["jury"]["by_juror"]) == ["large"]
+    # the same weights with the zero-weight jurors asked give the same winner
+    everyone = Weights(cost=1.0, entropy=1.0, jury={"small": 1e-12, "mid": 1e-12, "large": 1.0})
+    again = run("Add numbers.", ctx(make_pool(), memory, refine=False, weights=everyone))
+    assert again["winner"] == out["winner"]
+    assert again["auction"]["phases"]["jury"]["calls"] == 9

@@ -28,6 +28,12 @@ i.e. a failure costs 1 and cost is a secondary term in [0, lam].
   at its optimum (lexicographic).
 * ``objective="mean"``: minimise the mean of sum_i L_ti x_ti.
 
+Jurors cost money too (on a pool of small models a juror's votes can cost as much
+as the execution). Given ``juror_costs`` (what juror j's votes cost on task t), a
+binary z_j says whether j is heeded: w_j <= w_j,max * z_j, and every task's loss
+gains lam * sum_j z_j * juror_cost_tj / (the same cost scale). A juror whose signal
+does not pay for its votes gets w_j = 0, and the auction then does not ask it.
+
 Weights live in boxes (``bounds``); positive rescaling of w never changes the
 argmin, so the boxes only fix the scale. The fit names every juror, so fitted
 weights never fall back to ``Weights.jury_default``. A dropped vote and a missing
@@ -103,6 +109,7 @@ class FitResult:
     big_m: float
     seconds: float
     mismatches: list[str] = field(default_factory=list)
+    heeded_jurors: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form, for the benchmark report."""
@@ -117,6 +124,7 @@ class FitResult:
             "big_m": self.big_m,
             "seconds": self.seconds,
             "mismatches": self.mismatches,
+            "heeded_jurors": self.heeded_jurors,
         }
 
 
@@ -176,10 +184,15 @@ def select(
     return min(tied, key=lambda b: rank.get(b.agent, len(rank)))
 
 
+def cost_scale(tasks: Mapping[str, Sequence[TrainingBid]]) -> float:
+    """The largest execution cost in training: the loss's unit of money."""
+    costs = [b.execution_cost for bids in tasks.values() for b in bids]
+    return max(costs) if costs and max(costs) > 0 else 1.0
+
+
 def loss_table(tasks: Mapping[str, Sequence[TrainingBid]], lam: float) -> dict[str, list[float]]:
     """L_ti = (1 - passed) + lam * execution cost / the largest execution cost."""
-    costs = [b.execution_cost for bids in tasks.values() for b in bids]
-    scale = max(costs) if costs and max(costs) > 0 else 1.0
+    scale = cost_scale(tasks)
     return {
         t: [(0.0 if b.passed else 1.0) + lam * b.execution_cost / scale for b in bids]
         for t, bids in tasks.items()
@@ -197,10 +210,12 @@ def fit_weights(
     margin: float = 1e-3,
     big_m: float = 1e4,
     time_limit: float | None = 120.0,
+    juror_costs: Mapping[str, Mapping[str, float]] | None = None,
 ) -> FitResult:
     """Solve the weight-fitting MILP with HiGHS (``scipy.optimize.milp``).
 
-    ``tasks`` maps a training task id to the initial bids of every agent on it.
+    ``tasks`` maps a training task id to the initial bids of every agent on it;
+    ``juror_costs`` (task id -> juror -> dollars) lets the fit drop costly jurors.
     """
     if objective not in ("minmax", "mean"):
         raise ValueError("objective must be 'minmax' or 'mean'")
@@ -215,8 +230,9 @@ def fit_weights(
     rank = {a: r for r, a in enumerate(order)}
     started = time.monotonic()
 
-    # Decision vector: [w_c, w_h, w_j..., x_ti..., Q]
+    # Decision vector: [w_c, w_h, w_j..., z_j..., x_ti..., Q]
     n_w = 2 + len(jurors)
+    n_z = len(jurors)
     w_lo = np.array([box["cost"][0], box["entropy"][0]] + [box["jury"][0]] * len(jurors))
     w_hi = np.array([box["cost"][1], box["entropy"][1]] + [box["jury"][1]] * len(jurors))
     w_abs = np.maximum(np.abs(w_lo), np.abs(w_hi))
@@ -231,8 +247,8 @@ def fit_weights(
     x_index: dict[tuple[str, int], int] = {}
     for t in task_ids:
         for i in range(len(tasks[t])):
-            x_index[(t, i)] = n_w + len(x_index)
-    q_col = n_w + len(x_index)
+            x_index[(t, i)] = n_w + n_z + len(x_index)
+    q_col = n_w + n_z + len(x_index)
     n_var = q_col + 1
 
     feats = {t: [features(b) for b in tasks[t]] for t in task_ids}
@@ -243,7 +259,15 @@ def fit_weights(
     m = max(big_m, 1.01 * (spread + margin))
 
     losses = loss_table({t: tasks[t] for t in task_ids}, lam)
+    scale = cost_scale({t: tasks[t] for t in task_ids})
+    # jury_loss[t][r]: what heeding juror r adds to task t's loss
+    jury_loss = {
+        t: [lam * float((juror_costs or {}).get(t, {}).get(j, 0.0)) / scale for j in jurors]
+        for t in task_ids
+    }
     rows: list[tuple[dict[int, float], float, float]] = []
+    for r in range(n_z):  # w_j <= w_j,max * z_j: an unheeded juror weighs nothing
+        rows.append(({2 + r: 1.0, n_w + r: -float(w_hi[2 + r])}, -math.inf, 0.0))
     for t in task_ids:
         bids = tasks[t]
         rows.append(({x_index[(t, i)]: 1.0 for i in range(len(bids))}, 1.0, 1.0))
@@ -260,6 +284,7 @@ def fit_weights(
     loss_rows = []
     for t in task_ids:
         coef = {x_index[(t, i)]: losses[t][i] for i in range(len(tasks[t]))}
+        coef.update({n_w + r: c for r, c in enumerate(jury_loss[t]) if c})
         coef[q_col] = -1.0
         loss_rows.append((coef, -math.inf, 0.0))
 
@@ -276,8 +301,8 @@ def fit_weights(
     base = matrix(rows)
     integrality = np.zeros(n_var)
     integrality[n_w:q_col] = 1
-    lb = np.concatenate([w_lo, np.zeros(len(x_index)), [0.0]])
-    ub = np.concatenate([w_hi, np.ones(len(x_index)), [math.inf]])
+    lb = np.concatenate([w_lo, np.zeros(n_z + len(x_index)), [0.0]])
+    ub = np.concatenate([w_hi, np.ones(n_z + len(x_index)), [math.inf]])
     options: dict[str, Any] = {"disp": False, "mip_rel_gap": 0.0}
     if time_limit is not None:
         options["time_limit"] = float(time_limit)
@@ -285,6 +310,8 @@ def fit_weights(
     mean_c = np.zeros(n_var)
     for (t, i), col in x_index.items():
         mean_c[col] = losses[t][i] / len(task_ids)
+    for r in range(n_z):
+        mean_c[n_w + r] = sum(jury_loss[t][r] for t in task_ids) / len(task_ids)
 
     if objective == "mean":
         res = milp(mean_c, integrality=integrality, bounds=Bounds(lb, ub),
@@ -306,10 +333,12 @@ def fit_weights(
         raise RuntimeError(f"weight fit failed: {res.message}")
 
     w = res.x[:n_w]
+    heeded = [j for r, j in enumerate(jurors) if res.x[n_w + r] > 0.5]
     weights = {
         "cost": float(w[0]),
         "entropy": float(w[1]),
-        "jury": {j: float(w[2 + r]) for r, j in enumerate(jurors)},
+        # exactly 0 for an unheeded juror, so the auction skips its votes
+        "jury": {j: float(w[2 + r]) if j in heeded else 0.0 for r, j in enumerate(jurors)},
     }
     # Judge the weights by the auction's own argmin, not by the solver's binaries.
     selected: dict[str, str] = {}
@@ -321,7 +350,9 @@ def fit_weights(
         win = select(bids, weights, order)
         i = bids.index(win)
         selected[t] = win.agent
-        realised.append(losses[t][i])
+        realised.append(losses[t][i] + sum(
+            c for r, c in enumerate(jury_loss[t]) if weights["jury"][jurors[r]] != 0.0
+        ))
         passed += int(win.passed)
         milp_pick = max(range(len(bids)), key=lambda j: res.x[x_index[(t, j)]])
         if milp_pick != i:
@@ -337,6 +368,7 @@ def fit_weights(
         big_m=m,
         seconds=time.monotonic() - started,
         mismatches=mismatches,
+        heeded_jurors=[j for j in jurors if weights["jury"][j] != 0.0],
     )
 
 

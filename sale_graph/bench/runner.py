@@ -1052,12 +1052,17 @@ def fit_from_bank(bank: OutcomeBank, objective: str = "minmax", lam: float = FIT
     rows = {t: training_bids(audits[t]["audit"], table[t]) for t in train_ids}
     if objective not in ("minmax", "mean"):
         raise ValueError(f"objective must be minmax or mean, got {objective!r}")
+    juror_costs = {
+        t: dict(((audits[t]["audit"].get("phases") or {}).get("jury") or {}).get("by_juror") or {})
+        for t in train_ids
+    }
     return fit_weights(
         rows,
         objective="mean" if objective == "mean" else "minmax",
         lam=lam,
         jurors=agents,
         tie_order=agents,
+        juror_costs=juror_costs,
     )
 
 
@@ -1282,8 +1287,9 @@ def _preamble(
             f"- SALE weights: min-max MILP on the training split (loss = failure + "
             f"{FIT_LAM} x normalised cost): cost {w['cost']:.3g}, entropy {w['entropy']:.3g}, "
             f"jury {{{jury}}}; training pass@1 of the selection "
-            f"{100 * fit['train_pass_rate']:.1f}%. Ablations zero one term of these weights "
-            "(or change the jury); 'SALE default weights' uses the package defaults."
+            f"{100 * fit['train_pass_rate']:.1f}%. Jurors weighted 0 are not asked (the fit "
+            "charges each heeded juror its votes' price). Ablations zero one term of these "
+            "weights (or change the jury); 'SALE default weights' uses the package defaults."
         )
     if has_baselines:
         lines.append(

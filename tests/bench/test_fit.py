@@ -186,3 +186,38 @@ def test_fitted_weights_drive_the_runtime_scorer_to_the_same_winners() -> None:
             for b in bids
         ]  # fmt: skip
         assert best(scored)["agent"] == fit.selected[t]
+
+
+def _two_judges(n: int = 16, seed: int = 1) -> dict[str, list[TrainingBid]]:
+    """Jurors "costly" and "cheap" both give 5 to passing bids, 0 to failing ones."""
+    rng = random.Random(seed)
+    tasks = {}
+    for t in range(n):
+        good = rng.choice(list(PRICES))
+        bids = []
+        for a in PRICES:
+            ok = a == good
+            votes = {"costly": 5.0 if ok else 0.0, "cheap": 5.0 if ok else 0.0,
+                     "noisy": float(rng.randint(0, 5))}
+            bids.append(_bid(a, rng.randint(50, 400), rng.uniform(0, 3), votes, ok))
+        tasks[f"t{t}"] = bids
+    return tasks
+
+
+def test_fit_drops_jurors_not_worth_their_price() -> None:
+    tasks = _two_judges()
+    costs = {t: {"costly": 2e-4, "cheap": 1e-6, "noisy": 1e-6} for t in tasks}
+    fit = fit_weights(tasks, lam=0.1, juror_costs=costs)
+    assert fit.heeded_jurors == ["cheap"]
+    assert fit.weights["jury"]["costly"] == 0.0 and fit.weights["jury"]["noisy"] == 0.0
+    assert fit.train_pass_rate == 1.0
+
+
+def test_fit_keeps_a_costly_juror_that_prevents_failures() -> None:
+    tasks = _two_judges()
+    for bids in tasks.values():  # the cheap juror now says nothing useful
+        for i, b in enumerate(bids):
+            bids[i] = TrainingBid(**{**b.__dict__, "votes": {**b.votes, "cheap": 3.0}})
+    costs = {t: {"costly": 2e-5, "cheap": 1e-6, "noisy": 1e-6} for t in tasks}
+    fit = fit_weights(tasks, lam=0.1, juror_costs=costs)
+    assert "costly" in fit.heeded_jurors and fit.train_pass_rate == 1.0

@@ -258,6 +258,12 @@ def test_fit_from_bank_and_sale_fit_write_weights_context_reads(tmp_path) -> Non
     # the jury separates the tasks the small agent solves: every training task passes
     assert result.train_pass_rate == 1.0
     assert result.selected == {"t0": "small", "t1": "large", "t2": "small", "t3": "large"}
+    # both jurors separate the tasks; priced from the audits, the dear one is dropped
+    for t, row in bank.records("train_audit").items():
+        row["audit"]["phases"] = {"jury": {"by_juror": {"small": 1e-6, "large": 5e-4}}}
+        bank.put("train_audit", t, row)
+    priced = runner.fit_from_bank(bank)
+    assert priced.heeded_jurors == ["small"] and priced.train_pass_rate == 1.0
     bank.close()
 
     out = tmp_path / "w.json"

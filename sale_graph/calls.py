@@ -8,9 +8,10 @@ reports it, otherwise estimated from the text and flagged as an estimate.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,20 +70,35 @@ def is_local(agent: Agent) -> bool:
     return getattr(agent.model, "_llm_type", "") == LOCAL_LLM_TYPE
 
 
-# One semaphore per (event loop, model): Agent.max_concurrency bounds the calls in
-# flight to one model across all auctions of a process (asyncio primitives belong to
-# one loop, hence the per-loop table; it is dropped with its loop).
-_LIMITS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, asyncio.Semaphore]] = (
-    weakref.WeakKeyDictionary()
-)
+# One semaphore per model, process-wide: Agent.max_concurrency bounds the calls in
+# flight to one model across all auctions and event loops of a process (a synchronous
+# ``invoke`` runs each parallel branch on a loop of its own). Waiting polls instead of
+# blocking a thread, so waiters never starve the executor the calls themselves need.
+# Keyed by (model id, limit): chat models are unhashable pydantic objects; a reused id
+# can only inherit an idle semaphore of the same size.
+_LIMITS: dict[tuple[int, int], threading.BoundedSemaphore] = {}
+_LIMITS_LOCK = threading.Lock()
+_POLL_SECONDS = 0.01
 
 
-def _limit(agent: Agent) -> asyncio.Semaphore:
-    table = _LIMITS.setdefault(asyncio.get_running_loop(), {})
-    key = id(agent.model)
-    if key not in table:
-        table[key] = asyncio.Semaphore(agent.max_concurrency)
-    return table[key]
+def _semaphore(agent: Agent) -> threading.BoundedSemaphore:
+    key = (id(agent.model), agent.max_concurrency)
+    with _LIMITS_LOCK:
+        sem = _LIMITS.get(key)
+        if sem is None:
+            sem = _LIMITS[key] = threading.BoundedSemaphore(agent.max_concurrency)
+        return sem
+
+
+@asynccontextmanager
+async def _limit(agent: Agent) -> AsyncIterator[None]:
+    sem = _semaphore(agent)
+    while not sem.acquire(blocking=False):
+        await asyncio.sleep(_POLL_SECONDS)
+    try:
+        yield
+    finally:
+        sem.release()
 
 
 async def call(

@@ -17,14 +17,17 @@ Nodes are async; use ``ainvoke``/``astream`` (or :func:`run_auction` from sync c
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import re
 import time
 import uuid
-from collections.abc import Mapping
-from typing import Any, Literal, cast
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, cast, get_args, get_origin, get_type_hints
 
+from langchain_core.runnables import RunnableLambda
 from langgraph.graph import END, START, StateGraph
-from langgraph.runtime import Runtime
+from langgraph.runtime import Runtime, get_runtime
 from langgraph.types import Command, Send, interrupt
 
 from sale_graph.audit import build_audit, memory_bids
@@ -366,16 +369,20 @@ def build_graph(
         AuctionState, context_schema=Context, input_schema=AuctionInput,
         output_schema=AuctionOutput,
     )
-    builder.add_node("open_auction", open_auction)
-    builder.add_node("bid", bid, input_schema=BidRequest)  # type: ignore[call-overload]
-    builder.add_node("jury", jury)
-    builder.add_node("vote", vote, input_schema=VoteRequest)  # type: ignore[call-overload]
-    builder.add_node("score", score)
-    builder.add_node("memory_retrieve", memory_retrieve)
-    builder.add_node("refine", refine, input_schema=BidRequest)  # type: ignore[call-overload]
-    builder.add_node("approve", approve)
-    builder.add_node("execute", execute)
-    builder.add_node("remember", remember)
+    def add(afn: Callable[..., Awaitable[Any]], **kwargs: Any) -> None:
+        builder.add_node(afn.__name__, _sync_and_async(afn),
+                         destinations=_destinations(afn), **kwargs)
+
+    add(open_auction, input_schema=AuctionInput)
+    add(bid, input_schema=BidRequest)
+    add(jury)
+    add(vote, input_schema=VoteRequest)
+    add(score)
+    add(memory_retrieve)
+    add(refine, input_schema=BidRequest)
+    add(approve)
+    add(execute)
+    add(remember)
     builder.add_edge(START, "open_auction")
     builder.add_edge("bid", "jury")
     builder.add_edge("vote", "score")
@@ -383,6 +390,36 @@ def build_graph(
     builder.add_edge("execute", "remember")
     builder.add_edge("remember", END)
     return builder
+
+
+def _destinations(afn: Callable[..., Awaitable[Any]]) -> tuple[str, ...] | None:
+    """The nodes a ``Command[Literal[...]]``-returning node may go to (drawn by Studio)."""
+    returns = get_type_hints(afn).get("return")
+    if get_origin(returns) is not Command:
+        return None
+    (literal,) = get_args(returns)
+    return get_args(literal)
+
+
+def _sync_and_async(afn: Callable[..., Awaitable[Any]]) -> RunnableLambda:
+    """A node that serves ``invoke`` as well as ``ainvoke``.
+
+    The nodes are coroutines. Under ``invoke`` (a synchronous parent graph, a script)
+    the coroutine runs to completion on a private event loop in a worker thread, so
+    it works even where a loop is already running (Jupyter). The context is copied
+    across, so ``interrupt`` (human approval) and callbacks behave as under ``ainvoke``.
+    """
+
+    def run(state: Any) -> Any:
+        coroutine = afn(state, get_runtime(Context))
+        context = contextvars.copy_context()
+        with ThreadPoolExecutor(1, thread_name_prefix=f"sale-{afn.__name__}") as pool:
+            return pool.submit(context.run, asyncio.run, coroutine).result()
+
+    async def arun(state: Any) -> Any:
+        return await afn(state, get_runtime(Context))
+
+    return RunnableLambda(run, afunc=arun, name=afn.__name__)
 
 
 async def _write_memory(ctx: Context, state: Mapping[str, Any], audit: dict[str, Any]) -> str:
@@ -443,8 +480,8 @@ async def _own_auctions(ctx: Context, task: str, agent: str, seen: list[str]) ->
 
 
 def run_auction(task: str, context: Context | None = None) -> AuctionOutput:
-    """Run one auction from synchronous code (wraps ``graph.ainvoke``)."""
-    result = asyncio.run(graph.ainvoke({"task": task}, context=context or Context()))
+    """Run one auction from synchronous code (``graph.invoke`` with a default Context)."""
+    result = graph.invoke({"task": task}, context=context or Context())
     return cast(AuctionOutput, result)
 
 

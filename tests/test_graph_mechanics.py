@@ -192,6 +192,82 @@ def test_embeds_in_a_parent_graph_with_another_schema(memory):
                       "reply": "answer from large"}
 
 
+def test_sync_invoke_gives_the_same_auction_as_ainvoke(memory):
+    context = ctx(make_pool(large={"bid": LARGE_AS_MID}), memory)
+    seed_memory(memory, "Add two numbers.")
+    out = graph.invoke({"task": "Add numbers."}, context=context)
+    again = run("Add numbers.", ctx(make_pool(large={"bid": LARGE_AS_MID}), memory))
+    assert out["winner"] == again["winner"] == "small"  # won by a refined bid
+    assert out["auction"]["refined_won"] and out["auction"]["memory"]["write"] == "ok"
+    assert [b["id"] for b in out["auction"]["bids"]] == [b["id"] for b in again["auction"]["bids"]]
+
+
+def test_sync_invoke_works_under_a_running_event_loop(memory):
+    # what Jupyter does: synchronous code called while a loop runs in the same thread
+    pool = make_pool()
+
+    async def notebook_cell():
+        return graph.invoke({"task": "Add numbers."}, context=ctx(pool, memory, refine=False))
+
+    assert asyncio.run(notebook_cell())["winner"] == "large"
+
+
+def test_embeds_as_a_node_of_a_synchronous_parent_graph(memory):
+    pool = make_pool()
+    auction = build_graph(Context(agents=pool, memory=memory, refine=False)).compile()
+
+    class Shared(TypedDict, total=False):
+        task: str
+        winner: str
+        answer: str
+
+    parent = StateGraph(Shared)
+    parent.add_node("auction", auction)  # the compiled graph itself as a node
+    parent.add_edge(START, "auction")
+    parent.add_edge("auction", END)
+    result = parent.compile().invoke({"task": "Count vowels in a word."})
+    assert result["winner"] == "large" and result["answer"] == "answer from large"
+
+
+def test_sync_invoke_keeps_the_per_agent_concurrency_bound(memory):
+    import threading
+
+    class Gauge(ScriptedChatModel):
+        peak: int = 0
+        now: int = 0
+
+        async def _agenerate(self, messages, stop=None, run_manager=None, **kwargs):
+            with LOCK:
+                self.now += 1
+                self.peak = max(self.peak, self.now)
+            await asyncio.sleep(0.05)
+            with LOCK:
+                self.now -= 1
+            return await super()._agenerate(messages, stop, run_manager, **kwargs)
+
+    LOCK = threading.Lock()
+    gauge = Gauge(script={"bid": "LARGE plan", "vote": "4"})
+    pool = [Agent(name="solo", model=gauge, price=1.0, max_concurrency=1),
+            Agent(name="other", model=Gauge(script={"bid": "MID plan"}), price=0.5)]
+    graph.invoke({"task": "Add numbers."}, context=ctx(pool, memory, refine=False))
+    # 1 bid + 2 votes + 1 execution from "solo", the votes on parallel branches
+    assert gauge.calls["vote"] == 2 and gauge.peak == 1
+    assert pool[1].model.peak >= 1
+
+
+def test_sync_invoke_pauses_for_approval_and_resumes(memory):
+    from langgraph.types import Command
+
+    pool = make_pool()
+    app, context = approval_graph(pool, memory)
+    config = {"configurable": {"thread_id": "t-sync-approve"}}
+    paused = app.invoke({"task": "Add numbers."}, config=config, context=context)
+    (request,) = [i.value for i in paused["__interrupt__"]]
+    assert request["winner"] == "large"
+    out = app.invoke(Command(resume={"action": "approve"}), config=config, context=context)
+    assert out["winner"] == "large" and out["answer"] == "answer from large"
+
+
 # ---- bad input ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("task", ["", "   \n\t", None])

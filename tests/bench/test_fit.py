@@ -33,19 +33,24 @@ def _bid(agent, tokens, entropy, votes, passed, cost=None) -> TrainingBid:
     )
 
 
-def _separable(n: int = 24, seed: int = 0) -> dict[str, list[TrainingBid]]:
-    """Juror "judge" gives 5 to bids that will pass and 0 otherwise; everything else is noise."""
+def _synthetic(n: int, seed: int, votes, also_pass: float) -> dict[str, list[TrainingBid]]:
+    """Per task one agent surely passes (others with ``also_pass``); ``votes(ok, rng)``."""
     rng = random.Random(seed)
     tasks = {}
     for t in range(n):
         good = rng.choice(list(PRICES))
         bids = []
         for a in PRICES:
-            ok = a == good or rng.random() < 0.2
-            votes = {"judge": 5.0 if ok else 0.0, "noisy": float(rng.randint(0, 5))}
-            bids.append(_bid(a, rng.randint(50, 400), rng.uniform(0, 3), votes, ok))
+            ok = a == good or rng.random() < also_pass
+            bids.append(_bid(a, rng.randint(50, 400), rng.uniform(0, 3), votes(ok, rng), ok))
         tasks[f"t{t}"] = bids
     return tasks
+
+
+def _separable(n: int = 24, seed: int = 0) -> dict[str, list[TrainingBid]]:
+    """Juror "judge" gives 5 to bids that will pass and 0 otherwise; everything else is noise."""
+    return _synthetic(n, seed, lambda ok, rng: {"judge": 5.0 if ok else 0.0,
+                                                "noisy": float(rng.randint(0, 5))}, 0.2)
 
 
 def test_separable_set_reaches_zero_training_loss() -> None:
@@ -190,18 +195,9 @@ def test_fitted_weights_drive_the_runtime_scorer_to_the_same_winners() -> None:
 
 def _two_judges(n: int = 16, seed: int = 1) -> dict[str, list[TrainingBid]]:
     """Jurors "costly" and "cheap" both give 5 to passing bids, 0 to failing ones."""
-    rng = random.Random(seed)
-    tasks = {}
-    for t in range(n):
-        good = rng.choice(list(PRICES))
-        bids = []
-        for a in PRICES:
-            ok = a == good
-            votes = {"costly": 5.0 if ok else 0.0, "cheap": 5.0 if ok else 0.0,
-                     "noisy": float(rng.randint(0, 5))}
-            bids.append(_bid(a, rng.randint(50, 400), rng.uniform(0, 3), votes, ok))
-        tasks[f"t{t}"] = bids
-    return tasks
+    return _synthetic(n, seed, lambda ok, rng: {"costly": 5.0 if ok else 0.0,
+                                                "cheap": 5.0 if ok else 0.0,
+                                                "noisy": float(rng.randint(0, 5))}, 0.0)
 
 
 def test_fit_drops_jurors_not_worth_their_price() -> None:

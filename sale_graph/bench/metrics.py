@@ -6,8 +6,9 @@ For each method, overall and per domain / bin / domain+bin:
 * ``cost_usd`` (total dollars) and ``usd_per_mtok`` (total dollars / total tokens
   x 1e6: the workload's effective price, the paper's "$ per Mtok");
 * ``largest_share``: share of tasks executed by the dearest agent;
-* ``auction_token_share`` and ``auction_time_share``: auction tokens (seconds) over
-  all tokens (seconds), auction included; 0 for methods without an auction;
+* ``auction_token_share``, ``auction_time_share`` and ``auction_cost_share``:
+  auction tokens (seconds, dollars) over all tokens (seconds, dollars), auction
+  included; 0 for methods without an auction;
 * ``win_share``: share of tasks each agent executed.
 
 A method run over several task orders (SALE with memory) is summarised per order
@@ -46,6 +47,7 @@ SCALAR_METRICS: tuple[str, ...] = (
     "largest_share",
     "auction_token_share",
     "auction_time_share",
+    "auction_cost_share",
 )
 
 
@@ -71,6 +73,7 @@ def group_metrics(records: Sequence[Record], largest: str, agents: Sequence[str]
         "largest_share": _ratio(wins[largest], n),
         "auction_token_share": _ratio(sum(r.tokens_auction for r in records), tokens),
         "auction_time_share": _ratio(sum(r.seconds_auction for r in records), seconds),
+        "auction_cost_share": _ratio(sum(r.cost_auction for r in records), cost),
         "win_share": {a: _ratio(wins[a], n) for a in agents},
     }
 

@@ -38,6 +38,7 @@ def test_group_metrics_arithmetic() -> None:
     assert g["largest_share"] == 0.5
     assert g["auction_token_share"] == pytest.approx(40 / 1000)
     assert g["auction_time_share"] == pytest.approx(1.0 / 10.0)
+    assert g["auction_cost_share"] == pytest.approx(0.3 / 8.0)
     assert g["win_share"] == {"small": 0.5, "large": 0.5}
     empty = group_metrics([], "large", AGENTS)
     assert empty["pass_at_1"] == 0.0 and empty["usd_per_mtok"] == 0.0
@@ -122,6 +123,21 @@ def test_write_report_files(tmp_path) -> None:
     assert "per bin" in md and "easy" in md
     for key in ("pareto", "win_rate"):
         assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_targets_section_judges_sale_against_the_largest_agent() -> None:
+    # SALE: 3/4 pass, cost 1.0 each of which 0.5 is auction; the largest alone: 2/4 at 2.0
+    recs = [_rec("SALE", f"t{i}", "small" if i else "large", i < 3, ta=50, te=50,
+                 ca=0.5, ce=0.5) for i in range(4)]  # fmt: skip
+    recs += [_rec("single: large", f"t{i}", "large", i < 2, ce=2.0) for i in range(4)]
+    md = markdown_report(summarise(recs, "large", AGENTS), AGENTS, largest="large")
+    assert "| pass@1 >= largest | 75.0% | 50.0% | met |" in md
+    assert "| cost <= 60% of largest | 4 $ (50%) | 8 $ | met |" in md
+    assert "| largest executes <= 50% | 25.0% | 100% | met |" in md
+    assert "| auction overhead (tokens) vs paper < 1% | 50.0% | - | **missed** |" in md
+    assert "| (cost without the auction's calls) | 25% of largest | - | - |" in md
+    # no SALE row, no targets
+    assert "Targets" not in markdown_report(summarise(recs[4:], "large", AGENTS), AGENTS)
 
 
 def test_markdown_without_groups_still_has_win_shares() -> None:

@@ -332,7 +332,7 @@ def fit_weights(
     if res.x is None:
         raise RuntimeError(f"weight fit failed: {res.message}")
 
-    w = res.x[:n_w]
+    w = np.clip(res.x[:n_w], w_lo, w_hi)  # HiGHS may step outside a box by ~1e-12
     heeded = [j for r, j in enumerate(jurors) if res.x[n_w + r] > 0.5]
     weights = {
         "cost": float(w[0]),

@@ -217,3 +217,21 @@ def test_fit_keeps_a_costly_juror_that_prevents_failures() -> None:
     costs = {t: {"costly": 2e-5, "cheap": 1e-6, "noisy": 1e-6} for t in tasks}
     fit = fit_weights(tasks, lam=0.1, juror_costs=costs)
     assert "costly" in fit.heeded_jurors and fit.train_pass_rate == 1.0
+
+
+def test_minmax_is_not_held_hostage_by_a_task_nobody_solves() -> None:
+    # The judge rates the cheapest plan lowest on the unsolvable task too; bounding the
+    # plain loss there (1 + cost) would force weights that hand the cheapest agent
+    # every task. Bounding the regret keeps every solvable task solved.
+    tasks = _separable(12)
+    tasks["nobody"] = [
+        _bid("small", 100, 1.0, {"judge": 0.0, "noisy": 2.0}, False),
+        _bid("mid", 100, 1.0, {"judge": 5.0, "noisy": 2.0}, False),
+        _bid("large", 100, 1.0, {"judge": 5.0, "noisy": 2.0}, False),
+    ]
+    fit = fit_weights(tasks, objective="minmax", lam=0.1)
+    solved = [t for t in tasks if t != "nobody"]
+    assert all(
+        next(b for b in tasks[t] if b.agent == fit.selected[t]).passed for t in solved
+    )
+    assert fit.train_pass_rate == pytest.approx(len(solved) / len(tasks))

@@ -170,19 +170,23 @@ def _plot_pareto(summary: Mapping[str, Mapping[str, Any]], path: Path) -> None:
         m: (s["overall"]["cost_usd"]["mean"], 100 * s["overall"]["pass_at_1"]["mean"])
         for m, s in summary.items()
     }
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for m, s in summary.items():
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    colours = plt.get_cmap("tab20").colors
+    markers = "osD^vP*Xh<>"
+    for n, (m, s) in enumerate(summary.items()):
         o = s["overall"]
         ax.errorbar(
             o["cost_usd"]["mean"],
             100 * o["pass_at_1"]["mean"],
             xerr=o["cost_usd"]["std"] or None,
             yerr=100 * o["pass_at_1"]["std"] or None,
-            fmt="o",
+            fmt=markers[n % len(markers)],
+            color=colours[n % len(colours)],
             capsize=3,
             label=m,
         )
-        ax.annotate(m, pts[m], textcoords="offset points", xytext=(4, 4), fontsize=7)
+        if m.startswith("SALE") or m == "oracle":  # the rest are told apart by the legend
+            ax.annotate(m, pts[m], textcoords="offset points", xytext=(4, 4), fontsize=7)
     front = pareto_front(pts)
     if len(front) > 1:
         ax.plot([pts[m][0] for m in front], [pts[m][1] for m in front], "k--", lw=0.8,
@@ -194,7 +198,7 @@ def _plot_pareto(summary: Mapping[str, Mapping[str, Any]], path: Path) -> None:
     ax.set_ylabel("pass@1 (%)")
     ax.set_title("pass@1 vs cost")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

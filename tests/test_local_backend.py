@@ -225,15 +225,20 @@ def test_max_tokens_override_and_stop(smol):
         smol.invoke("hi", top_k=3)
 
 
+def _rate(model, plan: str, **options):
+    """One grammar-held 0-5 vote on ``plan``."""
+    return model.invoke(
+        f"Rate this plan from 0 (useless) to 5 (excellent): '{plan}'. Reply with one digit.",
+        grammar=VOTE,
+        max_tokens=2,
+        **options,
+    )
+
+
 @pytest.mark.parametrize("fixture", ["smol", "qwen05"])
 def test_grammar_forces_one_vote_digit(fixture, request):
     model = request.getfixturevalue(fixture)
-    reply = model.invoke(
-        "Rate this plan from 0 (useless) to 5 (excellent): 'read the CSV with pandas, "
-        "sort by the second column, write it back'. Reply with one digit.",
-        grammar=VOTE,
-        max_tokens=2,
-    )
+    reply = _rate(model, "read the CSV with pandas, sort by the second column, write it back")
     assert re.fullmatch(r"[0-5]", reply.content), reply.content
     assert reply.usage_metadata["output_tokens"] >= 1
     assert reply.response_metadata["mean_token_entropy"] is not None
@@ -243,13 +248,8 @@ def test_grammar_forces_one_vote_digit(fixture, request):
 @pytest.mark.parametrize("fixture", ["smol", "qwen05"])
 def test_vote_digit_probabilities_agree_with_the_greedy_digit(fixture, request):
     model = request.getfixturevalue(fixture)
-    reply = model.invoke(
-        "Rate this plan from 0 (useless) to 5 (excellent): 'split the string on commas "
-        "and return the number of parts'. Reply with one digit.",
-        grammar=VOTE,
-        choices="012345",
-        max_tokens=2,
-    )
+    reply = _rate(model, "split the string on commas and return the number of parts",
+                  choices="012345")
     probs = reply.response_metadata["choice_probs"]
     assert list(probs) == list("012345")
     assert sum(probs.values()) == pytest.approx(1.0)

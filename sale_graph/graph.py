@@ -39,7 +39,7 @@ from sale_graph.execution import execute as run_executor
 from sale_graph.jury import cast_vote, jurors_for, vote_value
 from sale_graph.prompts import bid_messages, refine_messages
 from sale_graph.refinement import contrastive_pairs, eligible_refiners
-from sale_graph.scoring import best, score_bid
+from sale_graph.scoring import Weights, best, score_bid
 from sale_graph.state import (
     AuctionInput,
     AuctionOutput,
@@ -60,6 +60,18 @@ def _context(runtime: Runtime[Context] | None, default: Context | None) -> Conte
         known = {k: v for k, v in ctx.items() if k in Context.__dataclass_fields__}
         return Context(**{**{f: getattr(base, f) for f in Context.__dataclass_fields__}, **known})
     return default or Context()
+
+
+def _auction_weights(state: Mapping[str, Any], ctx: Context) -> Weights:
+    """The weights this auction opened with.
+
+    ``open_auction`` snapshots them into the state, so the jury, the score and the
+    audit agree even if a weights file is rewritten mid-auction (``sale fit``), and
+    a run resumed from a checkpoint keeps the weights it started with. State from
+    before the snapshot existed falls back to the context.
+    """
+    snapshot = state.get("weights")
+    return Weights.coerce(snapshot) if snapshot is not None else ctx.resolved_weights()
 
 
 def validate_task(task: Any, max_chars: int) -> str:
@@ -117,7 +129,7 @@ def build_graph(
         ctx = _context(runtime, bound)
         task = validate_task(state.get("task"), ctx.max_task_chars)
         agents = await asyncio.to_thread(ctx.resolved_agents)
-        await asyncio.to_thread(ctx.resolved_weights)
+        weights = await asyncio.to_thread(ctx.resolved_weights)
         if ctx.refine or ctx.remember:
             memory = await asyncio.to_thread(ctx.resolved_memory)
             await asyncio.to_thread(memory.ping)
@@ -126,6 +138,7 @@ def build_graph(
             "auction_id": auction_id_for(state),
             "started": time.time(),
             "round": 0,
+            "weights": weights.to_dict(),
         }
         sends = [Send("bid", BidRequest(task=task, agent=a.name, round=0)) for a in agents]
         return Command(update=update, goto=sends)
@@ -162,7 +175,7 @@ def build_graph(
             )
             raise NoBidsError(f"every agent failed to bid ({failures})")
         bidders = [b["agent"] for b in state.get("bids", []) if b["round"] == 0]
-        weights = await asyncio.to_thread(ctx.resolved_weights)
+        weights = _auction_weights(state, ctx)
         sends = [
             Send("vote", VoteRequest(task=state["task"], juror=juror, bid=b))
             for b in bids
@@ -187,7 +200,7 @@ def build_graph(
     ) -> Command[Literal["memory_retrieve", "approve"]]:
         """Steps 2c/3/5: S = C - V for the round's bids; pick the (provisional) winner."""
         ctx = _context(runtime, bound)
-        weights = await asyncio.to_thread(ctx.resolved_weights)
+        weights = _auction_weights(state, ctx)
         round_ = state.get("round", 0)
         votes: dict[str, dict[str, float | None]] = {}
         for v in state.get("votes", []):
@@ -349,7 +362,7 @@ def build_graph(
         """Step 7: write the whole auction to memory in one idempotent upsert."""
         ctx = _context(runtime, bound)
         agents = await asyncio.to_thread(ctx.resolved_agents)
-        weights = (await asyncio.to_thread(ctx.resolved_weights)).to_dict()
+        weights = _auction_weights(state, ctx).to_dict()
         audit = build_audit(state, agents, weights=weights, jury_mode=ctx.jury,
                             jury_vote=ctx.jury_vote, memory_write="pending")
         status = "disabled"

@@ -93,6 +93,7 @@ class AuctionState(TypedDict, total=False):
     events: Annotated[list[Event], operator.add]
     scores: Annotated[dict[str, dict[str, Any]], merge_dicts]
     round: int
+    weights: dict[str, Any]  # snapshot taken when the auction opened
     provisional_winner: str | None  # bid id
     winning_bid: str | None  # bid id
     refiners: list[str]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from pathlib import Path
 
@@ -596,3 +597,22 @@ def test_zero_weight_jurors_are_not_asked(memory):
     again = run("Add numbers.", ctx(make_pool(), memory, refine=False, weights=everyone))
     assert again["winner"] == out["winner"]
     assert again["auction"]["phases"]["jury"]["calls"] == 9
+
+
+def test_weights_file_rewritten_mid_auction_does_not_change_it(memory, tmp_path):
+    """The auction scores and audits with the weights it opened with."""
+    path = tmp_path / "weights.json"
+    path.write_text(json.dumps(Weights(cost=1.0, entropy=1.0).to_dict()))
+    heavy_cost = json.dumps(Weights(cost=100.0, entropy=0.0).to_dict())
+
+    def bid_and_rewrite(prompt: str) -> str:
+        path.write_text(heavy_cost)  # e.g. `sale fit` finishing while the auction runs
+        return "LARGE plan one two three four"
+
+    out = run("Add numbers.", ctx(make_pool(large={"bid": bid_and_rewrite}), memory,
+                                  refine=False, weights=str(path)))
+    assert out["winner"] == "large"  # heavy cost weights would hand it to "small"
+    assert out["auction"]["weights"]["cost"] == 1.0
+    # the next auction reads the new file
+    again = run("Add numbers.", ctx(make_pool(), memory, refine=False, weights=str(path)))
+    assert again["winner"] == "small"

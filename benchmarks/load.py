@@ -46,30 +46,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 # ----------------------------------------------------------------------------- the market
 
-PLANS = {
-    "small": "[small] parse add return",
-    "mid": "[mid] parse inputs add them test return",
-    "large": "[large] parse inputs validate types add them test edge cases return",
-}
-REFINED = "[small+] parse add test"
-PRICES = {"small": 0.05, "mid": 0.16, "large": 0.36}
-VOTES = {"[small+]": "5", "[large]": "3", "[mid]": "3", "[small]": "1"}
+# The same scripted market the orchestration tests use, so the figures printed here
+# and the behaviour asserted there are about one and the same auction.
+from tests.scripted import prompt_kind  # noqa: E402
+from tests.workers.common import PLANS, PRICES, REFINED, VOTES, WEIGHTS  # noqa: E402
 
 # Model-call intervals of the auction running in the current task (and its children:
 # LangGraph runs nodes in tasks that inherit this context).
 _CALLS: contextvars.ContextVar[list[tuple[float, float]] | None] = contextvars.ContextVar(
     "calls", default=None
 )
-
-
-def _kind(text: str) -> str:
-    if "strict judge" in text:
-        return "vote"
-    if "In past auctions" in text:
-        return "refine"
-    if "You won the right" in text:
-        return "execute"
-    return "bid"
 
 
 def instant_model(agent: str, latency: float) -> Any:
@@ -88,7 +74,7 @@ def instant_model(agent: str, latency: float) -> Any:
 
         def _answer(self, messages: list[Any]) -> ChatResult:
             text = "\n".join(str(m.content) for m in messages)
-            kind = _kind(text)
+            kind = prompt_kind(messages)
             if kind == "vote":
                 plan = text.split("<plan>", 1)[-1]
                 reply = next((v for tag, v in VOTES.items() if tag in plan), "3")
@@ -137,12 +123,12 @@ def union_seconds(spans: list[tuple[float, float]]) -> float:
 # ----------------------------------------------------------------------------- worker side
 
 async def _work(spec: dict[str, Any]) -> None:
-    from sale_graph import Agent, Context, Weights, graph
+    from sale_graph import Agent, Context, graph
 
     pool = [Agent(name=n, model=instant_model(n, spec["model_latency"]), price=p,
                   max_concurrency=spec["concurrency"]) for n, p in PRICES.items()]
     context = Context(agents=pool, memory_url=spec["url"], collection=spec["collection"],
-                      weights=Weights(cost=1.0, entropy=1.0))
+                      weights=WEIGHTS)
     memory = context.resolved_memory()
     memory.ping()
     memory.embedder.embed(["warm-up"])  # load MiniLM before the clock starts

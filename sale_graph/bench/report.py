@@ -185,8 +185,9 @@ def _plot_pareto(summary: Mapping[str, Mapping[str, Any]], path: Path) -> None:
             capsize=3,
             label=m,
         )
-        if m.startswith("SALE") or m == "oracle":  # the rest are told apart by the legend
-            ax.annotate(m, pts[m], textcoords="offset points", xytext=(4, 4), fontsize=7)
+        if m in ("SALE", "oracle"):  # the rest are told apart by the legend: ablations
+            # often land on top of each other, and their labels would overlap
+            ax.annotate(m, pts[m], textcoords="offset points", xytext=(6, 6), fontsize=8)
     front = pareto_front(pts)
     if len(front) > 1:
         ax.plot([pts[m][0] for m in front], [pts[m][1] for m in front], "k--", lw=0.8,
@@ -194,6 +195,7 @@ def _plot_pareto(summary: Mapping[str, Mapping[str, Any]], path: Path) -> None:
     costs = [c for c, _ in pts.values() if c > 0]
     if costs and max(costs) / min(costs) > 100:
         ax.set_xscale("log")
+    ax.margins(x=0.06, y=0.08)
     ax.set_xlabel("total cost ($)")
     ax.set_ylabel("pass@1 (%)")
     ax.set_title("pass@1 vs cost")

@@ -119,14 +119,17 @@ async def _run(args: argparse.Namespace) -> int:
     totals, phases = audit["totals"], audit["phases"]
     print(format_table(audit))
     print()
+    # who actually wrote a refined bid (eligible refiners may have had no memory to learn from)
+    refined = [b["agent"] for b in audit["bids"] if b.get("round") == 1]
     print(f"winner: {audit['winner']} (provisional: {audit['provisional_winner']}; "
-          f"refined: {', '.join(audit['refiners']) or 'nobody'})")
+          f"refined: {', '.join(refined) or 'nobody'})")
     print("time:   " + ", ".join(f"{p} {phases[p]['seconds']:.1f}s" for p in phases))
     print(f"tokens: auction {totals['auction_tokens']}, execution {totals['execution_tokens']} "
           f"(auction share {totals['overhead_token_share']:.1%}); "
           f"cost ${totals['total_cost_usd']:.8f}")
     for event in audit["events"]:
-        print(f"note:   {event['kind']}: {event.get('agent') or ''} {event['detail']}".rstrip())
+        who = f"{event['agent']}: " if event.get("agent") else ""
+        print(f"note:   {event['kind']}: {who}{event['detail']}".rstrip())
     print()
     print("answer:")
     print(final["answer"] if final["answer"] is not None else "(execution failed)")

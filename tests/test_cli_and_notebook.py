@@ -28,6 +28,7 @@ def test_sale_run_prints_table_progress_and_answer(tmp_path):
     out = res.stdout
     assert out.splitlines()[0].split()[:3] == ["agent", "round", "$/Mtok"]
     assert "<==" in out and "answer:" in out and "winner:" in out
+    assert "refined: nobody)" in out  # empty memory: nobody had anything to refine from
 
     res = sale("run", "Write a Python function triple(x).", "--pool", "local-small", "--json",
                "--no-refine", memory=tmp_path)

@@ -8,6 +8,7 @@ default local pool: the largest local agent's 150-token bid costs ~2.6 price x
 tokens units, so w_c = 0.5 makes its cost premium over the smallest agent
 ~1.2, which the jury term (mean vote, 0..5) can outweigh for a clearly better
 plan. Fit real weights on your own workload with ``sale fit`` (min-max MILP).
+The ``local`` preset ships weights fitted that way (``Context.resolved_weights``).
 """
 
 from __future__ import annotations

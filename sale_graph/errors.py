@@ -30,3 +30,7 @@ class NoBidsError(SaleError, RuntimeError):
 
 class ModelFileError(SaleError, FileNotFoundError):
     """A local model's weights are missing or fail their checksum."""
+
+
+class UnsafeBuildError(ModelFileError):
+    """The installed llama.cpp build would crash on this CPU (AMX, or instructions it lacks)."""

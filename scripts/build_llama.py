@@ -119,39 +119,41 @@ def _is_native_lib(name: str) -> bool:
     return base.startswith(("libllama", "libggml")) and (".so" in base or base.endswith(".dylib"))
 
 
-def _digest(named_bytes: list[tuple[str, bytes]]) -> str:
-    """One digest over every native library (the CPU kernels live in libggml-cpu)."""
-    h = hashlib.sha256()
-    for name, data in sorted(named_bytes):
-        h.update(Path(name).name.encode() + b"\0" + hashlib.sha256(data).digest())
-    return h.hexdigest()
-
-
-def _lib_digest_in_wheel(wheel: Path) -> str:
+def wheel_libs(wheel: Path) -> dict[str, str]:
+    """sha256 of each native library the wheel puts inside the ``llama_cpp`` package."""
     import zipfile
 
     with zipfile.ZipFile(wheel) as zf:
-        names = [n for n in zf.namelist() if _is_native_lib(n)]
-        if not names:
-            raise SystemExit(f"build_llama: no native libraries in {wheel}")
-        return _digest([(n, zf.read(n)) for n in names])
+        libs = {n[len("llama_cpp/"):]: hashlib.sha256(zf.read(n)).hexdigest()
+                for n in zf.namelist() if n.startswith("llama_cpp/") and _is_native_lib(n)}
+    if not any(Path(n).name.startswith("libggml-cpu") for n in libs):
+        raise SystemExit(f"build_llama: no CPU backend (libggml-cpu) in {wheel}")
+    return libs
 
 
-def installed_lib_digest() -> str | None:
-    """Digest of the installed native libraries, found without importing llama_cpp."""
+def installed_libs() -> dict[str, str]:
+    """sha256 of each native library of the installed ``llama_cpp`` (not imported)."""
     import importlib.util
 
     spec = importlib.util.find_spec("llama_cpp")
     if spec is None or not spec.submodule_search_locations:
-        return None
+        return {}
     root = Path(next(iter(spec.submodule_search_locations)))
-    libs = [p for p in root.rglob("*") if p.is_file() and _is_native_lib(p.name)]
-    if not libs:
-        return None
-    return _digest([(p.name, p.read_bytes()) for p in libs])
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in root.rglob("*") if p.is_file() and _is_native_lib(p.name)}
+
+
+def is_installed(wheel: Path) -> bool:
+    """Every installed native library (the CPU kernels included) is the wheel's, byte for byte."""
+    installed = installed_libs()
+    expected = wheel_libs(wheel)
+    if not any(Path(n).name.startswith("libggml-cpu") for n in installed):
+        return False
+    return all(expected.get(name) == digest for name, digest in installed.items())
 
 
 def main() -> int:
+    """Build (or reuse) the portable wheel and make sure it is the one installed."""
     variant, flags = choose_flags()
     target = wheel_dir(variant, flags)
     wheels = sorted(target.glob("llama_cpp_python-*.whl"))
@@ -161,14 +163,14 @@ def main() -> int:
     else:
         wheel = wheels[0]
         print(f"build_llama: reusing {wheel}", flush=True)
-    if installed_lib_digest() == _lib_digest_in_wheel(wheel):
+    if is_installed(wheel):
         print(f"build_llama: installed llama.cpp is the {variant} build", flush=True)
         return 0
     # Replace whatever is installed (a native build included), then add its dependencies.
     _run([sys.executable, "-m", "pip", "install", "--force-reinstall", "--no-deps", str(wheel)])
     _run([sys.executable, "-m", "pip", "install", str(wheel)])
-    if installed_lib_digest() != _lib_digest_in_wheel(wheel):
-        raise SystemExit("build_llama: the installed llama.cpp still differs from the portable wheel")
+    if not is_installed(wheel):
+        raise SystemExit("build_llama: the installed llama.cpp differs from the portable wheel")
     print(f"build_llama: installed the {variant} build", flush=True)
     return 0
 

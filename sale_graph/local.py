@@ -45,6 +45,7 @@ from sale_graph.agents import Agent
 from sale_graph.calls import content_text
 from sale_graph.errors import ModelFileError, PoolConfigError
 from sale_graph.model_files import MODELS, model_path
+from sale_graph.native_build import ensure_safe_build
 
 PARALLEL_ENV = "SALE_LOCAL_PARALLEL"
 
@@ -182,6 +183,7 @@ def _load(key: tuple, path: str, n_ctx: int, n_threads: int, verbose: bool) -> _
             return loaded
         if not Path(path).is_file():
             raise ModelFileError(f"model file {path} does not exist")
+        ensure_safe_build()  # a segfault would take the whole process with it
         from llama_cpp import Llama
 
         try:

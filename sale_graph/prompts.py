@@ -75,6 +75,13 @@ EXECUTE_SYSTEM = (
 
 EXECUTE_USER = "{task}\n\n{plan}\n\nCarry out the plan and give the final answer."
 
+# Answering without a plan: where executing the bid does not beat answering directly
+# (measured per agent and bin), the winner answers the task alone. The plan still
+# decided the auction; it just does not steer the answer.
+DIRECT_SYSTEM = "You are {agent}. Solve the task and give a complete final answer. " + DATA_NOTE
+
+DIRECT_USER = "{task}\n\nSolve the task and give the final answer."
+
 PLAN_STEPS = 6
 
 
@@ -123,7 +130,12 @@ def refine_messages(
 
 
 def execute_messages(agent: str, task: str, plan: str) -> list[BaseMessage]:
-    """Prompt of the default executor: carry out the winning plan."""
+    """Prompt of the default executor: carry out the winning plan (an empty plan: answer)."""
+    if not plan.strip():
+        return [
+            SystemMessage(DIRECT_SYSTEM.format(agent=agent)),
+            HumanMessage(DIRECT_USER.format(task=fence("task", task))),
+        ]
     return [
         SystemMessage(EXECUTE_SYSTEM.format(agent=agent)),
         HumanMessage(EXECUTE_USER.format(task=fence("task", task), plan=fence("plan", plan))),

@@ -281,10 +281,15 @@ class OutcomeBank(BaseCache):
         tmp.replace(out)
         return len(lines)
 
-    def import_(self, path: str | Path, *, overwrite: bool = False) -> int:
+    def import_(
+        self, path: str | Path, *, overwrite: bool = False, calls_only: bool = False
+    ) -> int:
         """Merge an exported file into this bank; returns how many entries were new.
 
         Existing entries win unless ``overwrite``: a resumed run keeps what it saw.
+        ``calls_only`` takes the model calls and leaves the records (another run's
+        configuration and results) behind: a new run then replays every call the
+        old one made with the same prompt and model, and grades them itself.
         """
         verb = "INSERT OR REPLACE" if overwrite else "INSERT OR IGNORE"
         conn = self._conn()
@@ -307,6 +312,8 @@ class OutcomeBank(BaseCache):
                         ),
                     )
                 elif d["type"] == "record":
+                    if calls_only:
+                        continue
                     conn.execute(
                         f"{verb} INTO records VALUES (?, ?, ?, ?)",
                         (d["namespace"], d["key"], _dumps(d["value"]), now),

@@ -63,6 +63,11 @@ def bench_command(args: argparse.Namespace) -> int:
         paths = runner.report_from_export(export, run_dir, plots=not args.no_plots)
     else:
         stored = runner.stored_config(run_dir) if args.resume else None
+        if args.seed_calls:
+            with runner.open_bank(run_dir) as bank:
+                added = bank.import_(args.seed_calls, calls_only=True)
+            print(f"sale bench: {added} model calls seeded from {args.seed_calls}",
+                  file=sys.stderr)
         try:
             paths = runner.run_bench(_config(args, stored), run_dir, resume=args.resume)
         except (RuntimeError, ValueError) as exc:
@@ -167,6 +172,11 @@ def add_bench_commands(subparsers: Any) -> None:
         help="rebuild the tables from the run's bank.jsonl.gz, loading no model",
     )
     bench.add_argument("--bank", default=None, help="with --from-bank: another export to read")
+    bench.add_argument(
+        "--seed-calls",
+        default=None,
+        help="an exported bank whose model calls this run replays (its records are ignored)",
+    )
     bench.add_argument(
         "--smoke",
         action="store_true",

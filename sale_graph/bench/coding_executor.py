@@ -430,7 +430,11 @@ def build_coding_executor(
                 else prompts.CODER_TASK_NO_PLAN.format(task=state["task"])
             )
             messages = [
-                SystemMessage(prompts.CODER_SYSTEM.format(agent=agent)),
+                SystemMessage(
+                    (prompts.CODER_SYSTEM if strategy else prompts.CODER_SYSTEM_DIRECT).format(
+                        agent=agent
+                    )
+                ),
                 HumanMessage(task_msg),
             ]
         else:

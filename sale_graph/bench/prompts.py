@@ -11,6 +11,13 @@ CODER_SYSTEM = (
     "function. Do not add example usage, tests, input() calls or a __main__ block."
 )
 
+# Answering directly (no plan): the same programmer without the plan clause.
+CODER_SYSTEM_DIRECT = (
+    "You are {agent}, a careful Python programmer. Reply with the complete solution in one "
+    "```python fenced block: imports, helper functions and the requested function. Do not add "
+    "example usage, tests, input() calls or a __main__ block."
+)
+
 CODER_TASK = "Task:\n{task}\n\nPlan to follow:\n{strategy}"
 
 CODER_TASK_NO_PLAN = "Task:\n{task}"

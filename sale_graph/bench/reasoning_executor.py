@@ -29,13 +29,21 @@ ANSWER_FORMAT = (
     "Work through the plan, then end your reply with the final answer alone inside "
     "<answer></answer> tags."
 )
+ANSWER_FORMAT_DIRECT = (
+    "Work through the task, then end your reply with the final answer alone inside "
+    "<answer></answer> tags."
+)
 
 
 def reasoning_messages(agent: str, task: str, plan: str) -> list[Any]:
-    """The default execution prompt with the answer format appended outside the fences."""
+    """The default execution prompt with the answer format appended outside the fences.
+
+    An empty plan means answering directly: the direct prompt, and no talk of a plan.
+    """
     messages = execute_messages(agent, task, plan)
     last = messages[-1]
-    messages[-1] = HumanMessage(f"{message_text(last)}\n\n{ANSWER_FORMAT}")
+    demand = ANSWER_FORMAT if plan.strip() else ANSWER_FORMAT_DIRECT
+    messages[-1] = HumanMessage(f"{message_text(last)}\n\n{demand}")
     return messages
 
 

@@ -2,6 +2,8 @@
 
 Agents bid short plans, a jury of all agents scores them (cost minus value),
 cheaper losers refine from a Chroma memory of past auctions, the winner executes.
+A staged auction (cheapest first, stop at the first bid worth taking) and verified
+outcomes (what actually passed) make the market pay for itself on short work.
 """
 
 from sale_graph.agents import Agent
@@ -15,12 +17,15 @@ from sale_graph.errors import (
     SaleError,
 )
 from sale_graph.graph import build_graph, graph, run_auction
-from sale_graph.memory import AuctionMemory, PastAuction
+from sale_graph.memory import AuctionMemory, PastAuction, UnknownAuctionError
+from sale_graph.outcomes import record_outcome
 from sale_graph.scoring import Weights
+from sale_graph.staged import AgentPolicy, StagedPolicy
 from sale_graph.state import AuctionInput, AuctionOutput
 
 __all__ = [
     "Agent",
+    "AgentPolicy",
     "AuctionInput",
     "AuctionMemory",
     "AuctionOutput",
@@ -32,8 +37,11 @@ __all__ = [
     "PastAuction",
     "PoolConfigError",
     "SaleError",
+    "StagedPolicy",
+    "UnknownAuctionError",
     "Weights",
     "build_graph",
     "graph",
+    "record_outcome",
     "run_auction",
 ]

@@ -9,12 +9,18 @@ auction phase versus the execution phase (SALE's overhead figure).
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sale_graph.agents import Agent
+from sale_graph.calls import describe_error
+from sale_graph.errors import MemoryUnavailableError
 from sale_graph.jury import vote_value
+from sale_graph.runtime import auction_weights, run_context
 from sale_graph.scoring import Weights
+from sale_graph.state import AuctionOutput
 
 PHASES = ("bid", "jury", "refine", "execute")
 
@@ -80,7 +86,7 @@ def build_audit(
             "jury_mean": s.get("jury_mean"),
             "cost": s.get("cost"), "entropy_term": s.get("entropy_term"),
             "jury_term": s.get("jury_term"), "value": s.get("value"), "score": s.get("score"),
-            "retrieved_pairs": b.get("retrieved"),
+            "retrieved_pairs": b.get("retrieved"), "direct": bool(b.get("direct")),
             "seconds": round(b["ended"] - b["started"], 3), "strategy": b["strategy"],
         })
 
@@ -140,6 +146,14 @@ def build_audit(
     return {
         "auction_id": state.get("auction_id"),
         "task": state.get("task"),
+        "mode": state.get("mode") or "full",
+        "stop": state.get("stop"),
+        "offered": list(state.get("offered") or []),
+        "assessments": list(state.get("assessments") or []),
+        "estimates": dict(state.get("estimates") or {}),
+        "estimated_from": {k: v for k, v in (state.get("estimated") or {}).items()
+                           if k in ("count", "ids", "prior")},
+        "outcome": state.get("outcome"),
         "weights": dict(weights),
         "jury_mode": jury_mode,
         "jury_vote": jury_vote,
@@ -166,6 +180,7 @@ def build_audit(
         },
         "execution": {
             "agent": execution.get("agent"), "error": execution.get("error"),
+            "with_plan": execution.get("with_plan"),
             **({"details": execution["details"]} if execution.get("details") else {}),
         },
         "phases": phases,
@@ -189,7 +204,54 @@ def memory_bids(audit: Mapping[str, Any]) -> list[dict[str, Any]]:
         {
             "agent": b["agent"], "round": b["round"], "strategy": b["strategy"],
             "score": b["score"], "label": "win" if b["id"] == audit["winning_bid"] else "lose",
-            "price": b["price"],
+            "price": b["price"], **({"direct": True} if b.get("direct") else {}),
         }
         for b in audit["bids"]
     ]
+
+
+async def remember(state: Mapping[str, Any], runtime: Any, bound: Any) -> AuctionOutput:
+    """Graph node, step 7: the audit record and one idempotent memory write.
+
+    The verified outcome, if any, goes on the same record in the same write.
+    """
+    ctx = run_context(runtime, bound)
+    agents = await asyncio.to_thread(ctx.resolved_agents)
+    weights = (await auction_weights(state, ctx)).to_dict()
+    audit = build_audit(state, agents, weights=weights, jury_mode=ctx.jury,
+                        jury_vote=ctx.jury_vote, memory_write="pending")
+    status = "disabled"
+    started = time.time()
+    if (state.get("approval") or {}).get("action") == "reject":
+        status = "skipped: rejected before execution"
+    elif ctx.remember:
+        status = await _write_memory(ctx, state, audit)
+    audit["memory"]["write"] = status
+    audit["memory"]["write_seconds"] = round(time.time() - started, 3)
+    if status.startswith("failed"):
+        audit["events"].append({"kind": "memory_write_failed", "agent": None,
+                                "detail": status})
+    return {"winner": state.get("winner"), "answer": state.get("answer"), "auction": audit}
+
+
+async def _write_memory(ctx: Any, state: Mapping[str, Any], audit: dict[str, Any]) -> str:
+    """One upsert keyed by the auction id, retried once; never a partial record."""
+    memory = ctx.resolved_memory()
+    outcome = state.get("outcome") or {}
+    verified = None
+    if isinstance(outcome.get("passed"), bool):
+        verified = {"passed": outcome["passed"], "score": outcome.get("score"),
+                    "detail": outcome.get("detail"), "source": outcome.get("source")}
+    last = ""
+    for _ in range(2):
+        try:
+            await asyncio.to_thread(
+                memory.write, state["auction_id"], state["task"], memory_bids(audit),
+                audit["winner"], state.get("started"), None, verified,
+            )
+            return "ok"
+        except (MemoryUnavailableError, OSError, ValueError) as exc:
+            last = describe_error(exc)
+        except Exception as exc:  # noqa: BLE001 - reported in the audit, never raised
+            last = describe_error(exc)
+    return f"failed: {last}"

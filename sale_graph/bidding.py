@@ -7,13 +7,16 @@ the prompt differs, the bookkeeping (tokens, entropy, timing) does not.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from langchain_core.messages import BaseMessage
 
 from sale_graph.agents import Agent
-from sale_graph.calls import call
+from sale_graph.calls import call, describe_error
 from sale_graph.entropy import message_entropy
-from sale_graph.state import Bid
+from sale_graph.prompts import bid_messages
+from sale_graph.runtime import pool_of, run_context
+from sale_graph.state import Bid, BidRequest, Event
 
 
 def bid_id(agent: str, round_: int) -> str:
@@ -52,3 +55,18 @@ async def write_bid(
         started=reply.started,
         ended=reply.ended,
     )
+
+
+async def bid(request: BidRequest, runtime: Any, bound: Any) -> dict[str, Any]:
+    """Graph node, step 1: one agent writes its plan; a failure drops it from the auction."""
+    ctx = run_context(runtime, bound)
+    agent = (await pool_of(ctx))[request["agent"]]
+    try:
+        new = await write_bid(
+            agent, bid_messages(agent.name, request["task"]), round_=0,
+            max_tokens=ctx.max_bid_tokens, timeout=ctx.call_timeout,
+        )
+    except Exception as exc:  # noqa: BLE001 - a failing agent drops out, the auction goes on
+        return {"events": [Event(kind="bid_failed", agent=agent.name,
+                                 detail=describe_error(exc))]}
+    return {"bids": [new]}

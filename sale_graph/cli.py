@@ -32,6 +32,8 @@ def _context(args: argparse.Namespace) -> Context:
         remember=not args.no_remember,
         k=args.k,
         jury=args.jury,
+        auction=getattr(args, "auction", "full"),
+        reserve=getattr(args, "reserve", None),
     )
 
 
@@ -54,6 +56,22 @@ def _progress(update: dict[str, Any], t0: float) -> str | None:
             return f"{when} {v['juror']} votes {shown} on {v['bid_id']}"
     if node == "score":
         return f"{when} bids scored"
+    if node == "estimate":
+        est = data.get("estimates") or {}
+        shown = ", ".join(f"{a} p={e['p']:.2f} (n={e['n']:.1f})" for a, e in est.items())
+        return f"{when} memory's success estimates: {shown or 'none'}"
+    if node == "offer":
+        for b in data.get("bids", []):
+            if b.get("direct"):
+                return f"{when} last resort: {b['agent']} answers directly"
+            return f"{when} bid from {b['agent']}: {b['tokens']} tokens"
+        for e in data.get("events", []):
+            return f"{when} {e['agent']} dropped out ({e['detail']})"
+    if node == "assess":
+        for a in data.get("assessments", []):
+            verdict = "accepted" if a["accepted"] else "declined"
+            return (f"{when} {a['agent']}'s bid: p(pass)={a['p_pass']:.2f} vs reserve "
+                    f"{a['reserve']:.2f}: {verdict}")
     if node == "memory_retrieve":
         n = (data.get("retrieved") or {}).get("count", 0)
         return f"{when} memory: {n} similar past auctions retrieved"
@@ -143,6 +161,12 @@ def _memory(args: argparse.Namespace) -> int:
     if args.memory_command == "stats":
         print(json.dumps(memory.stats(), indent=2))
         return 0
+    if args.memory_command == "feedback":
+        past = memory.record_outcome(args.auction_id, passed=args.passed, detail=args.detail,
+                                     source="feedback")
+        verdict = "passed" if args.passed else "failed"
+        print(f"recorded: auction {past.auction_id} ({past.winner}) {verdict}")
+        return 0
     for past in memory.search(args.text, args.k):
         print(f"{past.similarity:.3f}  {past.auction_id}  winner={past.winner}  "
               f"{past.task[:100]!r}")
@@ -161,6 +185,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jury", default="all", choices=["all", "self", "peers", "none"])
     p.add_argument("--no-refine", action="store_true", help="skip memory refinement")
     p.add_argument("--no-remember", action="store_true", help="do not store this auction")
+    p.add_argument("--auction", default="full", choices=["full", "staged"],
+                   help="full: the paper's auction; staged: cheapest first (default: full)")
+    p.add_argument("--reserve", type=float, default=None,
+                   help="staged: assessed pass chance a bid needs (0..1; higher = dearer)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,6 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     search = msub.add_parser("search", help="past auctions most similar to TEXT")
     search.add_argument("text")
     _common(search)
+    feedback = msub.add_parser(
+        "feedback", help="record whether an auction's answer passed (a verified outcome)")
+    feedback.add_argument("auction_id")
+    verdict = feedback.add_mutually_exclusive_group(required=True)
+    verdict.add_argument("--passed", dest="passed", action="store_true")
+    verdict.add_argument("--failed", dest="passed", action="store_false")
+    feedback.add_argument("--detail", default=None, help="why (kept, capped at 500 chars)")
+    _common(feedback)
     try:
         from sale_graph.bench.cli import add_bench_commands
     except ImportError:

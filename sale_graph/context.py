@@ -9,9 +9,10 @@ win over their string counterparts.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,8 @@ from sale_graph.scoring import Weights
 
 JuryMode = Literal["all", "self", "peers", "none"]
 VoteReading = Literal["expected", "digit"]
+AuctionMode = Literal["full", "staged"]
+RefineSource = Literal["votes", "outcomes"]
 
 
 def default_memory_path() -> str:
@@ -106,6 +109,43 @@ class Context:
         metadata={"description": "A Runnable/compiled subgraph that executes the winning plan "
                   "for every agent without an executor of its own."},
     )
+    auction: AuctionMode = field(
+        default="full",
+        metadata={"description": "'full': the paper's auction (every agent bids, the jury "
+                  "judges every bid, cheaper agents refine). 'staged': agents are offered "
+                  "the task cheapest first and the first bid whose assessment clears its "
+                  "reserve wins; the dearest agent, if reached, answers directly."},
+    )
+    reserve: float | None = field(
+        default=None,
+        metadata={"description": "Staged auction's quality/cost knob: the assessed chance "
+                  "of passing a bid must reach (0..1). Higher = more tasks go to the dearest "
+                  "agent (closer to its quality, at its cost). Unset: each agent's fitted "
+                  "reserve."},
+    )
+    staged: Any = field(
+        default=None,
+        metadata={"description": "Staged auction policy: a StagedPolicy, its dict, or a "
+                  "weights file with a 'staged' section (`sale fit`). Unset: the preset's "
+                  "fitted policy, else memory-only assessment."},
+    )
+    verifier: Any = field(
+        default=None,
+        metadata={"description": "A Runnable/callable run after execution on {task, answer, "
+                  "audit}; returns a bool, a 0-1 score or {passed, score, detail}. The "
+                  "outcome is stored with the auction and teaches later auctions."},
+    )
+    refine_from: RefineSource = field(
+        default="votes",
+        metadata={"description": "What refinement learns from: 'votes' (the paper: past "
+                  "losing and winning bids) or 'outcomes' (plans that failed and passed; "
+                  "nobody refines without a nearby verified success)."},
+    )
+    execute_plan: Any = field(
+        default=True,
+        metadata={"description": "Whether the winner executes its plan (True, the paper) or "
+                  "answers directly (False); a dict {agent: bool} decides per agent."},
+    )
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -120,6 +160,18 @@ class Context:
             raise PoolConfigError("max_bid_tokens must be >= 8")
         if self.call_timeout <= 0 or self.execute_timeout <= 0:
             raise PoolConfigError("call_timeout and execute_timeout must be positive")
+        if self.auction not in ("full", "staged"):
+            raise PoolConfigError(f"auction must be full or staged, got {self.auction!r}")
+        if self.refine_from not in ("votes", "outcomes"):
+            raise PoolConfigError(
+                f"refine_from must be votes or outcomes, got {self.refine_from!r}")
+        if self.reserve is not None and (
+            isinstance(self.reserve, bool) or not isinstance(self.reserve, (int, float))
+            or not 0.0 <= self.reserve <= 1.0
+        ):
+            raise PoolConfigError(f"reserve must be a number in [0, 1], got {self.reserve!r}")
+        if not isinstance(self.execute_plan, (bool, Mapping)):
+            raise PoolConfigError("execute_plan must be a bool or a dict {agent: bool}")
         if self.agents is not None:
             validate_pool(self.agents)
 
@@ -135,6 +187,29 @@ class Context:
         if self.weights is None and self.agents is None and self.pool in PRESET_WEIGHTS:
             return _preset_weights(self.pool)
         return Weights.coerce(self.weights)
+
+    def resolved_staged(self) -> Any:
+        """The staged auction's policy: as given, else from the weights, else the preset's.
+
+        A weights file written by ``sale fit`` may carry a ``staged`` section; the
+        ``local`` preset ships one fitted on its training split. Without any, every
+        agent is assessed on memory's verified outcomes alone (``StagedPolicy()``).
+        """
+        from sale_graph.staged import StagedPolicy
+
+        if self.staged is not None:
+            return StagedPolicy.coerce(self.staged)
+        source: Any = self.weights
+        if source is None and self.agents is None and self.pool in PRESET_WEIGHTS:
+            source = Path(__file__).with_name("data") / PRESET_WEIGHTS[self.pool]
+        if isinstance(source, (str, Path)):
+            try:
+                source = json.loads(Path(source).read_text())
+            except (OSError, ValueError) as exc:
+                raise PoolConfigError(f"cannot read weights file {source}: {exc}") from exc
+        if isinstance(source, Mapping) and source.get("staged") is not None:
+            return StagedPolicy.coerce(source["staged"])
+        return StagedPolicy()
 
     def resolved_agents(self) -> tuple[Agent, ...]:
         """The validated pool, loading models only the first time a preset/file is used."""

@@ -22,14 +22,17 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langgraph.types import Command, Send
 
 from sale_graph.agents import Agent
 from sale_graph.calls import call, describe_error, is_local
+from sale_graph.errors import NoBidsError
 from sale_graph.prompts import JURY_RETRY, jury_messages
-from sale_graph.state import Bid, Vote
+from sale_graph.runtime import auction_weights, pool_of, run_context
+from sale_graph.state import Bid, Event, Vote, VoteRequest
 
 VOTE_GRAMMAR = "root ::= [0-5]"
 _VOTE = re.compile(r"^\s*([0-5])\s*(?:/\s*5)?\s*\.?\s*$")
@@ -139,3 +142,43 @@ async def cast_vote(juror: Agent, task: str, bid: Bid, *, timeout: float) -> Vot
         error=reason, input_tokens=input_tokens, output_tokens=output_tokens,
         started=started or 0.0, ended=ended or 0.0,
     )
+
+
+async def jury(
+    state: Mapping[str, Any], runtime: Any, bound: Any
+) -> Command[Literal["vote", "score"]]:
+    """Graph node, step 2a: send every new bid to every juror (agents still in the auction).
+
+    Jurors whose weight is zero (``sale fit`` zeroes those not worth their price)
+    are not asked: their votes could not change any score.
+    """
+    ctx = run_context(runtime, bound)
+    round_ = state.get("round", 0)
+    bids = [b for b in state.get("bids", []) if b["round"] == round_]
+    if round_ == 0 and not bids:
+        failures = "; ".join(
+            f"{e.get('agent')}: {e.get('detail')}"
+            for e in state.get("events", []) if e.get("kind") == "bid_failed"
+        )
+        raise NoBidsError(f"every agent failed to bid ({failures})")
+    bidders = [b["agent"] for b in state.get("bids", []) if b["round"] == 0]
+    weights = await auction_weights(state, ctx)
+    sends = [
+        Send("vote", VoteRequest(task=state["task"], juror=juror, bid=b))
+        for b in bids
+        for juror in jurors_for(b["agent"], bidders, ctx.jury)
+        if weights.heeds(juror)  # a zero-weight vote would be paid for and ignored
+    ]
+    return Command(goto=sends or "score")
+
+
+async def vote(request: VoteRequest, runtime: Any, bound: Any) -> dict[str, Any]:
+    """Graph node, step 2b: one juror's 0-5 vote on one bid (dropped votes are recorded)."""
+    ctx = run_context(runtime, bound)
+    juror = (await pool_of(ctx))[request["juror"]]
+    cast = await cast_vote(juror, request["task"], request["bid"], timeout=ctx.call_timeout)
+    update: dict[str, Any] = {"votes": [cast]}
+    if cast["score"] is None:
+        update["events"] = [Event(kind="vote_dropped", agent=juror.name,
+                                  detail=f"on {request['bid']['id']}: {cast['error']}")]
+    return update

@@ -61,6 +61,12 @@ ROUNDS = (0, 1)
 _BID_KEYS = ("agent", "round", "strategy", "score", "label", "price")
 _FLAG_PREFIX = "bid__"
 _EXTRA_PREFIX = "x_"
+# A verified outcome lives on its auction's record under these keys, so that the
+# auction and what became of it are one record: one upsert, never two records.
+_OUTCOME_KEYS = ("outcome_passed", "outcome_score", "outcome_detail", "outcome_source",
+                 "outcome_at")
+_HAS_OUTCOME = "has_outcome"
+MAX_OUTCOME_DETAIL = 500
 _PAGE = 500
 
 _NAME_CHARS = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
@@ -69,6 +75,13 @@ _IPV4 = re.compile(r"^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$")
 
 class AuctionRecordError(SaleError, ValueError):
     """An auction record is malformed (no winner, two winners, a bad bid...)."""
+
+
+class UnknownAuctionError(SaleError, KeyError):
+    """An outcome was reported for an auction id the memory does not hold."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
 
 
 class TextEmbedder(Protocol):
@@ -94,6 +107,7 @@ class PastAuction:
     bids: tuple[dict[str, Any], ...]
     created_at: float
     extra: Mapping[str, Any] = field(default_factory=dict)
+    outcome: Mapping[str, Any] | None = None  # the verified outcome, if one was recorded
 
     @property
     def winning_bid(self) -> dict[str, Any]:
@@ -257,6 +271,8 @@ class AuctionMemory:
         self._collection: Collection | None = None
         self._has_records = False  # set once seen non-empty; clear() resets it
         self._lock = threading.Lock()
+        # a write and an outcome for the same id read-modify-write one record: serialise them
+        self._record_lock = threading.Lock()
         # one auction embeds its task up to 2 + refiners times (retrieve, own-plan
         # lookups, write); the last few vectors are kept so that costs one embedding
         self._recent: OrderedDict[str, list[float]] = OrderedDict()
@@ -399,7 +415,7 @@ class AuctionMemory:
         """Turn any Chroma or network failure into one error type the graph understands."""
         try:
             yield
-        except (MemoryUnavailableError, AuctionRecordError):
+        except (MemoryUnavailableError, AuctionRecordError, UnknownAuctionError):
             raise
         except Exception as exc:
             raise self._unavailable(exc) from exc
@@ -464,8 +480,14 @@ class AuctionMemory:
         winner: str,
         created_at: float | None = None,
         extra: Mapping[str, Any] | None = None,
+        outcome: Mapping[str, Any] | None = None,
     ) -> None:
-        """Store one auction atomically; the same id again replaces it (idempotent)."""
+        """Store one auction atomically; the same id again replaces it (idempotent).
+
+        ``outcome`` (from :func:`outcome_fields`) is stored on the same record. A
+        rewrite without one keeps the outcome already recorded for that id, so a
+        retried auction never erases feedback that arrived in between.
+        """
         if not isinstance(auction_id, str) or not auction_id.strip():
             raise AuctionRecordError("auction_id must be a non-empty string")
         if not isinstance(task, str) or not task.strip():
@@ -486,13 +508,54 @@ class AuctionMemory:
         metadata.update(_check_extra(extra))
         for b in clean:
             metadata[_FLAG_PREFIX + b["agent"]] = True
+        given = outcome_fields(**outcome) if outcome is not None else None
         with self._guard():  # an absent store fails before the embedder is loaded
             col = self._col()
         embedding = self._embed(task)
-        with self._guard():
+        with self._record_lock, self._guard():
+            if given is None:
+                given = _stored_outcome(col, auction_id)
+            metadata.update(given or {})
             col.upsert(
                 ids=[auction_id], documents=[task], embeddings=embedding, metadatas=[metadata]
             )
+
+    def record_outcome(
+        self,
+        auction_id: str,
+        *,
+        passed: bool,
+        score: float | None = None,
+        detail: str | None = None,
+        source: str = "feedback",
+    ) -> PastAuction:
+        """Attach a verified outcome to a stored auction; the latest outcome wins.
+
+        Idempotent (the same outcome twice leaves one record, unchanged); an id the
+        memory does not hold raises :class:`UnknownAuctionError` and writes nothing.
+        """
+        fields = outcome_fields(passed=passed, score=score, detail=detail, source=source)
+        with self._record_lock, self._guard():
+            col = self._col()
+            found = col.get(ids=[auction_id], include=["documents", "metadatas", "embeddings"])
+            if not found["ids"]:
+                raise UnknownAuctionError(
+                    f"no auction {auction_id!r} in {self.location} (collection "
+                    f"{self.collection_name!r}): nothing to attach the outcome to"
+                )
+            metadata = dict((found.get("metadatas") or [{}])[0] or {})
+            metadata.update(fields)
+            embeddings = found.get("embeddings")
+            col.upsert(
+                ids=[auction_id],
+                documents=[(found.get("documents") or [""])[0]],
+                embeddings=[list(embeddings[0])] if embeddings is not None else None,
+                metadatas=[metadata],
+            )
+        past = _to_past(auction_id, (found.get("documents") or [""])[0], metadata, None)
+        if past is None:
+            raise AuctionRecordError(f"auction {auction_id!r} is stored but damaged")
+        return past
 
     def similar(
         self,
@@ -501,11 +564,15 @@ class AuctionMemory:
         *,
         agent: str | None = None,
         exclude: Iterable[str] = (),
+        verified: bool = False,
+        executed_by: str | None = None,
     ) -> list[PastAuction]:
         """Return the k past auctions whose tasks are most similar, best first.
 
         ``agent`` keeps only auctions that agent bid in; ``exclude`` drops ids (the
-        running auction, say). Fewer stored than k returns all of them.
+        running auction, say); ``verified`` keeps only auctions with a recorded
+        outcome; ``executed_by`` only those the named agent won (and so executed).
+        Fewer stored than k returns all of them.
         """
         if not isinstance(task, str) or not task.strip():
             raise InvalidTaskError("cannot search the memory with an empty task")
@@ -523,7 +590,14 @@ class AuctionMemory:
             if not self._has_records:
                 return []
         embedding = self._embed(task)
-        where: Any = {_FLAG_PREFIX + agent: True} if agent else None
+        clauses: list[dict[str, Any]] = []
+        if agent:
+            clauses.append({_FLAG_PREFIX + agent: True})
+        if verified:
+            clauses.append({_HAS_OUTCOME: True})
+        if executed_by:
+            clauses.append({"winner": executed_by})
+        where: Any = clauses[0] if len(clauses) == 1 else ({"$and": clauses} if clauses else None)
         with self._guard():
             result = self._col().query(
                 query_embeddings=embedding,
@@ -653,6 +727,7 @@ def _to_past(
             extra={
                 k[len(_EXTRA_PREFIX) :]: v for k, v in meta.items() if k.startswith(_EXTRA_PREFIX)
             },
+            outcome=_outcome_of(meta),
         )
     except (KeyError, TypeError, ValueError) as exc:
         log.warning("skipping auction memory record %r: %s", auction_id, exc)
@@ -686,3 +761,47 @@ __all__ = [
     "normalise_bid",
     "validate_collection_name",
 ]
+
+
+def outcome_fields(
+    *, passed: Any, score: Any = None, detail: Any = None, source: Any = "feedback",
+    at: float | None = None,
+) -> dict[str, str | int | float | bool]:
+    """Validated metadata of one verified outcome (scalars only, detail capped)."""
+    if not isinstance(passed, bool):
+        raise AuctionRecordError(f"an outcome's 'passed' must be true or false, got {passed!r}")
+    fields: dict[str, str | int | float | bool] = {
+        _HAS_OUTCOME: True,
+        "outcome_passed": passed,
+        "outcome_source": str(source or "feedback")[:64],
+        "outcome_at": time.time() if at is None else _finite(at, "outcome_at"),
+        "outcome_detail": "" if detail is None else str(detail)[:MAX_OUTCOME_DETAIL],
+    }
+    if score is not None:
+        if isinstance(score, bool) or not isinstance(score, (int, float)):
+            raise AuctionRecordError(f"an outcome's 'score' must be a number, got {score!r}")
+        fields["outcome_score"] = _finite(score, "score")
+    return fields
+
+
+def _outcome_of(meta: Mapping[str, Any]) -> dict[str, Any] | None:
+    if not meta.get(_HAS_OUTCOME) or not isinstance(meta.get("outcome_passed"), bool):
+        return None
+    return {
+        "passed": meta["outcome_passed"],
+        "score": meta.get("outcome_score"),
+        "detail": meta.get("outcome_detail", ""),
+        "source": meta.get("outcome_source", ""),
+        "at": meta.get("outcome_at"),
+    }
+
+
+def _stored_outcome(col: Any, auction_id: str) -> dict[str, Any] | None:
+    """The outcome fields already on a record (kept when the auction is rewritten)."""
+    found = col.get(ids=[auction_id], include=["metadatas"])
+    if not found["ids"]:
+        return None
+    meta = (found.get("metadatas") or [{}])[0] or {}
+    if not meta.get(_HAS_OUTCOME):
+        return None
+    return {k: meta[k] for k in (_HAS_OUTCOME, *_OUTCOME_KEYS) if k in meta}

@@ -2,6 +2,9 @@
 
 * cost   C = w_c * price * |s|                       (price in $/Mtok, |s| bid tokens)
 * value  V = w_h * H(s) + sum_j w_j * gamma_j(s)      (H mean token entropy, gamma_j in 0..5)
+           + w_m * p_success(agent)                  (beyond the paper: memory's verified
+                                                       success estimate, ``outcomes``; w_m = 0
+                                                       by default, which is the paper's score)
 
 Default weights are uncalibrated but chosen so that each term matters on the
 default local pool: the largest local agent's 150-token bid costs ~2.6 price x
@@ -18,9 +21,12 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from langgraph.types import Command
 
 from sale_graph.errors import SaleError
+from sale_graph.runtime import auction_weights, pool_of, run_context
 
 DEFAULT_COST_WEIGHT = 0.5
 DEFAULT_ENTROPY_WEIGHT = 0.5
@@ -39,9 +45,10 @@ class Weights:
     entropy: float = DEFAULT_ENTROPY_WEIGHT
     jury: Mapping[str, float] = field(default_factory=dict)
     jury_default: float = 1.0
+    memory: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("cost", "entropy", "jury_default"):
+        for name in ("cost", "entropy", "jury_default", "memory"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise SaleError(f"weight {name!r} must be a finite number, got {value!r}")
@@ -80,8 +87,9 @@ class Weights:
                 raise SaleError(f"cannot read weights file {path}: {exc}") from exc
             return cls.coerce(data)
         if isinstance(value, Mapping):
-            known = {"cost", "entropy", "jury", "jury_default"}
-            unknown = set(value) - known
+            known = {"cost", "entropy", "jury", "jury_default", "memory"}
+            # a weights file may also carry the staged auction's policy (``staged``)
+            unknown = set(value) - known - {"staged"}
             if unknown:
                 raise SaleError(
                     f"unknown weight fields {sorted(unknown)}; expected {sorted(known)}"
@@ -102,6 +110,7 @@ class BidScore:
     jury_mean: float | None
     value: float
     score: float
+    memory_term: float = 0.0
 
 
 def bid_cost(price: float, tokens: int, weights: Weights) -> float:
@@ -123,12 +132,15 @@ def bid_value(
 
 def score_bid(
     *, price: float, tokens: int, entropy: float | None, votes: Mapping[str, float | None],
-    weights: Weights,
+    weights: Weights, memory_p: float | None = None,
 ) -> BidScore:
-    """S = C - V for one bid, with its parts."""
+    """S = C - V for one bid, with its parts (``memory_p``: the agent's success estimate)."""
     cost = bid_cost(price, tokens, weights)
     v = bid_value(entropy, votes, weights)
-    return BidScore(cost, v.entropy_term, v.jury_term, v.jury_mean, v.value, cost - v.value)
+    memory_term = weights.memory * memory_p if memory_p is not None else 0.0
+    value = v.value + memory_term
+    return BidScore(cost, v.entropy_term, v.jury_term, v.jury_mean, value, cost - value,
+                    memory_term)
 
 
 def best(scored: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
@@ -140,3 +152,53 @@ def best(scored: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
     if not scored:
         raise ValueError("no scored bids")
     return min(scored, key=lambda b: (b["score"], b["price"], b["agent"], b["round"]))
+
+
+async def score(
+    state: Mapping[str, Any], runtime: Any, bound: Any
+) -> Command[Literal["memory_retrieve", "approve"]]:
+    """Graph node, steps 2c/3/5: S = C - V for the round's bids; pick the (provisional) winner."""
+    from sale_graph.jury import vote_value
+    from sale_graph.refinement import eligible_refiners
+
+    ctx = run_context(runtime, bound)
+    weights = await auction_weights(state, ctx)
+    round_ = state.get("round", 0)
+    estimates = state.get("estimates") or {}
+    votes: dict[str, dict[str, float | None]] = {}
+    for v in state.get("votes", []):
+        votes.setdefault(v["bid_id"], {})[v["juror"]] = vote_value(v, ctx.jury_vote)
+    scores: dict[str, dict[str, Any]] = {}
+    scored: list[dict[str, Any]] = []
+    for b in state.get("bids", []):
+        if b["round"] != round_:
+            continue
+        memory_p = (estimates.get(b["agent"]) or {}).get("p") if weights.memory else None
+        parts = score_bid(price=b["price"], tokens=b["tokens"], entropy=b.get("entropy"),
+                          votes=votes.get(b["id"], {}), weights=weights, memory_p=memory_p)
+        scores[b["id"]] = {
+            "cost": parts.cost, "entropy_term": parts.entropy_term,
+            "jury_term": parts.jury_term, "jury_mean": parts.jury_mean,
+            "memory_term": parts.memory_term, "value": parts.value, "score": parts.score,
+        }
+        scored.append({**b, "score": parts.score})
+
+    if round_ == 0:
+        winner = best(scored)
+        agents = await pool_of(ctx)
+        refiners = eligible_refiners(winner["price"], [b["agent"] for b in scored], agents)
+        update = {"scores": scores, "provisional_winner": winner["id"], "refiners": refiners}
+        if ctx.refine and refiners:
+            return Command(update=update, goto="memory_retrieve")
+        return Command(update={**update, "winning_bid": winner["id"],
+                               "stop": "full auction: best score"}, goto="approve")
+
+    provisional = str(state["provisional_winner"])
+    all_scores = {**state.get("scores", {}), **scores}
+    winning = provisional
+    if scored:
+        challenger = best(scored)
+        if challenger["score"] < all_scores[provisional]["score"]:
+            winning = challenger["id"]
+    return Command(update={"scores": scores, "winning_bid": winning,
+                           "stop": "full auction: best score after refinement"}, goto="approve")

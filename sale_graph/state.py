@@ -28,6 +28,7 @@ class Bid(TypedDict, total=False):
     started: float
     ended: float
     retrieved: int  # refined bids: how many (loser, winner) pairs the prompt showed
+    direct: bool  # staged last resort: no plan was asked for, the agent answers directly
 
 
 class Vote(TypedDict, total=False):
@@ -88,6 +89,7 @@ class AuctionState(TypedDict, total=False):
     task: str
     auction_id: str
     started: float
+    mode: str  # "full" (the paper's) or "staged"
     bids: Annotated[list[Bid], operator.add]
     votes: Annotated[list[Vote], operator.add]
     events: Annotated[list[Event], operator.add]
@@ -99,8 +101,14 @@ class AuctionState(TypedDict, total=False):
     refiners: list[str]
     retrieved: dict[str, Any]
     retrieve_seconds: float
+    estimates: dict[str, dict[str, float]]  # memory's success estimate per agent
+    estimated: dict[str, Any]  # what the estimate was drawn from
+    offered: Annotated[list[str], operator.add]  # staged: agents asked, in order
+    assessments: Annotated[list[dict[str, Any]], operator.add]  # staged: one per bid
+    stop: str  # why the auction chose its winner when it did
     approval: dict[str, Any]
     execution: dict[str, Any]
+    outcome: dict[str, Any]  # the verifier's verdict, stored with the auction
     winner: str | None
     answer: str | None
     auction: dict[str, Any]

@@ -28,6 +28,8 @@ def prompt_kind(messages: list[BaseMessage]) -> str:
         return "refine"
     if "You won the right" in text:
         return "execute"
+    if "Solve the task and give" in text:
+        return "direct"
     if "bidding" in text:
         return "bid"
     return "other"

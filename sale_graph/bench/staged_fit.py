@@ -1,0 +1,268 @@
+"""Fit the staged auction's policy: per agent, an assessment model and a reserve.
+
+Data, per training task and per agent that could be offered the task (all but the
+dearest): its round-0 bid (entropy, tokens, what the bid cost), each juror's
+expected vote on it and that vote's price, memory's success estimate for the agent
+(leave-one-out over the other training tasks' verified outcomes, as a memory seeded
+with them would give), and the graded outcome of the agent executing its plan or
+answering directly. The dearest agent's row is its direct answer.
+
+1. **Assessment**: per agent, an L2-regularised logistic regression of "passes"
+   on a feature set (bias only; memory; entropy + length; both; each with one
+   juror's vote). Predictions used below are leave-one-out, so the reserve is not
+   tuned on answers the model has already seen.
+2. **Reserves**: coordinate descent over a grid of thresholds, simulating the
+   staged auction on every training task (cheapest first, first accepted bid wins,
+   the dearest answers directly) and minimising the benchmark's loss: failure +
+   ``lam`` x cost / (the dearest agent's mean direct cost). Cost counts every bid,
+   every juror vote and the execution.
+3. The feature set (and juror) with the lowest loss wins; plan or direct per agent
+   is chosen before, by which passed more training tasks.
+
+Pure numpy; nothing here calls a model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sale_graph.staged import AgentPolicy, StagedPolicy
+
+FEATURES = ("entropy", "length", "memory", "jury")
+GRID = tuple(round(x, 2) for x in np.linspace(0.0, 1.0, 21)) + (1.01,)  # 1.01 = never accept
+L2 = 1.0
+
+
+@dataclass(frozen=True)
+class StagedRow:
+    """One agent on one training task, as the staged auction would see it."""
+
+    task_id: str
+    agent: str
+    entropy: float | None
+    tokens: int
+    bid_cost: float
+    memory_p: float
+    prior: float
+    passed_plan: bool
+    cost_plan: float  # execution with the plan (the bid not included)
+    passed_direct: bool | None = None
+    cost_direct: float | None = None
+    votes: Mapping[str, float] = field(default_factory=dict)  # juror -> expected vote
+    vote_costs: Mapping[str, float] = field(default_factory=dict)  # juror -> $ of that vote
+
+    def outcome(self, with_plan: bool) -> tuple[bool, float]:
+        """(passed, execution cost) executing the plan or answering directly."""
+        if with_plan or self.passed_direct is None or self.cost_direct is None:
+            return self.passed_plan, self.cost_plan
+        return self.passed_direct, self.cost_direct
+
+
+def features(row: StagedRow, names: Sequence[str], juror: str | None) -> list[float]:
+    """The assessment's inputs, exactly as ``StagedPolicy.assess`` reads them."""
+    out = []
+    for name in names:
+        if name == "entropy":
+            out.append(row.entropy or 0.0)
+        elif name == "length":
+            out.append(row.tokens / 100.0)
+        elif name == "memory":
+            out.append(row.memory_p - row.prior)
+        elif name == "jury":
+            vote = row.votes.get(juror or "")
+            out.append(0.0 if vote is None else vote / 5.0 - 0.5)
+    return out
+
+
+def logistic(x: np.ndarray, y: np.ndarray, l2: float = L2, iters: int = 50) -> np.ndarray:
+    """Newton/IRLS for L2-penalised logistic regression; column 0 (bias) is not penalised."""
+    w = np.zeros(x.shape[1])
+    penalty = np.full(x.shape[1], l2)
+    penalty[0] = 1e-6
+    for _ in range(iters):
+        z = np.clip(x @ w, -30, 30)
+        p = 1.0 / (1.0 + np.exp(-z))
+        grad = x.T @ (p - y) + penalty * w
+        hess = (x * (p * (1 - p))[:, None]).T @ x + np.diag(penalty)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.max(np.abs(step)) < 1e-8:
+            break
+    return w
+
+
+def _design(rows: Sequence[StagedRow], names: Sequence[str], juror: str | None) -> np.ndarray:
+    return np.asarray([[1.0, *features(r, names, juror)] for r in rows], dtype=np.float64)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
+
+
+def loo_predictions(
+    rows: Sequence[StagedRow], names: Sequence[str], juror: str | None, with_plan: bool
+) -> np.ndarray:
+    """Leave-one-out predicted pass probabilities of one agent's rows."""
+    x = _design(rows, names, juror)
+    y = np.asarray([1.0 if r.outcome(with_plan)[0] else 0.0 for r in rows])
+    out = np.empty(len(rows))
+    for i in range(len(rows)):
+        keep = np.arange(len(rows)) != i
+        w = logistic(x[keep], y[keep])
+        out[i] = _sigmoid(x[i] @ w)
+    return out
+
+
+def simulate(
+    tasks: Sequence[str],
+    order: Sequence[str],
+    rows: Mapping[tuple[str, str], StagedRow],
+    probs: Mapping[tuple[str, str], float],
+    reserves: Mapping[str, float],
+    with_plan: Mapping[str, bool],
+    juror: str | None,
+) -> list[dict[str, Any]]:
+    """The staged auction replayed on each task: who won, passed, and the whole cost."""
+    results = []
+    last = order[-1]
+    for t in tasks:
+        cost, asked = 0.0, []
+        winner = last
+        for a in order[:-1]:
+            row = rows[(t, a)]
+            asked.append(a)
+            cost += row.bid_cost + (row.vote_costs.get(juror, 0.0) if juror else 0.0)
+            if probs[(t, a)] >= reserves[a]:
+                winner = a
+                break
+        if winner == last:
+            passed, exec_cost = rows[(t, last)].outcome(False)
+        else:
+            passed, exec_cost = rows[(t, winner)].outcome(with_plan[winner])
+        results.append({"task_id": t, "agent": winner, "passed": passed,
+                        "cost": cost + exec_cost, "asked": asked})
+    return results
+
+
+def _loss(results: Sequence[Mapping[str, Any]], lam: float, scale: float) -> float:
+    return float(np.mean([(0.0 if r["passed"] else 1.0) + lam * r["cost"] / scale
+                          for r in results])) if results else 0.0
+
+
+def tune_reserves(
+    tasks: Sequence[str],
+    order: Sequence[str],
+    rows: Mapping[tuple[str, str], StagedRow],
+    probs: Mapping[tuple[str, str], float],
+    with_plan: Mapping[str, bool],
+    juror: str | None,
+    lam: float,
+    scale: float,
+    sweeps: int = 4,
+) -> tuple[dict[str, float], float]:
+    """Coordinate descent over the reserve grid, starting from 'never accept'."""
+    reserves = {a: GRID[-1] for a in order[:-1]}
+    best = _loss(simulate(tasks, order, rows, probs, reserves, with_plan, juror), lam, scale)
+    for _ in range(sweeps):
+        improved = False
+        for a in order[:-1]:
+            for r in GRID:
+                trial = {**reserves, a: r}
+                loss = _loss(simulate(tasks, order, rows, probs, trial, with_plan, juror),
+                             lam, scale)
+                if loss < best - 1e-12:
+                    best, reserves, improved = loss, trial, True
+        if not improved:
+            break
+    return reserves, best
+
+
+def fit_staged(
+    tasks: Sequence[str],
+    order: Sequence[str],
+    rows: Mapping[tuple[str, str], StagedRow],
+    *,
+    lam: float,
+    jurors: Sequence[str] = (),
+    feature_sets: Sequence[Sequence[str]] | None = None,
+    use_memory: bool = True,
+) -> tuple[StagedPolicy, dict[str, Any]]:
+    """Fit the policy on training rows; returns it and a report of every candidate."""
+    if len(order) < 2:
+        raise ValueError("a staged auction needs at least two agents")
+    cheap = list(order[:-1])
+    with_plan = {}
+    for a in cheap:
+        plan = sum(rows[(t, a)].outcome(True)[0] for t in tasks)
+        direct = sum(rows[(t, a)].outcome(False)[0] for t in tasks)
+        with_plan[a] = plan >= direct
+    scale = float(np.mean([rows[(t, order[-1])].outcome(False)[1] for t in tasks])) or 1.0
+    if feature_sets is None:
+        base: list[tuple[str, ...]] = [(), ("entropy", "length")]
+        if use_memory:
+            base += [("memory",), ("entropy", "length", "memory")]
+        feature_sets = base
+    candidates: list[tuple[tuple[str, ...], str | None]] = [(tuple(f), None) for f in feature_sets]
+    candidates += [((*f, "jury"), j) for f in feature_sets for j in jurors]
+    report: dict[str, Any] = {"with_plan": with_plan, "scale": scale, "candidates": []}
+    best: tuple[float, Any] | None = None
+    for names, juror in candidates:
+        if juror and any(juror not in rows[(t, a)].votes for t in tasks for a in cheap):
+            continue  # no votes of this juror on every training bid
+        probs = {}
+        for a in cheap:
+            agent_rows = [rows[(t, a)] for t in tasks]
+            for t, p in zip(tasks, loo_predictions(agent_rows, names, juror, with_plan[a]),
+                            strict=True):
+                probs[(t, a)] = float(p)
+        reserves, loss = tune_reserves(tasks, order, rows, probs, with_plan, juror, lam, scale)
+        sim = simulate(tasks, order, rows, probs, reserves, with_plan, juror)
+        entry = {"features": list(names), "juror": juror, "loss": loss, "reserves": reserves,
+                 "train_pass": float(np.mean([r["passed"] for r in sim])),
+                 "train_cost_ratio": float(np.mean([r["cost"] for r in sim])) / scale}
+        report["candidates"].append(entry)
+        if best is None or loss < best[0] - 1e-12:
+            best = (loss, (names, juror, reserves))
+    assert best is not None
+    names, juror, reserves = best[1]
+    agents = {}
+    for a in cheap:
+        agent_rows = [rows[(t, a)] for t in tasks]
+        x = _design(agent_rows, names, juror)
+        y = np.asarray([1.0 if r.outcome(with_plan[a])[0] else 0.0 for r in agent_rows])
+        w = logistic(x, y)
+        coef = dict(zip(("bias", *names), (float(v) for v in w), strict=True))
+        agents[a] = AgentPolicy(
+            bias=coef["bias"], entropy=coef.get("entropy", 0.0), length=coef.get("length", 0.0),
+            memory=coef.get("memory", 0.0), jury=coef.get("jury", 0.0),
+            reserve=min(1.0, float(reserves[a])),
+        )
+        if reserves[a] > 1.0:  # "never accept": a reserve no probability can reach
+            agents[a] = AgentPolicy(**{**agents[a].__dict__, "reserve": 1.0, "bias": -50.0})
+    policy = StagedPolicy(agents=agents, juror=juror, explore=0.0, fitted=True)
+    report.update(chosen={"features": list(names), "juror": juror, "loss": best[0]},
+                  execute_plan={**with_plan, order[-1]: False})
+    return policy, report
+
+
+def memory_estimate(
+    target: str,
+    agent: str,
+    others: Sequence[str],
+    passed: Mapping[tuple[str, str], bool],
+    embeddings: Mapping[str, np.ndarray],
+    k: int,
+    prior: float,
+    strength: float = 1.0,
+) -> float:
+    """What a memory holding the other tasks' verified outcomes would estimate for target."""
+    sims = sorted(((float(embeddings[target] @ embeddings[u]), u) for u in others
+                   if (u, agent) in passed), reverse=True)[:k]
+    w = sum(max(0.0, s) for s, _ in sims)
+    hits = sum(max(0.0, s) * (1.0 if passed[(u, agent)] else 0.0) for s, u in sims)
+    return (strength * prior + hits) / (strength + w) if math.isfinite(w) else prior

@@ -1,0 +1,83 @@
+"""Opening an auction: validate everything that can be validated before paying a model.
+
+The task, the pool, the weights and the memory are checked here, so a bad
+request fails before the first bid; then the auction goes the way ``Context.auction``
+says: the paper's full auction (every agent bids at once) or the staged one
+(cheapest first, ``staged``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from langgraph.runtime import Runtime
+from langgraph.types import Command, Send
+
+from sale_graph.context import Context
+from sale_graph.errors import InvalidTaskError
+from sale_graph.runtime import run_context
+from sale_graph.state import AuctionInput, BidRequest
+
+_AUCTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+def validate_task(task: Any, max_chars: int) -> str:
+    """Reject empty, whitespace-only, non-string and oversized tasks before any model runs."""
+    if not isinstance(task, str):
+        raise InvalidTaskError(f"task must be a string, got {type(task).__name__}")
+    text = task.strip()
+    if not text:
+        raise InvalidTaskError("task is empty: give the auction something to do")
+    if len(text) > max_chars:
+        raise InvalidTaskError(
+            f"task is {len(text)} characters long; the limit is {max_chars} "
+            "(Context.max_task_chars)"
+        )
+    return text
+
+
+def auction_id_for(state: Mapping[str, Any]) -> str:
+    """The caller's idempotency key if it gave one (validated), else a fresh id."""
+    given = state.get("auction_id")
+    if given is None:
+        return uuid.uuid4().hex
+    if not isinstance(given, str) or not _AUCTION_ID.match(given):
+        raise InvalidTaskError(
+            f"auction_id {given!r} is invalid: 1-128 characters of letters, digits, "
+            "'.', '_', ':' or '-'"
+        )
+    return given
+
+
+def bid_sends(task: str, agents: Any) -> list[Send]:
+    """The paper's step 1: every agent bids, in parallel."""
+    return [Send("bid", BidRequest(task=task, agent=a.name, round=0)) for a in agents]
+
+
+async def open_auction(
+    state: AuctionInput, runtime: Runtime[Context], bound: Context | None
+) -> Command[Literal["bid", "estimate"]]:
+    """Validate everything that can be validated before paying for a model call."""
+    ctx = run_context(runtime, bound)
+    task = validate_task(state.get("task"), ctx.max_task_chars)
+    agents = await asyncio.to_thread(ctx.resolved_agents)
+    weights = await asyncio.to_thread(ctx.resolved_weights)
+    if ctx.refine or ctx.remember or ctx.auction == "staged" or weights.memory:
+        memory = await asyncio.to_thread(ctx.resolved_memory)
+        await asyncio.to_thread(memory.ping)
+    update = {
+        "task": task,
+        "auction_id": auction_id_for(state),
+        "started": time.time(),
+        "round": 0,
+        "mode": ctx.auction,
+        "weights": weights.to_dict(),
+    }
+    if ctx.auction == "staged" or weights.memory:
+        return Command(update=update, goto="estimate")
+    return Command(update=update, goto=bid_sends(task, agents))

@@ -1,0 +1,302 @@
+"""The staged auction: offer the task cheapest first, stop at the first bid worth taking.
+
+Why not always the paper's full auction: there every agent bids and jurors judge
+every bid before anyone works. When executions are short, that auction costs more
+than the executions it routes (on the local pool a full auction cost 1.6x the
+largest agent's whole answer before any execution). The staged auction spends only
+on the bids it needs: the cheapest agent bids first; its bid is *assessed* from
+cheap signals; if the assessment clears the agent's *reserve* the bid wins and the
+dearer agents are never called. Otherwise the next agent bids. The dearest agent,
+if reached, is the last resort: it answers directly, without a bid and without a jury.
+
+The assessment is a predicted probability that the bidder passes the task: per
+agent, a logistic model over
+
+* the bid's mean token entropy and its length (free: they come with the bid),
+* memory's success estimate for that agent on similar tasks (``outcomes``), as
+  ``p - prior``, so that no evidence contributes nothing,
+* optionally one juror's expected 0-5 vote, as ``vote / 5 - 0.5`` (one call).
+
+``sale fit`` fits the coefficients and each agent's reserve on a training split
+(``sale_graph.bench.staged_fit``). The reserve is the user's quality/cost knob, like
+a router's threshold: ``Context(reserve=0.8)`` makes every agent's bid need an
+assessed 80% chance of passing, so more tasks go up to the dearest agent (closer to
+its quality, at its cost); ``reserve=0`` takes the cheapest bid every time.
+
+A pool without fitted coefficients is assessed on memory alone, pessimistically:
+the prior (0.4) sits below the default reserve (0.5), so an agent without evidence
+is not trusted, except on an exploration share of tasks (``explore``, chosen by a
+hash of the auction id, so a retried auction decides the same) where its bid is
+accepted to learn what it can do. Verified outcomes (``Context.verifier``,
+``record_outcome``) then move its estimate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from langgraph.types import Command
+
+from sale_graph.agents import Agent
+from sale_graph.bidding import write_bid
+from sale_graph.calls import describe_error
+from sale_graph.errors import NoBidsError, SaleError
+from sale_graph.jury import cast_vote, vote_value
+from sale_graph.opening import bid_sends
+from sale_graph.outcomes import DEFAULT_PRIOR, success_estimates
+from sale_graph.prompts import bid_messages
+from sale_graph.runtime import pool_of, run_context
+from sale_graph.state import Bid, Event
+
+DEFAULT_RESERVE = 0.5
+DEFAULT_EXPLORE = 0.1
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentPolicy:
+    """One agent's assessment model (logistic coefficients) and its reserve."""
+
+    bias: float = 0.0
+    entropy: float = 0.0  # per nat of mean token entropy
+    length: float = 0.0  # per 100 bid tokens
+    memory: float = 6.0  # per unit of (memory estimate - prior)
+    jury: float = 0.0  # per unit of (vote / 5 - 0.5)
+    reserve: float = DEFAULT_RESERVE
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
+                value
+            ):
+                raise SaleError(f"staged policy field {name!r} must be a finite number")
+        if not 0.0 <= self.reserve <= 1.0:
+            raise SaleError(f"reserve must lie in [0, 1], got {self.reserve}")
+
+
+@dataclass(frozen=True)
+class Signals:
+    """What is known about one bid when it is assessed."""
+
+    entropy: float | None
+    tokens: int
+    memory_p: float
+    memory_n: float  # similarity-weighted evidence behind memory_p
+    prior: float
+    vote: float | None = None  # expected 0-5 vote of the policy's juror, if asked
+
+
+@dataclass(frozen=True, kw_only=True)
+class StagedPolicy:
+    """Assessment models per agent, the optional juror, and exploration."""
+
+    agents: Mapping[str, AgentPolicy] = field(default_factory=dict)
+    fallback: AgentPolicy = field(
+        default_factory=lambda: AgentPolicy(bias=math.log(0.4 / 0.6))
+    )
+    juror: str | None = None
+    explore: float = DEFAULT_EXPLORE
+    fitted: bool = False
+
+    def for_agent(self, name: str) -> AgentPolicy:
+        """The agent's fitted model, else the memory-only fallback."""
+        return self.agents.get(name, self.fallback)
+
+    def assess(self, agent: str, signals: Signals) -> float:
+        """Predicted probability that this bid's agent passes the task."""
+        p = self.for_agent(agent)
+        z = p.bias + p.entropy * (signals.entropy or 0.0) + p.length * signals.tokens / 100.0
+        z += p.memory * (signals.memory_p - signals.prior)
+        if signals.vote is not None:
+            z += p.jury * (signals.vote / 5.0 - 0.5)
+        return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
+
+    def reserve(self, agent: str, override: float | None = None) -> float:
+        """The assessment a bid of this agent must reach (``override`` = the user's knob)."""
+        return float(override) if override is not None else self.for_agent(agent).reserve
+
+    def explores(self, auction_id: str, agent: str, evidence: float) -> bool:
+        """Try an agent without evidence on a fixed share of auctions (seeded by id)."""
+        if self.fitted or evidence >= 1.0 or self.explore <= 0.0:
+            return False
+        digest = hashlib.sha256(f"{auction_id}|{agent}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < self.explore
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (the ``staged`` section of a weights file)."""
+        return {
+            "agents": {k: asdict(v) for k, v in self.agents.items()},
+            "fallback": asdict(self.fallback),
+            "juror": self.juror,
+            "explore": self.explore,
+            "fitted": self.fitted,
+        }
+
+    @classmethod
+    def coerce(cls, value: StagedPolicy | Mapping[str, Any] | str | Path | None) -> StagedPolicy:
+        """Accept a policy, its dict, a weights file with a ``staged`` section, or None."""
+        if value is None:
+            return cls()
+        if isinstance(value, StagedPolicy):
+            return value
+        if isinstance(value, (str, Path)):
+            try:
+                data = json.loads(Path(value).read_text())
+            except (OSError, ValueError) as exc:
+                raise SaleError(f"cannot read staged policy from {value}: {exc}") from exc
+            return cls.coerce(data.get("staged") if isinstance(data, Mapping) else data)
+        if not isinstance(value, Mapping):
+            raise SaleError(f"staged policy must be a dict or a path, got {type(value).__name__}")
+        unknown = set(value) - {"agents", "fallback", "juror", "explore", "fitted"}
+        if unknown:
+            raise SaleError(f"unknown staged policy fields {sorted(unknown)}")
+        agents = value.get("agents") or {}
+        if not isinstance(agents, Mapping):
+            raise SaleError("staged policy 'agents' must map agent names to models")
+        try:
+            parsed = {str(k): AgentPolicy(**dict(v)) for k, v in agents.items()}
+            fallback = AgentPolicy(**dict(value["fallback"])) if value.get("fallback") else None
+        except TypeError as exc:
+            raise SaleError(f"bad staged policy entry: {exc}") from exc
+        juror = value.get("juror")
+        if juror is not None and not isinstance(juror, str):
+            raise SaleError("staged policy 'juror' must be an agent name or null")
+        explore = value.get("explore", DEFAULT_EXPLORE)
+        if isinstance(explore, bool) or not isinstance(explore, (int, float)) or not (
+            0.0 <= explore <= 1.0
+        ):
+            raise SaleError("staged policy 'explore' must lie in [0, 1]")
+        policy = cls(agents=parsed, juror=juror, explore=float(explore),
+                     fitted=bool(value.get("fitted", bool(parsed))))
+        return replace(policy, fallback=fallback) if fallback else policy
+
+
+def offer_order(agents: Sequence[Agent]) -> list[str]:
+    """Cheapest first (ties by name): the order in which agents are offered the task."""
+    return [a.name for a in sorted(agents, key=lambda a: (a.price, a.name))]
+
+
+# --- graph nodes ---------------------------------------------------------------------------------
+
+
+async def estimate(
+    state: Mapping[str, Any], runtime: Any, bound: Any
+) -> Command[Literal["bid", "offer"]]:
+    """Graph node: memory's success estimate per agent, from verified similar tasks.
+
+    Used by the staged auction's assessment and, when ``Weights.memory`` is not 0, by
+    the full auction's score. Memory trouble leaves every agent at the prior.
+    """
+    ctx = run_context(runtime, bound)
+    agents = await pool_of(ctx)
+    started = time.time()
+    info: dict[str, Any] = {"started": started}
+    events: list[Event] = []
+    memory = ctx.resolved_memory()
+
+    def evidence() -> list[Any]:
+        # the k most similar verified auctions *each agent executed*: one agent's
+        # evidence must not be crowded out by another's
+        found: list[Any] = []
+        for name in agents:
+            found += memory.similar(state["task"], ctx.k, verified=True, executed_by=name)
+        return found
+
+    try:
+        past = await asyncio.to_thread(evidence)
+    except Exception as exc:  # noqa: BLE001 - no estimates is not no auction
+        past = []
+        events.append(Event(kind="memory_estimate_failed", agent=None,
+                            detail=f"estimates fall back to the prior: {describe_error(exc)}"))
+    estimates = success_estimates(past, agents, prior=DEFAULT_PRIOR)
+    info.update(count=len(past), ids=[p.auction_id for p in past], ended=time.time(),
+                prior=DEFAULT_PRIOR)
+    update: dict[str, Any] = {"estimates": estimates, "estimated": info, "events": events}
+    if state.get("mode") == "staged":
+        return Command(update=update, goto="offer")
+    return Command(update=update, goto=bid_sends(state["task"], agents.values()))
+
+
+def _direct_bid(agent: Agent) -> Bid:
+    """The last resort's entry: no plan was asked for, it answers the task directly."""
+    now = time.time()
+    return Bid(id=f"{agent.name}#direct", agent=agent.name, round=0, strategy="",
+               price=agent.price, tokens=0, input_tokens=0, entropy=None,
+               entropy_method=None, started=now, ended=now, direct=True)  # type: ignore[typeddict-unknown-key]
+
+
+async def offer(
+    state: Mapping[str, Any], runtime: Any, bound: Any
+) -> Command[Literal["assess", "offer", "approve"]]:
+    """Graph node: the next agent, cheapest first, writes its bid; the dearest answers."""
+    ctx = run_context(runtime, bound)
+    agents = await pool_of(ctx)
+    asked = list(state.get("offered") or [])
+    remaining = [name for name in offer_order(list(agents.values())) if name not in asked]
+    if not remaining:  # cannot happen: the last agent is never asked to bid
+        raise NoBidsError("the staged auction ran out of agents")
+    agent = agents[remaining[0]]
+    if len(remaining) == 1:
+        entry = _direct_bid(agent)
+        return Command(update={
+            "offered": [agent.name], "bids": [entry], "winning_bid": entry["id"],
+            "stop": f"last resort: {agent.name}, the dearest agent, answers directly "
+                    "(no bid, no jury)",
+        }, goto="approve")
+    try:
+        new = await write_bid(agent, bid_messages(agent.name, state["task"]), round_=0,
+                              max_tokens=ctx.max_bid_tokens, timeout=ctx.call_timeout)
+    except Exception as exc:  # noqa: BLE001 - a failing agent passes the task on
+        event = Event(kind="bid_failed", agent=agent.name, detail=describe_error(exc))
+        return Command(update={"offered": [agent.name], "events": [event]}, goto="offer")
+    return Command(update={"offered": [agent.name], "bids": [new]}, goto="assess")
+
+
+async def assess(
+    state: Mapping[str, Any], runtime: Any, bound: Any
+) -> Command[Literal["offer", "approve"]]:
+    """Graph node: accept the newest bid if its assessment clears the reserve, else go on."""
+    ctx = run_context(runtime, bound)
+    policy = await asyncio.to_thread(ctx.resolved_staged)
+    name = state["offered"][-1]
+    bid = next(b for b in state["bids"] if b["agent"] == name and b["round"] == 0)
+    model = policy.for_agent(name)
+    estimate_ = (state.get("estimates") or {}).get(name) or {}
+    update: dict[str, Any] = {}
+    vote = None
+    if policy.juror and model.jury:
+        agents = await pool_of(ctx)
+        if policy.juror in agents:
+            cast = await cast_vote(agents[policy.juror], state["task"], bid,
+                                   timeout=ctx.call_timeout)
+            update["votes"] = [cast]
+            vote = vote_value(cast, ctx.jury_vote)
+            if cast["score"] is None:
+                update["events"] = [Event(kind="vote_dropped", agent=policy.juror,
+                                          detail=f"on {bid['id']}: {cast['error']}")]
+    signals = Signals(entropy=bid.get("entropy"), tokens=int(bid.get("tokens") or 0),
+                      memory_p=float(estimate_.get("p", DEFAULT_PRIOR)),
+                      memory_n=float(estimate_.get("n", 0.0)), prior=DEFAULT_PRIOR, vote=vote)
+    p = policy.assess(name, signals)
+    reserve = policy.reserve(name, ctx.reserve)
+    explored = p < reserve and policy.explores(state["auction_id"], name, signals.memory_n)
+    accepted = p >= reserve or explored
+    update["assessments"] = [{
+        "agent": name, "bid_id": bid["id"], "p_pass": round(p, 4), "reserve": reserve,
+        "accepted": accepted, "explored": explored,
+        "signals": {"entropy": signals.entropy, "tokens": signals.tokens,
+                    "memory_p": round(signals.memory_p, 4), "memory_n": signals.memory_n,
+                    "vote": vote, "juror": policy.juror if vote is not None else None},
+    }]
+    if not accepted:
+        return Command(update=update, goto="offer")
+    why = (f"exploring {name} (no evidence yet)" if explored
+           else f"{name}'s bid assessed p={p:.2f} >= reserve {reserve:.2f}")
+    return Command(update={**update, "winning_bid": bid["id"], "stop": why}, goto="approve")

@@ -1,0 +1,252 @@
+"""The staged auction and verified outcomes, with scripted models (mechanics only)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from sale_graph import (
+    Agent,
+    AgentPolicy,
+    Context,
+    StagedPolicy,
+    UnknownAuctionError,
+    graph,
+    record_outcome,
+)
+from sale_graph.cli import main as cli_main
+from sale_graph.memory import AuctionMemory
+from sale_graph.outcomes import success_estimates
+from sale_graph.refinement import outcome_pairs
+from tests.scripted import ScriptedChatModel
+
+PRICES = {"small": 0.05, "mid": 0.16, "large": 0.36}
+
+
+def pool(**scripts):
+    out = []
+    for name, price in PRICES.items():
+        script = {"bid": f"{name.upper()} plan one two", "vote": "3",
+                  "execute": f"answer from {name}", "direct": f"direct answer from {name}"}
+        script.update(scripts.get(name, {}))
+        out.append(Agent(name=name, model=ScriptedChatModel(script=script, entropy=0.5),
+                         price=price))
+    return out
+
+
+@pytest.fixture()
+def memory(tmp_path) -> AuctionMemory:
+    return AuctionMemory.persistent(str(tmp_path / "memory"), collection="test_staged")
+
+
+def policy(**reserves: float) -> StagedPolicy:
+    """Bias-only models: p(pass) = 0.5 for every bid; reserves decide."""
+    return StagedPolicy(agents={n: AgentPolicy(bias=0.0, memory=0.0, reserve=r)
+                                for n, r in reserves.items()}, fitted=True)
+
+
+def staged(agents, memory, **kw) -> Context:
+    return Context(agents=agents, memory=memory, auction="staged", **kw)
+
+
+def run(task, context, **inp):
+    return asyncio.run(graph.ainvoke({"task": task, **inp}, context=context))
+
+
+def calls(agents, kind):
+    return {a.name: a.model.calls[kind] for a in agents}
+
+
+def test_stops_at_the_first_bid_that_clears_the_reserve(memory):
+    agents = pool()
+    out = run("add two numbers", staged(agents, memory, staged=policy(small=0.4, mid=0.4)))
+    audit = out["auction"]
+    assert out["winner"] == "small" and audit["offered"] == ["small"]
+    assert calls(agents, "bid") == {"small": 1, "mid": 0, "large": 0}
+    assert audit["assessments"][0]["accepted"] and audit["assessments"][0]["reserve"] == 0.4
+    assert "small's bid assessed p=0.50 >= reserve 0.40" == audit["stop"]
+    assert out["answer"] == "answer from small"  # executes its plan by default
+
+
+def test_a_bid_below_the_reserve_passes_the_task_on(memory):
+    agents = pool()
+    out = run("add two numbers", staged(agents, memory, staged=policy(small=0.9, mid=0.4)))
+    assert out["winner"] == "mid" and out["auction"]["offered"] == ["small", "mid"]
+    assert [a["accepted"] for a in out["auction"]["assessments"]] == [False, True]
+    assert calls(agents, "bid") == {"small": 1, "mid": 1, "large": 0}
+
+
+def test_the_dearest_agent_answers_directly_without_bid_or_jury(memory):
+    agents = pool()
+    p = StagedPolicy(agents={"small": AgentPolicy(bias=0.0, jury=1.0, reserve=0.99),
+                             "mid": AgentPolicy(bias=0.0, jury=1.0, reserve=0.99)},
+                     juror="large", fitted=True)
+    out = run("add two numbers", staged(agents, memory, staged=p))
+    audit = out["auction"]
+    assert out["winner"] == "large" and out["answer"] == "direct answer from large"
+    assert audit["offered"] == ["small", "mid", "large"]
+    assert audit["stop"].startswith("last resort: large")
+    assert calls(agents, "bid")["large"] == 0
+    # the juror judged the two cheap bids, nothing of its own
+    assert calls(agents, "vote") == {"small": 0, "mid": 0, "large": 2}
+    assert audit["execution"]["with_plan"] is False
+    assert audit["memory"]["write"] == "ok"
+    stored = memory.get(audit["auction_id"])
+    assert stored.winner == "large" and stored.winning_bid["strategy"] == ""
+
+
+def test_reserve_knob_overrides_every_agent(memory):
+    agents = pool()
+    cheap = run("t", staged(agents, memory, staged=policy(small=0.9, mid=0.9), reserve=0.0))
+    dear = run("t", staged(agents, memory, staged=policy(small=0.0, mid=0.0), reserve=1.0))
+    assert cheap["winner"] == "small" and dear["winner"] == "large"
+
+
+def test_a_failing_bidder_passes_the_task_on(memory):
+    agents = pool(small={"bid": RuntimeError("boom")})
+    out = run("t", staged(agents, memory, staged=policy(small=0.0, mid=0.0)))
+    assert out["winner"] == "mid"
+    assert out["auction"]["events"][0]["kind"] == "bid_failed"
+
+
+def test_unfitted_policy_distrusts_agents_without_evidence_but_explores(memory):
+    agents = pool()
+    p = StagedPolicy(explore=0.0)
+    out = run("t", staged(agents, memory, staged=p))
+    assert out["winner"] == "large"  # prior 0.4 < reserve 0.5 for both cheaper agents
+    explorer = StagedPolicy(explore=1.0)
+    out = run("t", staged(pool(), memory, staged=explorer))
+    assert out["winner"] == "small" and out["auction"]["assessments"][0]["explored"]
+
+
+def test_verified_successes_raise_an_agents_estimate_until_it_is_trusted(memory):
+    task = "write a function that reverses a string"
+    for i in range(3):
+        memory.write(f"past-{i}", task, [
+            {"agent": "small", "round": 0, "strategy": "plan", "score": 0.0, "label": "win",
+             "price": 0.05}], "small", outcome={"passed": True})
+    out = run(task, staged(pool(), memory, staged=StagedPolicy(explore=0.0)))
+    est = out["auction"]["estimates"]["small"]
+    assert est["count"] == 3 and est["p"] > 0.7
+    assert out["winner"] == "small"
+
+
+# --- verified outcomes ---------------------------------------------------------------------------
+
+
+def test_verifier_pass_fail_and_exception_are_each_written_once_with_the_auction(memory):
+    verdicts = {"pass": lambda x: True, "fail": lambda x: {"passed": False, "detail": "wrong"},
+                "boom": lambda x: 1 / 0}
+    for name, verifier in verdicts.items():
+        out = run("t", Context(agents=pool(), memory=memory, verifier=verifier),
+                  auction_id=f"a-{name}")
+        audit = out["auction"]
+        assert audit["memory"]["write"] == "ok"
+        stored = memory.get(f"a-{name}")
+        if name == "boom":
+            assert audit["outcome"]["passed"] is None and "ZeroDivisionError" in audit[
+                "outcome"]["error"]
+            assert stored.outcome is None
+            assert any(e["kind"] == "verifier_failed" for e in audit["events"])
+        else:
+            assert stored.outcome["passed"] is (name == "pass")
+    assert memory.count() == 3
+
+
+def test_feedback_for_an_unknown_auction_fails_clearly_and_writes_nothing(memory):
+    with pytest.raises(UnknownAuctionError, match="no auction 'nope'"):
+        record_outcome("nope", passed=True, context=Context(memory=memory))
+    assert memory.count() == 0
+
+
+def test_repeated_feedback_leaves_one_record_and_the_latest_wins(memory):
+    out = run("t", Context(agents=pool(), memory=memory), auction_id="job-1")
+    assert out["auction"]["memory"]["write"] == "ok"
+    ctx = Context(memory=memory)
+    record_outcome("job-1", passed=True, context=ctx)
+    record_outcome("job-1", passed=True, context=ctx)
+    record_outcome("job-1", passed=False, detail="CI failed", context=ctx)
+    assert memory.count() == 1
+    stored = memory.get("job-1")
+    assert stored.outcome["passed"] is False and stored.outcome["detail"] == "CI failed"
+    assert stored.winner == out["winner"]  # the auction itself is untouched
+
+
+def test_feedback_racing_the_auctions_rewrite_loses_neither(memory):
+    bids = [{"agent": "small", "round": 0, "strategy": "p", "score": 0.0, "label": "win",
+             "price": 0.05}]
+    memory.write("race", "a task", bids, "small")
+    errors = []
+
+    def rewrite():
+        for _ in range(20):
+            memory.write("race", "a task", bids, "small")
+
+    def feedback():
+        try:
+            for _ in range(20):
+                memory.record_outcome("race", passed=True)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=rewrite), threading.Thread(target=feedback)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    stored = memory.get("race")
+    assert memory.count() == 1 and stored.outcome["passed"] is True and stored.bids
+
+
+def test_cli_feedback(memory, tmp_path, capsys):
+    path = str(tmp_path / "memory")
+    out = run("t", Context(agents=pool(), memory=memory), auction_id="cli-1")
+    assert out["auction"]["memory"]["write"] == "ok"
+    assert cli_main(["memory", "feedback", "cli-1", "--failed", "--detail", "bad",
+                     "--memory", path, "--collection", "test_staged"]) == 0
+    assert "cli-1" in capsys.readouterr().out
+    assert memory.get("cli-1").outcome["passed"] is False
+    assert cli_main(["memory", "feedback", "zzz", "--passed", "--memory", path,
+                     "--collection", "test_staged"]) == 2
+    assert "no auction 'zzz'" in capsys.readouterr().err
+
+
+def test_success_estimates_weigh_by_similarity():
+    class Past:
+        def __init__(self, winner, passed, similarity):
+            self.winner, self.similarity = winner, similarity
+            self.outcome = {"passed": passed}
+
+    est = success_estimates([Past("a", True, 0.9), Past("a", False, 0.1), Past("b", None, 1)],
+                            ["a", "b", "c"], prior=0.4, strength=1.0)
+    assert est["a"]["p"] == pytest.approx((0.4 + 0.9) / 2.0)
+    assert est["a"]["count"] == 2 and est["c"] == {"p": 0.4, "n": 0.0, "count": 0}
+
+
+def test_outcome_refinement_needs_a_nearby_verified_success(memory):
+    memory.write("f", "sort a list", [{"agent": "small", "round": 0, "strategy": "bad plan",
+                                       "score": 0.0, "label": "win", "price": 0.05}],
+                 "small", outcome={"passed": False})
+    past = memory.similar("sort a list", 8, verified=True)
+    assert outcome_pairs(past, "small", 3) == []  # failures alone teach nothing
+    memory.write("g", "sort a list quickly", [{"agent": "mid", "round": 0,
+                                               "strategy": "good plan", "score": 0.0,
+                                               "label": "win", "price": 0.16}],
+                 "mid", outcome={"passed": True})
+    past = memory.similar("sort a list", 8, verified=True)
+    (pair,) = outcome_pairs(past, "small", 3)
+    assert pair["loser"] == "bad plan" and pair["winner"] == "good plan"
+
+
+def test_full_auction_with_outcome_refinement_skips_without_successes(memory):
+    agents = pool()
+    agents[2].model.entropy = 2.0  # large wins on entropy, so the cheaper two may refine
+    out = run("t", Context(agents=agents, memory=memory, refine_from="outcomes",
+                           weights={"cost": 0.0, "entropy": 1.0, "jury_default": 0.0}))
+    assert out["winner"] == "large" and out["auction"]["refiners"] == ["small", "mid"]
+    events = [e for e in out["auction"]["events"] if e["kind"] == "refinement_skipped"]
+    assert events and "verified" in events[0]["detail"]
+    assert sum(a.model.calls["refine"] for a in agents) == 0

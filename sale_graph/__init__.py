@@ -7,6 +7,8 @@ cheaper losers refine from a Chroma memory of past auctions, the winner executes
 from sale_graph.agents import Agent
 from sale_graph.context import Context
 from sale_graph.errors import (
+    ApprovalError,
+    ContextError,
     InvalidTaskError,
     MemoryUnavailableError,
     ModelFileError,
@@ -21,10 +23,12 @@ from sale_graph.state import AuctionInput, AuctionOutput
 
 __all__ = [
     "Agent",
+    "ApprovalError",
     "AuctionInput",
     "AuctionMemory",
     "AuctionOutput",
     "Context",
+    "ContextError",
     "InvalidTaskError",
     "MemoryUnavailableError",
     "ModelFileError",

@@ -55,10 +55,9 @@ def _context(runtime: Runtime[Context] | None, default: Context | None) -> Conte
     ctx = getattr(runtime, "context", None)
     if isinstance(ctx, Context):
         return ctx
-    if isinstance(ctx, Mapping):  # e.g. JSON from the LangGraph server
-        base = default or Context()
+    if isinstance(ctx, Mapping):  # a parent graph's dict: its fields of ours are untrusted
         known = {k: v for k, v in ctx.items() if k in Context.__dataclass_fields__}
-        return Context(**{**{f: getattr(base, f) for f in Context.__dataclass_fields__}, **known})
+        return Context.from_untrusted(known, default or Context())
     return default or Context()
 
 

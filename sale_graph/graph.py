@@ -27,14 +27,22 @@ from typing import Any, Literal, cast, get_args, get_origin, get_type_hints
 
 from langchain_core.runnables import RunnableLambda
 from langgraph.graph import END, START, StateGraph
+from langgraph.config import get_config
 from langgraph.runtime import Runtime, get_runtime
-from langgraph.types import Command, Send, interrupt
+from langgraph.types import Command, Send
 
+from sale_graph.approval import (
+    approval_request,
+    ask,
+    audit_record,
+    claim_decision,
+    require_checkpointer,
+)
 from sale_graph.audit import build_audit, memory_bids
 from sale_graph.bidding import bid_id, write_bid
 from sale_graph.calls import describe_error
 from sale_graph.context import Context
-from sale_graph.errors import InvalidTaskError, MemoryUnavailableError, NoBidsError, SaleError
+from sale_graph.errors import InvalidTaskError, MemoryUnavailableError, NoBidsError
 from sale_graph.execution import execute as run_executor
 from sale_graph.jury import cast_vote, jurors_for, vote_value
 from sale_graph.prompts import bid_messages, refine_messages
@@ -128,6 +136,8 @@ def build_graph(
     ) -> Command[Literal["bid"]]:
         """Validate everything that can be validated before paying for a model call."""
         ctx = _context(runtime, bound)
+        if ctx.approval:
+            require_checkpointer(get_config())
         task = validate_task(state.get("task"), ctx.max_task_chars)
         agents = await asyncio.to_thread(ctx.resolved_agents)
         weights = await asyncio.to_thread(ctx.resolved_weights)
@@ -302,32 +312,12 @@ def build_graph(
             return Command(goto="execute")
         winning = next(b for b in state["bids"] if b["id"] == state["winning_bid"])
         agents = await _pool(ctx)
-        price = agents[winning["agent"]].price
         scores = state.get("scores", {})
-        request = {
-            "question": "Execute this plan? Reply {'action': 'approve'}, "
-                        "{'action': 'override', 'winner': AGENT} or "
-                        "{'action': 'reject', 'reason': TEXT}.",
-            "auction_id": state["auction_id"],
-            "task": state["task"],
-            "winner": winning["agent"],
-            "strategy": winning["strategy"],
-            "score": scores.get(winning["id"], {}).get("score"),
-            "expected_cost_usd_max": price * (ctx.max_answer_tokens + winning["tokens"]
-                                              + winning.get("input_tokens", 0)) / 1e6,
-            "alternatives": sorted({b["agent"] for b in state["bids"]} - {winning["agent"]}),
-        }
-        bidders = sorted({b["agent"] for b in state["bids"]})
-        problem = None
-        while True:  # an unreadable reply is asked again, with the reason, not raised
-            asked = {**request, "error": problem} if problem else request
-            try:
-                decision = _decision(interrupt(asked), bidders)
-                break
-            except SaleError as exc:
-                problem = str(exc)
-        record = {"action": decision["action"], "by": "human", **{
-            k: v for k, v in decision.items() if k != "action"}}
+        request = approval_request(state, winning, agents[winning["agent"]].price,
+                                   ctx.max_answer_tokens)
+        decision = ask(request, sorted({b["agent"] for b in state["bids"]}))
+        claim_decision(get_config(), state["auction_id"], decision)  # one decision per thread
+        record = audit_record(decision)
         if decision["action"] == "approve":
             return Command(update={"approval": record}, goto="execute")
         if decision["action"] == "reject":
@@ -452,25 +442,6 @@ async def _write_memory(ctx: Context, state: Mapping[str, Any], audit: dict[str,
         except Exception as exc:  # noqa: BLE001 - reported in the audit, never raised
             last = describe_error(exc)
     return f"failed: {last}"
-
-
-def _decision(raw: Any, bidders: list[str]) -> dict[str, Any]:
-    """Normalise a resume value: "approve"/"reject" or a dict with an action."""
-    if isinstance(raw, str):
-        raw = {"action": raw}
-    if not isinstance(raw, Mapping) or raw.get("action") not in ("approve", "override", "reject"):
-        raise SaleError(
-            f"approval reply {raw!r} is not understood: resume with {{'action': 'approve'}}, "
-            "{'action': 'override', 'winner': AGENT} or {'action': 'reject'}"
-        )
-    if raw["action"] == "override" and not isinstance(raw.get("winner"), str):
-        raise SaleError("an override needs the agent's name: {'action': 'override', 'winner': ...}")
-    if raw["action"] == "override" and raw["winner"] not in bidders:
-        raise SaleError(
-            f"cannot override the winner with {raw['winner']!r}: it has no bid in this auction "
-            f"(bidders: {', '.join(bidders)})"
-        )
-    return dict(raw)
 
 
 async def _pool(ctx: Context) -> dict[str, Any]:

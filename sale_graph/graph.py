@@ -266,6 +266,7 @@ def build_graph(
             )
         retrieved: dict[str, Any] = {
             "count": len(past), "ids": [p.auction_id for p in past],
+            "skipped": list(getattr(past, "skipped", [])),  # damaged records, left out
             "started": started, "ended": time.time(),
         }
         own = {b["agent"]: b["strategy"] for b in state["bids"] if b["round"] == 0}

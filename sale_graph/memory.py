@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from sale_graph.agents import valid_agent_name
 from sale_graph.errors import InvalidTaskError, MemoryUnavailableError, SaleError
 
 if TYPE_CHECKING:
@@ -110,6 +111,23 @@ class PastAuction:
         return tuple(b for b in self.bids if b["agent"] == agent)
 
 
+class Retrieved(list):
+    """Past auctions found by a query; ``skipped`` names damaged records left out."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.skipped: list[str] = []
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidTaskError(
+            f"text is not valid Unicode (character {exc.start}: {text[exc.start]!r})"
+        ) from exc
+
+
 def validate_collection_name(name: str) -> str:
     """Apply Chroma's naming rule up front so that the error says what to change."""
     if not isinstance(name, str):
@@ -145,8 +163,11 @@ def normalise_bid(bid: Mapping[str, Any], index: int = 0) -> dict[str, Any]:
     if missing:
         raise AuctionRecordError(f"{where} lacks {', '.join(missing)}")
     agent = bid["agent"]
-    if not isinstance(agent, str) or not agent.strip():
-        raise AuctionRecordError(f"{where}: agent must be a non-empty string, got {agent!r}")
+    if not valid_agent_name(agent):
+        shown = repr(agent) if len(repr(agent)) <= 80 else repr(agent)[:80] + "..."
+        raise AuctionRecordError(
+            f"{where}: agent must be an agent name (1-64 of [A-Za-z0-9._-]), got {shown}"
+        )
     rnd = bid["round"]
     if isinstance(rnd, bool) or rnd not in ROUNDS:
         raise AuctionRecordError(f"{where} ({agent}): round must be 0 or 1 (refined), got {rnd!r}")
@@ -470,6 +491,7 @@ class AuctionMemory:
             raise AuctionRecordError("auction_id must be a non-empty string")
         if not isinstance(task, str) or not task.strip():
             raise InvalidTaskError("cannot store an auction with an empty task")
+        _check_text(task)
         if not isinstance(winner, str) or not winner:
             raise AuctionRecordError("winner must be the name of the winning agent")
         clean = _check_bids(bids, winner)
@@ -509,6 +531,7 @@ class AuctionMemory:
         """
         if not isinstance(task, str) or not task.strip():
             raise InvalidTaskError("cannot search the memory with an empty task")
+        _check_text(task)
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise ValueError(f"k must be a non-negative integer, got {k!r}")
         if k == 0:
@@ -535,15 +558,18 @@ class AuctionMemory:
         docs = (result.get("documents") or [[]])[0]
         metas = (result.get("metadatas") or [[]])[0]
         dists = (result.get("distances") or [[]])[0]
-        found: list[PastAuction] = []
+        found = Retrieved()
         for rid, doc, meta, dist in zip(ids, docs, metas, dists, strict=True):
             if rid in skip:
                 continue
             similarity = max(-1.0, min(1.0, 1.0 - float(dist)))
             past = _to_past(rid, doc, meta, similarity)
-            if past is not None:
+            if past is None:
+                found.skipped.append(rid)
+            else:
                 found.append(past)
-        return found[:k]
+        del found[k:]
+        return found
 
     def search(self, text: str, k: int = 8) -> list[PastAuction]:
         """Free-text lookup for people (the CLI): the same ranking as :meth:`similar`."""
@@ -572,8 +598,8 @@ class AuctionMemory:
         first = last = None
         for meta in self._metadatas():
             try:
-                bids = json.loads(str(meta["bids_json"]))
-            except (KeyError, ValueError):
+                bids = _check_bids(json.loads(str(meta["bids_json"])), meta["winner"])
+            except (KeyError, TypeError, ValueError):  # damaged: skipped, as in retrieval
                 continue
             auctions += 1
             wins[str(meta.get("winner"))] += 1
@@ -642,20 +668,20 @@ def _to_past(
         log.warning("skipping auction memory record %r: no metadata", auction_id)
         return None
     try:
-        bids = json.loads(str(meta["bids_json"]))
+        bids = _check_bids(json.loads(str(meta["bids_json"])), meta["winner"])
         return PastAuction(
             auction_id=auction_id,
             task=document or "",
             similarity=similarity,
             winner=str(meta["winner"]),
-            bids=tuple(dict(b) for b in bids),
+            bids=tuple(bids),
             created_at=float(meta.get("created_at", 0.0)),
             extra={
                 k[len(_EXTRA_PREFIX) :]: v for k, v in meta.items() if k.startswith(_EXTRA_PREFIX)
             },
         )
-    except (KeyError, TypeError, ValueError) as exc:
-        log.warning("skipping auction memory record %r: %s", auction_id, exc)
+    except (KeyError, TypeError, ValueError) as exc:  # AuctionRecordError is a ValueError
+        log.warning("skipping damaged auction memory record %r: %s", auction_id, exc)
         return None
 
 

@@ -14,8 +14,9 @@ Storage design: ONE Chroma record per auction.
 
 Why one record: a single ``upsert`` is atomic, so an auction is stored whole or not
 at all, and retrying the same id overwrites instead of duplicating; many workers can
-write at once without coordination. A persistent directory belongs to one process;
-several processes share a memory through ``chroma run`` and :meth:`AuctionMemory.server`.
+write at once without coordination. A persistent directory belongs to one process,
+which holds its lock file (``.sale_graph.lock``) while the store is open; several
+processes share a memory through ``chroma run`` and :meth:`AuctionMemory.server`.
 
 Every failure of Chroma or of the network surfaces as
 :class:`~sale_graph.errors.MemoryUnavailableError`; invalid records raise
@@ -284,6 +285,7 @@ class AuctionMemory:
         self.location = location or "a Chroma client"
         self._hint = hint or "check that the Chroma store is reachable"
         self._preflight = preflight
+        self._locked_dir: Path | None = None  # embedded stores: the directory this one locks
 
     # ------------------------------------------------------------------ opening
 
@@ -312,6 +314,7 @@ class AuctionMemory:
                 raise MemoryUnavailableError(
                     f"auction memory directory {str(directory)!r} is not writable"
                 )
+            _lock_directory(directory)
 
         def factory() -> ClientAPI:
             check()
@@ -321,7 +324,7 @@ class AuctionMemory:
             # path with different settings, and its product telemetry is a no-op in 1.x.
             return chromadb.PersistentClient(path=str(directory))
 
-        return cls(
+        memory = cls(
             factory,
             collection,
             embedder,
@@ -333,6 +336,8 @@ class AuctionMemory:
             ),
             preflight=check,
         )
+        memory._locked_dir = directory
+        return memory
 
     @classmethod
     def server(
@@ -646,6 +651,15 @@ class AuctionMemory:
                 return
             offset += _PAGE
 
+    def close(self) -> None:
+        """Let go of the store; an embedded one releases its directory to other processes."""
+        with self._lock:
+            if self._factory is not None:
+                self._client = None
+                self._collection = None
+        if self._locked_dir is not None:
+            _unlock_directory(self._locked_dir)
+
     def __repr__(self) -> str:
         return f"AuctionMemory({self.location}, collection={self.collection_name!r})"
 
@@ -683,6 +697,56 @@ def _to_past(
     except (KeyError, TypeError, ValueError) as exc:  # AuctionRecordError is a ValueError
         log.warning("skipping damaged auction memory record %r: %s", auction_id, exc)
         return None
+
+
+LOCK_FILE = ".sale_graph.lock"
+_HELD: dict[str, int] = {}  # resolved directory -> fd of the lock file this process holds
+_HELD_LOCK = threading.Lock()
+
+
+def _lock_directory(directory: Path) -> None:
+    """Hold the embedded store's lock file for this process, or say who holds it.
+
+    Chroma's embedded store is one process's: two writers on one directory each
+    lost sight of records the other wrote (their indexes diverge), so a second
+    process is refused up front and pointed at ``chroma run``.
+    """
+    import fcntl
+
+    key = str(directory.resolve())
+    with _HELD_LOCK:
+        if key in _HELD:
+            return
+        path = directory / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise MemoryUnavailableError(f"cannot create the lock file {str(path)!r}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise MemoryUnavailableError(
+                f"auction memory directory {key!r} is in use by process {holder} (lock file "
+                f"{str(path)!r}); an embedded memory belongs to one process. To share it "
+                f"between processes, serve it with `chroma run --path {key} --port "
+                f"{DEFAULT_PORT}` and use memory_url='http://127.0.0.1:{DEFAULT_PORT}' "
+                "(sale --memory-url)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _HELD[key] = fd
+
+
+def _unlock_directory(directory: Path) -> None:
+    import fcntl
+
+    with _HELD_LOCK:
+        fd = _HELD.pop(str(directory.resolve()), None)
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
 
 def _heartbeat(url: str, timeout: float, headers: dict[str, str], hint: str) -> None:

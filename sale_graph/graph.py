@@ -87,6 +87,12 @@ def validate_task(task: Any, max_chars: int) -> str:
     """Reject empty, whitespace-only, non-string and oversized tasks before any model runs."""
     if not isinstance(task, str):
         raise InvalidTaskError(f"task must be a string, got {type(task).__name__}")
+    try:
+        task.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate would fail only at the memory write
+        raise InvalidTaskError(
+            f"task is not valid Unicode text (character {exc.start}: {task[exc.start]!r})"
+        ) from exc
     text = task.strip()
     if not text:
         raise InvalidTaskError("task is empty: give the auction something to do")
@@ -98,7 +104,7 @@ def validate_task(task: Any, max_chars: int) -> str:
     return text
 
 
-_AUCTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_AUCTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
 def auction_id_for(state: Mapping[str, Any]) -> str:
@@ -106,7 +112,7 @@ def auction_id_for(state: Mapping[str, Any]) -> str:
     given = state.get("auction_id")
     if given is None:
         return uuid.uuid4().hex
-    if not isinstance(given, str) or not _AUCTION_ID.match(given):
+    if not isinstance(given, str) or not _AUCTION_ID.fullmatch(given):
         raise InvalidTaskError(
             f"auction_id {given!r} is invalid: 1-128 characters of letters, digits, "
             "'.', '_', ':' or '-'"

@@ -65,18 +65,20 @@ class Context:
     """Everything an auction needs besides the task."""
 
     pool: str = field(
-        default="local",
+        default_factory=lambda: os.environ.get("SALE_POOL") or "local",
         metadata={"description": "Agent pool: 'local' (3 embedded GGUF models), 'local-small' "
-                  "(the two smallest), or a path to a JSON/TOML pool file."},
+                  "(the two smallest), or a path to a JSON/TOML pool file (default: "
+                  "$SALE_POOL, else 'local')."},
     )
     agents: Any = field(
         default=None,
         metadata={"description": "A sequence of Agent objects; overrides `pool`."},
     )
     weights: Any = field(
-        default=None,
+        default_factory=lambda: os.environ.get("SALE_WEIGHTS") or None,
         metadata={"description": "Score weights: a Weights, a dict {cost, entropy, jury, "
-                  "jury_default} or a path to a JSON file written by `sale fit`. Unset: the "
+                  "jury_default} or a path to a JSON file written by `sale fit` (default: "
+                  "$SALE_WEIGHTS). Unset: the "
                   "weights fitted for the 'local' preset, or the package defaults for any "
                   "other pool."},
     )
@@ -85,9 +87,9 @@ class Context:
         metadata={"description": "Directory of the embedded Chroma auction memory."},
     )
     memory_url: str | None = field(
-        default=None,
+        default_factory=lambda: os.environ.get("SALE_MEMORY_URL") or None,
         metadata={"description": "URL of a Chroma server (http://host:port); overrides "
-                  "memory_path."},
+                  "memory_path (default: $SALE_MEMORY_URL)."},
     )
     collection: str = field(
         default="sale_auctions", metadata={"description": "Chroma collection of the memory."}
@@ -308,17 +310,13 @@ def _pool_from_spec(spec: str) -> tuple[Agent, ...]:
 
 
 def deployed_context() -> Context:
-    """The server deployer's Context: defaults, plus what the server's environment sets.
+    """The server deployer's Context: the defaults, which read the server's environment.
 
     ``SALE_POOL`` (a preset or pool file), ``SALE_WEIGHTS`` (a weights file),
-    ``SALE_MEMORY_PATH`` and ``SALE_MEMORY_URL`` are read here, in the server's own
-    process; a client's run can never set them.
+    ``SALE_MEMORY_PATH`` and ``SALE_MEMORY_URL`` are read in the server's own process
+    (a run that sends no context gets the same); a client's run can never set them.
     """
-    return Context(
-        pool=os.environ.get("SALE_POOL") or "local",
-        weights=os.environ.get("SALE_WEIGHTS") or None,
-        memory_url=os.environ.get("SALE_MEMORY_URL") or None,
-    )
+    return Context()
 
 
 class RemoteContext(Context):

@@ -26,8 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, cast, get_args, get_origin, get_type_hints
 
 from langchain_core.runnables import RunnableLambda
-from langgraph.graph import END, START, StateGraph
 from langgraph.config import get_config
+from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime, get_runtime
 from langgraph.types import Command, Send
 

@@ -721,7 +721,9 @@ def _lock_directory(directory: Path) -> None:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise MemoryUnavailableError(f"cannot create the lock file {str(path)!r}: {exc}") from exc
+            raise MemoryUnavailableError(
+                f"cannot create the lock file {str(path)!r}: {exc}"
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

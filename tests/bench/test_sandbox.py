@@ -190,7 +190,7 @@ ESCAPES = {
 @pytest.mark.parametrize("name", sorted(ESCAPES))
 def test_writes_outside_fail_even_past_the_audit_hook(outside, name, hook) -> None:
     _isolated()
-    code = "import os\nOUT = %r\nHERE = os.getcwd()\n" % outside + textwrap.dedent(ESCAPES[name])
+    code = f"import os\nOUT = {outside!r}\nHERE = os.getcwd()\n" + textwrap.dedent(ESCAPES[name])
     r = run_python(code, audit_hook=hook)
     assert not r.passed, r.stdout
     assert r.isolation == "namespaces"

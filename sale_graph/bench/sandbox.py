@@ -285,6 +285,11 @@ class SandboxResult:
     isolation: str = "none"
     isolation_error: str | None = None
 
+    @property
+    def output_tail(self) -> str:
+        """Last part of stderr (or stdout when stderr is empty): what feedback shows."""
+        return self.stderr or self.stdout
+
 
 def _tail(stream: IO[bytes], limit: int) -> str:
     stream.seek(0, os.SEEK_END)

@@ -248,9 +248,10 @@ def test_loopback_listener_of_the_caller_is_unreachable() -> None:
     _isolated()
     import socket
 
-    from pytest_socket import socket_allow_hosts
+    from pytest_socket import disable_socket, enable_socket, socket_allow_hosts
 
-    socket_allow_hosts(["127.0.0.1"])
+    enable_socket()
+    socket_allow_hosts(["127.0.0.1"])  # loopback only, for the listener below
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)
@@ -273,6 +274,7 @@ def test_loopback_listener_of_the_caller_is_unreachable() -> None:
         control = run_python(code, audit_hook=False, isolate_network=False)
     finally:
         server.close()
+        disable_socket(allow_unix_socket=True)
     assert inside.passed and inside.network_namespace, inside.stderr
     assert inside.stdout.startswith("refused")
     assert control.stdout.startswith("connected")  # the probe itself works

@@ -15,7 +15,7 @@ that gate honest:
   ``by`` field is set here, never taken from the reply.
 
 The per-thread guard is in-process. Across processes, the LangGraph server runs
-one run per thread at a time (``multitask_strategy="reject"``, its default).
+one run per thread at a time (its ``multitask_strategy`` queues or rejects the rest).
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ outcomes (what actually passed) make the market pay for itself on short work.
 from sale_graph.agents import Agent
 from sale_graph.context import Context
 from sale_graph.errors import (
+    ApprovalError,
+    ContextError,
     InvalidTaskError,
     MemoryUnavailableError,
     ModelFileError,
@@ -26,10 +28,12 @@ from sale_graph.state import AuctionInput, AuctionOutput
 __all__ = [
     "Agent",
     "AgentPolicy",
+    "ApprovalError",
     "AuctionInput",
     "AuctionMemory",
     "AuctionOutput",
     "Context",
+    "ContextError",
     "InvalidTaskError",
     "MemoryUnavailableError",
     "ModelFileError",

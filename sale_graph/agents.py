@@ -18,7 +18,13 @@ from langchain_core.language_models import BaseChatModel
 
 from sale_graph.errors import PoolConfigError
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Agent names reach prompts, memory records and Chroma metadata keys: one strict rule.
+AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def valid_agent_name(name: object) -> bool:
+    """Tell whether ``name`` is an agent name: 1-64 of [A-Za-z0-9._-], no leading symbol."""
+    return isinstance(name, str) and AGENT_NAME.fullmatch(name) is not None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,7 +49,7 @@ class Agent:
     max_concurrency: int = 4
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
+        if not valid_agent_name(self.name):
             raise PoolConfigError(
                 f"agent name {self.name!r} is invalid: use 1-64 characters of "
                 "letters, digits, '.', '_' or '-', starting with a letter or digit"

@@ -175,6 +175,7 @@ def build_audit(
         "memory": {
             "retrieved_auctions": retrieve.get("count", 0),
             "retrieved_ids": retrieve.get("ids", []),
+            "skipped_damaged": retrieve.get("skipped", []),
             "write": memory_write,
             "write_seconds": round(remember_seconds, 3),
         },

@@ -8,6 +8,7 @@ reports it, otherwise estimated from the text and flagged as an estimate.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -15,6 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 
 from sale_graph.agents import Agent
@@ -111,7 +113,8 @@ async def call(
     """
     async with _limit(agent):
         started = time.time()
-        message = await asyncio.wait_for(agent.model.ainvoke(list(messages), **kwargs), timeout)
+        message = await asyncio.wait_for(ainvoke_model(agent.model, list(messages), **kwargs),
+                                         timeout)
         ended = time.time()
     if not isinstance(message, AIMessage):
         raise TypeError(f"{agent.name} returned {type(message).__name__}, not an AIMessage")
@@ -127,6 +130,56 @@ async def call(
         started=started,
         ended=ended,
     )
+
+
+def has_native_async(model: Any) -> bool:
+    """Whether a chat model answers ``ainvoke`` itself rather than in a pool thread."""
+    if not isinstance(model, BaseChatModel):
+        return True
+    kind = type(model)
+    return (kind._agenerate is not BaseChatModel._agenerate
+            or kind._astream is not BaseChatModel._astream)
+
+
+async def ainvoke_model(model: Any, messages: Any, **kwargs: Any) -> Any:
+    """``model.ainvoke`` whose deadline holds even for a model with only a blocking path.
+
+    LangChain runs such a model's ``invoke`` on the event loop's default thread pool:
+    a cancelled call keeps its pool thread (eight hung calls starved the pool) and
+    ``asyncio.run`` waits for it at exit (a blocking model kept ``graph.invoke`` 8 s
+    past a 0.5 s deadline). Here it runs on a daemon thread of its own, so a
+    cancellation returns at once; the abandoned thread ends when the model returns.
+    """
+    if has_native_async(model):
+        return await model.ainvoke(messages, **kwargs)
+    return await in_own_thread(model.invoke, messages, **kwargs)
+
+
+async def in_own_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Await ``fn(*args, **kwargs)`` run on a fresh daemon thread (context vars copied)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not future.done():
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+    def run() -> None:
+        try:
+            outcome = (True, context.run(fn, *args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            outcome = (False, exc)
+        try:
+            loop.call_soon_threadsafe(settle, *outcome)
+        except RuntimeError:  # the loop is gone: nobody waits for this call any more
+            pass
+
+    threading.Thread(target=run, daemon=True, name="sale-blocking-call").start()
+    return await future
 
 
 def describe_error(exc: BaseException) -> str:

@@ -22,7 +22,8 @@ from sale_graph.errors import SaleError
 
 
 def _context(args: argparse.Namespace) -> Context:
-    return Context(
+    """The run's Context, validated before any model is loaded (a bad weights file too)."""
+    context = Context(
         pool=args.pool,
         weights=args.weights,
         memory_path=args.memory,
@@ -35,6 +36,8 @@ def _context(args: argparse.Namespace) -> Context:
         auction=getattr(args, "auction", "full"),
         reserve=getattr(args, "reserve", None),
     )
+    context.resolved_weights()
+    return context
 
 
 def _progress(update: dict[str, Any], t0: float) -> str | None:
@@ -225,8 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``sale`` console script."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``sale`` console script.
+
+    Every failure ends in one ``sale: error: ...`` line, never a traceback: 2 for
+    what the user can fix (arguments, configuration, task), 1 for anything else.
+    A closed stdout (``sale run ... | head``) ends the command quietly.
+    """
+    args = build_parser().parse_args(argv)  # usage errors: argparse's own line, exit 2
     try:
         if args.command == "run":
             return asyncio.run(_run(args))
@@ -234,10 +242,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _memory(args)
         return int(args.handler(args) or 0)
     except SaleError as exc:
-        print(f"sale: error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        _discard_stdout()
+        return 1
+    except Exception as exc:  # noqa: BLE001 - a command line shows one line, not a traceback
+        _error(f"{type(exc).__name__}: {exc}")
+        return 1
+
+
+def _error(message: str) -> None:
+    text = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    try:
+        print(f"sale: error: {text}", file=sys.stderr)
+    except (OSError, ValueError):
+        pass
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's exit flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":

@@ -10,21 +10,54 @@ win over their string counterparts.
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
+import urllib.parse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 from sale_graph.agents import Agent, validate_pool
-from sale_graph.errors import PoolConfigError
+from sale_graph.errors import ContextError, PoolConfigError, SaleError
 from sale_graph.scoring import Weights
 
 JuryMode = Literal["all", "self", "peers", "none"]
 VoteReading = Literal["expected", "digit"]
 AuctionMode = Literal["full", "staged"]
 RefineSource = Literal["votes", "outcomes"]
+
+
+# Fields only the deployer of a server sets: they name files, URLs or code to run.
+SERVER_ONLY = frozenset(
+    {"memory_path", "memory_url", "memory", "agents", "executor", "verifier"}
+)
+MAX_TIMEOUT = 86_400.0
+_INT_RANGES = {
+    "k": (1, 100),
+    "max_pairs": (1, 20),
+    "max_bid_tokens": (8, 8192),
+    "max_answer_tokens": (1, 65_536),
+    "max_task_chars": (1, 1_000_000),
+}
+
+
+def _same(value: Any, deployed: Any) -> bool:
+    try:
+        return bool(value == deployed) and type(value) is type(deployed)
+    except Exception:  # noqa: BLE001 - an odd object is simply not the deployer's value
+        return False
+
+
+def _check_url(url: Any) -> None:
+    parts = urllib.parse.urlsplit(url.strip()) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ContextError(f"memory_url must look like http://host:port, got {url!r}")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        raise ContextError(f"memory_url has an invalid port: {url!r}") from exc
 
 
 def default_memory_path() -> str:
@@ -37,18 +70,20 @@ class Context:
     """Everything an auction needs besides the task."""
 
     pool: str = field(
-        default="local",
+        default_factory=lambda: os.environ.get("SALE_POOL") or "local",
         metadata={"description": "Agent pool: 'local' (3 embedded GGUF models), 'local-small' "
-                  "(the two smallest), or a path to a JSON/TOML pool file."},
+                  "(the two smallest), or a path to a JSON/TOML pool file (default: "
+                  "$SALE_POOL, else 'local')."},
     )
     agents: Any = field(
         default=None,
         metadata={"description": "A sequence of Agent objects; overrides `pool`."},
     )
     weights: Any = field(
-        default=None,
+        default_factory=lambda: os.environ.get("SALE_WEIGHTS") or None,
         metadata={"description": "Score weights: a Weights, a dict {cost, entropy, jury, "
-                  "jury_default} or a path to a JSON file written by `sale fit`. Unset: the "
+                  "jury_default} or a path to a JSON file written by `sale fit` (default: "
+                  "$SALE_WEIGHTS). Unset: the "
                   "weights fitted for the 'local' preset, or the package defaults for any "
                   "other pool."},
     )
@@ -57,9 +92,9 @@ class Context:
         metadata={"description": "Directory of the embedded Chroma auction memory."},
     )
     memory_url: str | None = field(
-        default=None,
+        default_factory=lambda: os.environ.get("SALE_MEMORY_URL") or None,
         metadata={"description": "URL of a Chroma server (http://host:port); overrides "
-                  "memory_path."},
+                  "memory_path (default: $SALE_MEMORY_URL)."},
     )
     collection: str = field(
         default="sale_auctions", metadata={"description": "Chroma collection of the memory."}
@@ -148,32 +183,117 @@ class Context:
     )
 
     def __post_init__(self) -> None:
-        if self.k < 1:
-            raise PoolConfigError("k must be >= 1")
-        if self.max_pairs < 1:
-            raise PoolConfigError("max_pairs must be >= 1")
-        if self.jury not in ("all", "self", "peers", "none"):
-            raise PoolConfigError(f"jury must be all, self, peers or none, got {self.jury!r}")
-        if self.jury_vote not in ("expected", "digit"):
-            raise PoolConfigError(f"jury_vote must be expected or digit, got {self.jury_vote!r}")
-        if self.max_bid_tokens < 8:
-            raise PoolConfigError("max_bid_tokens must be >= 8")
-        if self.call_timeout <= 0 or self.execute_timeout <= 0:
-            raise PoolConfigError("call_timeout and execute_timeout must be positive")
+        """One validation for every entry point: Python, the CLI and the server's JSON."""
+        for name in ("refine", "remember", "approval"):
+            if not isinstance(getattr(self, name), bool):
+                raise ContextError(
+                    f"{name} must be true or false, got {getattr(self, name)!r}"
+                )
+        for name, (low, high) in _INT_RANGES.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ContextError(f"{name} must be an integer, got {value!r}")
+            if not low <= value <= high:
+                raise ContextError(f"{name} must be between {low} and {high}, got {value}")
+        for name in ("call_timeout", "execute_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ContextError(f"{name} must be a number of seconds, got {value!r}")
+            if not math.isfinite(value) or not 0 < value <= MAX_TIMEOUT:
+                raise ContextError(
+                    f"{name} must be a finite number of seconds in (0, {MAX_TIMEOUT:g}], "
+                    f"got {value!r}"
+                )
+        if not isinstance(self.jury, str) or self.jury not in ("all", "self", "peers", "none"):
+            raise ContextError(f"jury must be all, self, peers or none, got {self.jury!r}")
+        if not isinstance(self.jury_vote, str) or self.jury_vote not in ("expected", "digit"):
+            raise ContextError(f"jury_vote must be expected or digit, got {self.jury_vote!r}")
+        if not isinstance(self.pool, str) or not self.pool.strip():
+            raise ContextError(f"pool must be a preset name or a pool file, got {self.pool!r}")
+        if not isinstance(self.memory_path, (str, os.PathLike)):
+            raise ContextError(f"memory_path must be a directory path, got {self.memory_path!r}")
+        if self.memory_url is not None:
+            _check_url(self.memory_url)
+        from sale_graph.memory import validate_collection_name
+
+        try:
+            validate_collection_name(self.collection)
+        except ValueError as exc:
+            raise ContextError(str(exc)) from exc
         if self.auction not in ("full", "staged"):
-            raise PoolConfigError(f"auction must be full or staged, got {self.auction!r}")
+            raise ContextError(f"auction must be full or staged, got {self.auction!r}")
         if self.refine_from not in ("votes", "outcomes"):
-            raise PoolConfigError(
-                f"refine_from must be votes or outcomes, got {self.refine_from!r}")
+            raise ContextError(f"refine_from must be votes or outcomes, got {self.refine_from!r}")
         if self.reserve is not None and (
             isinstance(self.reserve, bool) or not isinstance(self.reserve, (int, float))
             or not 0.0 <= self.reserve <= 1.0
         ):
-            raise PoolConfigError(f"reserve must be a number in [0, 1], got {self.reserve!r}")
-        if not isinstance(self.execute_plan, (bool, Mapping)):
-            raise PoolConfigError("execute_plan must be a bool or a dict {agent: bool}")
+            raise ContextError(f"reserve must be a number in [0, 1], got {self.reserve!r}")
+        if not isinstance(self.execute_plan, (bool, Mapping)) or (
+            isinstance(self.execute_plan, Mapping)
+            and not all(isinstance(v, bool) for v in self.execute_plan.values())
+        ):
+            raise ContextError("execute_plan must be true, false or a dict {agent: bool}")
         if self.agents is not None:
             validate_pool(self.agents)
+
+    @classmethod
+    def from_untrusted(cls, data: Any, base: Context | None = None) -> Context:
+        """Build a Context from a remote client's mapping, on top of the deployer's ``base``.
+
+        A client may tune the auction (jury, k, limits, flags, inline weights, a preset
+        pool) but not choose where files go, which URLs the server calls or which code
+        it runs: ``memory_path``, ``memory_url``, ``memory``, ``agents``, ``executor``,
+        a pool file and a weights file are refused unless equal to the deployer's.
+        Types are checked, never coerced (``"false"`` is not a bool).
+        """
+        base = base if base is not None else Context()
+        if not isinstance(data, Mapping):
+            raise ContextError(f"context must be an object, got {type(data).__name__}")
+        names = {f.name for f in fields(Context)}
+        unknown = sorted(str(k) for k in data if k not in names)
+        if unknown:
+            raise ContextError(
+                f"unknown context field(s): {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(sorted(names))}"
+            )
+        values = {name: getattr(base, name) for name in names}
+        for key, value in data.items():
+            same = _same(value, getattr(base, key))
+            if key in SERVER_ONLY and not same:
+                raise ContextError(
+                    f"context field {key!r} is set by whoever deploys the server, not per run"
+                )
+            if key == "pool" and not same and value not in PRESETS:
+                raise ContextError(
+                    f"pool {value!r}: a run may choose a preset ({', '.join(PRESETS)}); "
+                    "pool files are set by whoever deploys the server"
+                )
+            if key == "weights" and not same and not (value is None or isinstance(value, Mapping)):
+                raise ContextError(
+                    "weights: a run may give inline weights {cost, entropy, jury, "
+                    "jury_default}; weights files are set by whoever deploys the server"
+                )
+            if key == "staged" and not same and not (value is None or isinstance(value, Mapping)):
+                raise ContextError(
+                    "staged: a run may give an inline policy; policy files are set by "
+                    "whoever deploys the server"
+                )
+            values[key] = value
+        context = Context(**values)
+        if isinstance(context.weights, Mapping):
+            try:
+                Weights.coerce(context.weights)
+            except SaleError as exc:
+                raise ContextError(f"weights: {exc}") from exc
+        if isinstance(context.staged, Mapping):
+            from sale_graph.staged import StagedPolicy
+
+            try:
+                StagedPolicy.coerce(context.staged)
+            except SaleError as exc:
+                raise ContextError(f"staged: {exc}") from exc
+        return context
 
     def resolved_weights(self) -> Weights:
         """The weight vector: as given, else the preset's fitted weights, else defaults.
@@ -278,3 +398,28 @@ def _pool_from_spec(spec: str) -> tuple[Agent, ...]:
                 agents = load_pool_file(key[0])
             _POOLS[key] = validate_pool(agents)
         return _POOLS[key]
+
+
+def deployed_context() -> Context:
+    """The server deployer's Context: the defaults, which read the server's environment.
+
+    ``SALE_POOL`` (a preset or pool file), ``SALE_WEIGHTS`` (a weights file),
+    ``SALE_MEMORY_PATH`` and ``SALE_MEMORY_URL`` are read in the server's own process
+    (a run that sends no context gets the same); a client's run can never set them.
+    """
+    return Context()
+
+
+class RemoteContext(Context):
+    """The Context a LangGraph server builds from a client's JSON.
+
+    LangGraph turns a run's ``context`` object into ``context_schema(**object)``;
+    with this class as the schema that call goes through :meth:`Context.from_untrusted`
+    on top of :func:`deployed_context`, so every field a client sends is checked and
+    the deployer's paths, URLs and executors cannot be replaced.
+    """
+
+    def __init__(self, **data: Any) -> None:
+        checked = Context.from_untrusted(data, deployed_context())
+        for f in fields(Context):
+            setattr(self, f.name, getattr(checked, f.name))

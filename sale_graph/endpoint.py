@@ -213,12 +213,31 @@ def _typed(spec: Mapping[str, Any], key: str, kinds: tuple[type, ...], label: st
     return value
 
 
+# Numeric fields of a pool spec and the smallest value each may take; every number
+# must also be finite (a NaN temperature or a negative token limit loaded before).
+_MINIMUM = {
+    "price": 0.0, "temperature": 0.0, "timeout": 0.0, "max_seconds": 0.0,
+    "max_tokens": 1, "max_concurrency": 1, "n_ctx": 1, "n_threads": 1,
+    "max_retries": 0, "top_logprobs": 0,
+}
+
+
+def _in_range(key: str, value: Any, label: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PoolConfigError(f"{label}: field {key!r} must be a finite number, got {value!r}")
+    low = _MINIMUM.get(key)
+    if low is not None and isinstance(value, (int, float)) and value < low:
+        raise PoolConfigError(f"{label}: field {key!r} must be >= {low}, got {value!r}")
+
+
 def _optional(
     spec: Mapping[str, Any], key: str, kinds: tuple[type, ...], label: str
 ) -> dict[str, Any]:
     if key not in spec or spec[key] is None:
         return {}
-    return {key: _typed(spec, key, kinds, label)}
+    value = _typed(spec, key, kinds, label)
+    _in_range(key, value, label)
+    return {key: value}
 
 
 def _local_model_file(model: str, label: str, base_dir: Path | None) -> tuple[Path, str]:

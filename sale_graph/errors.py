@@ -34,3 +34,15 @@ class ModelFileError(SaleError, FileNotFoundError):
 
 class UnsafeBuildError(ModelFileError):
     """The installed llama.cpp build would crash on this CPU (AMX, or instructions it lacks)."""
+
+
+class ContextError(PoolConfigError):
+    """A runtime context field has the wrong type or range, or a caller may not set it.
+
+    A remote client (the LangGraph server's JSON) may tune an auction but never
+    choose paths, URLs, pool files or executors: those belong to the deployer.
+    """
+
+
+class ApprovalError(SaleError, RuntimeError):
+    """Human approval cannot work as asked: no checkpointer, or the thread already decided."""

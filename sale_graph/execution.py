@@ -21,7 +21,13 @@ from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 
 from sale_graph.agents import Agent
-from sale_graph.calls import describe_error, estimate_tokens, message_text
+from sale_graph.calls import (
+    ainvoke_model,
+    describe_error,
+    estimate_tokens,
+    in_own_thread,
+    message_text,
+)
 from sale_graph.prompts import execute_messages
 from sale_graph.runtime import pool_of, run_context
 from sale_graph.state import Event
@@ -32,7 +38,7 @@ async def _answer_in_one_call(inputs: dict[str, Any], config: RunnableConfig) ->
     model = inputs["model"]
     messages = execute_messages(inputs["agent"], inputs["task"], inputs["strategy"])
     kwargs = {"max_tokens": inputs["max_tokens"]} if inputs.get("max_tokens") else {}
-    reply = await model.ainvoke(messages, config=config, **kwargs)
+    reply = await ainvoke_model(model, messages, config=config, **kwargs)
     return message_text(reply)
 
 
@@ -72,10 +78,10 @@ async def execute(
     started = time.time()
     result: dict[str, Any] = {"agent": agent.name, "answer": None, "error": None}
     try:
-        raw = await asyncio.wait_for(
-            runnable.ainvoke(inputs, config={"callbacks": [usage], "run_name": "execute"}),
-            timeout,
-        )
+        config: RunnableConfig = {"callbacks": [usage], "run_name": "execute"}
+        pending = (in_own_thread(runnable.invoke, inputs, config=config) if _blocking(runnable)
+                   else runnable.ainvoke(inputs, config=config))
+        raw = await asyncio.wait_for(pending, timeout)
         result["answer"] = answer_text(raw)
         if not result["answer"].strip():
             result["error"] = "empty answer: the executor returned no text"
@@ -94,6 +100,13 @@ async def execute(
         started=started, ended=ended, seconds=ended - started,
     )
     return result
+
+
+def _blocking(runnable: Runnable) -> bool:
+    """A Runnable whose ``ainvoke`` would borrow a pool thread (no async path of its own)."""
+    if isinstance(runnable, RunnableLambda):
+        return getattr(runnable, "afunc", None) is None
+    return type(runnable).ainvoke is Runnable.ainvoke
 
 
 def _jsonable(value: Any) -> bool:

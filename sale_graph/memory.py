@@ -14,8 +14,9 @@ Storage design: ONE Chroma record per auction.
 
 Why one record: a single ``upsert`` is atomic, so an auction is stored whole or not
 at all, and retrying the same id overwrites instead of duplicating; many workers can
-write at once without coordination. A persistent directory belongs to one process;
-several processes share a memory through ``chroma run`` and :meth:`AuctionMemory.server`.
+write at once without coordination. A persistent directory belongs to one process,
+which holds its lock file (``.sale_graph.lock``) while the store is open; several
+processes share a memory through ``chroma run`` and :meth:`AuctionMemory.server`.
 
 Every failure of Chroma or of the network surfaces as
 :class:`~sale_graph.errors.MemoryUnavailableError`; invalid records raise
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from sale_graph.agents import valid_agent_name
 from sale_graph.errors import InvalidTaskError, MemoryUnavailableError, SaleError
 
 if TYPE_CHECKING:
@@ -124,6 +126,23 @@ class PastAuction:
         return tuple(b for b in self.bids if b["agent"] == agent)
 
 
+class Retrieved(list):
+    """Past auctions found by a query; ``skipped`` names damaged records left out."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.skipped: list[str] = []
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidTaskError(
+            f"text is not valid Unicode (character {exc.start}: {text[exc.start]!r})"
+        ) from exc
+
+
 def validate_collection_name(name: str) -> str:
     """Apply Chroma's naming rule up front so that the error says what to change."""
     if not isinstance(name, str):
@@ -159,8 +178,11 @@ def normalise_bid(bid: Mapping[str, Any], index: int = 0) -> dict[str, Any]:
     if missing:
         raise AuctionRecordError(f"{where} lacks {', '.join(missing)}")
     agent = bid["agent"]
-    if not isinstance(agent, str) or not agent.strip():
-        raise AuctionRecordError(f"{where}: agent must be a non-empty string, got {agent!r}")
+    if not valid_agent_name(agent):
+        shown = repr(agent) if len(repr(agent)) <= 80 else repr(agent)[:80] + "..."
+        raise AuctionRecordError(
+            f"{where}: agent must be an agent name (1-64 of [A-Za-z0-9._-]), got {shown}"
+        )
     rnd = bid["round"]
     if isinstance(rnd, bool) or rnd not in ROUNDS:
         raise AuctionRecordError(f"{where} ({agent}): round must be 0 or 1 (refined), got {rnd!r}")
@@ -279,6 +301,7 @@ class AuctionMemory:
         self.location = location or "a Chroma client"
         self._hint = hint or "check that the Chroma store is reachable"
         self._preflight = preflight
+        self._locked_dir: Path | None = None  # embedded stores: the directory this one locks
 
     # ------------------------------------------------------------------ opening
 
@@ -307,6 +330,7 @@ class AuctionMemory:
                 raise MemoryUnavailableError(
                     f"auction memory directory {str(directory)!r} is not writable"
                 )
+            _lock_directory(directory)
 
         def factory() -> ClientAPI:
             check()
@@ -316,7 +340,7 @@ class AuctionMemory:
             # path with different settings, and its product telemetry is a no-op in 1.x.
             return chromadb.PersistentClient(path=str(directory))
 
-        return cls(
+        memory = cls(
             factory,
             collection,
             embedder,
@@ -328,6 +352,8 @@ class AuctionMemory:
             ),
             preflight=check,
         )
+        memory._locked_dir = directory
+        return memory
 
     @classmethod
     def server(
@@ -492,6 +518,7 @@ class AuctionMemory:
             raise AuctionRecordError("auction_id must be a non-empty string")
         if not isinstance(task, str) or not task.strip():
             raise InvalidTaskError("cannot store an auction with an empty task")
+        _check_text(task)
         if not isinstance(winner, str) or not winner:
             raise AuctionRecordError("winner must be the name of the winning agent")
         clean = _check_bids(bids, winner)
@@ -576,6 +603,7 @@ class AuctionMemory:
         """
         if not isinstance(task, str) or not task.strip():
             raise InvalidTaskError("cannot search the memory with an empty task")
+        _check_text(task)
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise ValueError(f"k must be a non-negative integer, got {k!r}")
         if k == 0:
@@ -609,15 +637,18 @@ class AuctionMemory:
         docs = (result.get("documents") or [[]])[0]
         metas = (result.get("metadatas") or [[]])[0]
         dists = (result.get("distances") or [[]])[0]
-        found: list[PastAuction] = []
+        found = Retrieved()
         for rid, doc, meta, dist in zip(ids, docs, metas, dists, strict=True):
             if rid in skip:
                 continue
             similarity = max(-1.0, min(1.0, 1.0 - float(dist)))
             past = _to_past(rid, doc, meta, similarity)
-            if past is not None:
+            if past is None:
+                found.skipped.append(rid)
+            else:
                 found.append(past)
-        return found[:k]
+        del found[k:]
+        return found
 
     def search(self, text: str, k: int = 8) -> list[PastAuction]:
         """Free-text lookup for people (the CLI): the same ranking as :meth:`similar`."""
@@ -646,8 +677,8 @@ class AuctionMemory:
         first = last = None
         for meta in self._metadatas():
             try:
-                bids = json.loads(str(meta["bids_json"]))
-            except (KeyError, ValueError):
+                bids = _check_bids(json.loads(str(meta["bids_json"])), meta["winner"])
+            except (KeyError, TypeError, ValueError):  # damaged: skipped, as in retrieval
                 continue
             auctions += 1
             wins[str(meta.get("winner"))] += 1
@@ -694,6 +725,15 @@ class AuctionMemory:
                 return
             offset += _PAGE
 
+    def close(self) -> None:
+        """Let go of the store; an embedded one releases its directory to other processes."""
+        with self._lock:
+            if self._factory is not None:
+                self._client = None
+                self._collection = None
+        if self._locked_dir is not None:
+            _unlock_directory(self._locked_dir)
+
     def __repr__(self) -> str:
         return f"AuctionMemory({self.location}, collection={self.collection_name!r})"
 
@@ -716,22 +756,74 @@ def _to_past(
         log.warning("skipping auction memory record %r: no metadata", auction_id)
         return None
     try:
-        bids = json.loads(str(meta["bids_json"]))
+        bids = _check_bids(json.loads(str(meta["bids_json"])), meta["winner"])
         return PastAuction(
             auction_id=auction_id,
             task=document or "",
             similarity=similarity,
             winner=str(meta["winner"]),
-            bids=tuple(dict(b) for b in bids),
+            bids=tuple(bids),
             created_at=float(meta.get("created_at", 0.0)),
             extra={
                 k[len(_EXTRA_PREFIX) :]: v for k, v in meta.items() if k.startswith(_EXTRA_PREFIX)
             },
             outcome=_outcome_of(meta),
         )
-    except (KeyError, TypeError, ValueError) as exc:
-        log.warning("skipping auction memory record %r: %s", auction_id, exc)
+    except (KeyError, TypeError, ValueError) as exc:  # AuctionRecordError is a ValueError
+        log.warning("skipping damaged auction memory record %r: %s", auction_id, exc)
         return None
+
+
+LOCK_FILE = ".sale_graph.lock"
+_HELD: dict[str, int] = {}  # resolved directory -> fd of the lock file this process holds
+_HELD_LOCK = threading.Lock()
+
+
+def _lock_directory(directory: Path) -> None:
+    """Hold the embedded store's lock file for this process, or say who holds it.
+
+    Chroma's embedded store is one process's: two writers on one directory each
+    lost sight of records the other wrote (their indexes diverge), so a second
+    process is refused up front and pointed at ``chroma run``.
+    """
+    import fcntl
+
+    key = str(directory.resolve())
+    with _HELD_LOCK:
+        if key in _HELD:
+            return
+        path = directory / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise MemoryUnavailableError(
+                f"cannot create the lock file {str(path)!r}: {exc}"
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise MemoryUnavailableError(
+                f"auction memory directory {key!r} is in use by process {holder} (lock file "
+                f"{str(path)!r}); an embedded memory belongs to one process. To share it "
+                f"between processes, serve it with `chroma run --path {key} --port "
+                f"{DEFAULT_PORT}` and use memory_url='http://127.0.0.1:{DEFAULT_PORT}' "
+                "(sale --memory-url)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _HELD[key] = fd
+
+
+def _unlock_directory(directory: Path) -> None:
+    import fcntl
+
+    with _HELD_LOCK:
+        fd = _HELD.pop(str(directory.resolve()), None)
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
 
 def _heartbeat(url: str, timeout: float, headers: dict[str, str], hint: str) -> None:

@@ -15,21 +15,29 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from langgraph.config import get_config
 from langgraph.runtime import Runtime
 from langgraph.types import Command, Send
 
+from sale_graph.approval import require_checkpointer
 from sale_graph.context import Context
 from sale_graph.errors import InvalidTaskError
 from sale_graph.runtime import run_context
 from sale_graph.state import AuctionInput, BidRequest
 
-_AUCTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_AUCTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
 def validate_task(task: Any, max_chars: int) -> str:
     """Reject empty, whitespace-only, non-string and oversized tasks before any model runs."""
     if not isinstance(task, str):
         raise InvalidTaskError(f"task must be a string, got {type(task).__name__}")
+    try:
+        task.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate would fail only at the memory write
+        raise InvalidTaskError(
+            f"task is not valid Unicode text (character {exc.start}: {task[exc.start]!r})"
+        ) from exc
     text = task.strip()
     if not text:
         raise InvalidTaskError("task is empty: give the auction something to do")
@@ -46,7 +54,7 @@ def auction_id_for(state: Mapping[str, Any]) -> str:
     given = state.get("auction_id")
     if given is None:
         return uuid.uuid4().hex
-    if not isinstance(given, str) or not _AUCTION_ID.match(given):
+    if not isinstance(given, str) or not _AUCTION_ID.fullmatch(given):
         raise InvalidTaskError(
             f"auction_id {given!r} is invalid: 1-128 characters of letters, digits, "
             "'.', '_', ':' or '-'"
@@ -64,6 +72,8 @@ async def open_auction(
 ) -> Command[Literal["bid", "estimate"]]:
     """Validate everything that can be validated before paying for a model call."""
     ctx = run_context(runtime, bound)
+    if ctx.approval:  # a paused run without a checkpointer could never be resumed
+        require_checkpointer(get_config())
     task = validate_task(state.get("task"), ctx.max_task_chars)
     agents = await asyncio.to_thread(ctx.resolved_agents)
     weights = await asyncio.to_thread(ctx.resolved_weights)

@@ -9,6 +9,8 @@ stored plan cannot smuggle instructions into a later prompt.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,14 +20,37 @@ MAX_MEMORY_STRATEGY_CHARS = 1200
 MAX_MEMORY_TASK_CHARS = 600
 
 _FENCES = ("task", "plan", "losing_plan", "winning_plan", "example")
+# Anything a model could read as one of our tags: any case, spaces or a slash anywhere
+# inside, attributes, full-width or small-form brackets. Invisible format characters
+# (zero-width spaces and joiners, bidi controls) are removed first.
+_LOOKALIKE = re.compile(
+    r"[<\uff1c\ufe64]\s*/?\s*(?:" + "|".join(_FENCES) + r")\b[^<>\uff1c\uff1e\ufe64\ufe65]*"
+    r"[>\uff1e\ufe65]?",
+    re.IGNORECASE,
+)
+
+
+def _defused(text: str) -> str:
+    visible = "".join(c for c in text if unicodedata.category(c) != "Cf")
+    return _LOOKALIKE.sub(lambda m: "\u2039" + m.group(0)[1:].rstrip(">\uff1e\ufe65") + "\u203a",
+                          visible)
 
 
 def fence(tag: str, text: str, limit: int | None = None) -> str:
-    """Wrap untrusted text in <tag>...</tag>, defusing fence tags inside it."""
+    """Wrap untrusted text in <tag>...</tag>, defusing anything that looks like a fence tag."""
     body = text if limit is None or len(text) <= limit else text[:limit] + " [...]"
-    for name in _FENCES:
-        body = body.replace(f"</{name}>", f"</ {name}>").replace(f"<{name}>", f"< {name}>")
-    return f"<{tag}>\n{body.strip()}\n</{tag}>"
+    return f"<{tag}>\n{_defused(body).strip()}\n</{tag}>"
+
+
+def agent_label(name: Any) -> str:
+    """An agent's name as a prompt may show it: a valid name, else a neutral stand-in.
+
+    Names from memory were written by other processes; one that breaks the naming rule
+    (newlines, tags, kilobytes of text) is never printed into a prompt.
+    """
+    from sale_graph.agents import valid_agent_name
+
+    return f"agent {name}" if valid_agent_name(name) else "another agent"
 
 
 DATA_NOTE = (
@@ -107,13 +132,13 @@ def refine_messages(
     """Contrastive refinement prompt: past (losing, winning) pairs on similar tasks."""
     examples = []
     for n, pair in enumerate(pairs, 1):
-        loser = "your own" if pair["loser_agent"] == agent else f"agent {pair['loser_agent']}"
+        loser = "your own" if pair["loser_agent"] == agent else agent_label(pair["loser_agent"])
         examples.append(
             f"Example {n} (similarity {pair['similarity']:.2f}):\n"
             + fence("task", pair["task"], MAX_MEMORY_TASK_CHARS)
             + f"\nLosing plan ({loser}):\n"
             + fence("losing_plan", pair["loser"], MAX_MEMORY_STRATEGY_CHARS)
-            + f"\nWinning plan (agent {pair['winner_agent']}):\n"
+            + f"\nWinning plan ({agent_label(pair['winner_agent'])}):\n"
             + fence("winning_plan", pair["winner"], MAX_MEMORY_STRATEGY_CHARS)
         )
     return [

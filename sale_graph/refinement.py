@@ -135,6 +135,7 @@ async def memory_retrieve(
     retrieved: dict[str, Any] = {
         "count": len(past), "ids": [p.auction_id for p in past],
         "started": started, "ended": time.time(), "from": ctx.refine_from,
+        "skipped": list(getattr(past, "skipped", [])),  # damaged records, left out
     }
     own = {b["agent"]: b["strategy"] for b in state["bids"] if b["round"] == 0}
     sends = []

@@ -30,7 +30,7 @@ def run_context(runtime: Runtime[Context] | None, bound: Context | None) -> Cont
     if isinstance(ctx, Mapping):  # e.g. JSON from the LangGraph server
         base = bound or Context()
         known = {k: v for k, v in ctx.items() if k in Context.__dataclass_fields__}
-        return Context(**{**{f: getattr(base, f) for f in Context.__dataclass_fields__}, **known})
+        return Context.from_untrusted(known, base)
     return bound or Context()
 
 

@@ -50,10 +50,20 @@ class Weights:
     def __post_init__(self) -> None:
         for name in ("cost", "entropy", "jury_default", "memory"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
+                value
+            ):
                 raise SaleError(f"weight {name!r} must be a finite number, got {value!r}")
+        if not isinstance(self.jury, Mapping):
+            raise SaleError(
+                f"weight 'jury' must map juror names to numbers, got {self.jury!r}"
+            )
         for juror, value in self.jury.items():
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
+            if not isinstance(juror, str):
+                raise SaleError(f"jury weights are keyed by juror name, got {juror!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
+                value
+            ):
                 raise SaleError(f"jury weight for {juror!r} must be a finite number, got {value!r}")
 
     def juror_weight(self, juror: str, n_voters: int) -> float:
@@ -85,7 +95,12 @@ class Weights:
                 data = json.loads(path.read_text())
             except (OSError, ValueError) as exc:
                 raise SaleError(f"cannot read weights file {path}: {exc}") from exc
-            return cls.coerce(data)
+            if not isinstance(data, Mapping):
+                raise SaleError(f"weights file {path} must hold a JSON object")
+            try:
+                return cls.coerce(data)
+            except SaleError as exc:
+                raise SaleError(f"weights file {path}: {exc}") from exc
         if isinstance(value, Mapping):
             known = {"cost", "entropy", "jury", "jury_default", "memory"}
             # a weights file may also carry the staged auction's policy (``staged``)

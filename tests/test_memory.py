@@ -337,6 +337,7 @@ def test_persistent_store_survives_a_new_process(tmp_path: Path, embedder: Embed
     mem = AuctionMemory.persistent(path, collection="persist", embedder=embedder)
     mem.write("p1", LINKED_LIST, auction("medium"), "medium")
     mem.write("p2", CANADA, auction("large"), "large")
+    mem.close()  # an embedded store belongs to one process at a time
     seen = _read_in_subprocess(path, "persist")
     assert seen["count"] == 2
     assert seen["winner"] == "medium"

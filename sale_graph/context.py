@@ -26,6 +26,7 @@ from sale_graph.scoring import Weights
 JuryMode = Literal["all", "self", "peers", "none"]
 VoteReading = Literal["expected", "digit"]
 AuctionMode = Literal["full", "staged"]
+JuryFormat = Literal["per_bid", "listwise"]
 RefineSource = Literal["votes", "outcomes"]
 
 
@@ -144,6 +145,12 @@ class Context:
         metadata={"description": "A Runnable/compiled subgraph that executes the winning plan "
                   "for every agent without an executor of its own."},
     )
+    jury_format: JuryFormat = field(
+        default="per_bid",
+        metadata={"description": "'per_bid': one call per (juror, bid), as in the paper; "
+                  "'listwise': one call per juror rating every bid of the round (one digit "
+                  "per bid), which reads the task once instead of once per bid."},
+    )
     auction: AuctionMode = field(
         default="full",
         metadata={"description": "'full': the paper's auction (every agent bids, the jury "
@@ -220,6 +227,9 @@ class Context:
             validate_collection_name(self.collection)
         except ValueError as exc:
             raise ContextError(str(exc)) from exc
+        if self.jury_format not in ("per_bid", "listwise"):
+            raise ContextError(
+                f"jury_format must be per_bid or listwise, got {self.jury_format!r}")
         if self.auction not in ("full", "staged"):
             raise ContextError(f"auction must be full or staged, got {self.auction!r}")
         if self.refine_from not in ("votes", "outcomes"):

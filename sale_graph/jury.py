@@ -30,12 +30,43 @@ from langgraph.types import Command, Send
 from sale_graph.agents import Agent
 from sale_graph.calls import call, describe_error, is_local
 from sale_graph.errors import NoBidsError
-from sale_graph.prompts import JURY_RETRY, jury_messages
+from sale_graph.prompts import JURY_LIST_RETRY, JURY_RETRY, jury_list_messages, jury_messages
 from sale_graph.runtime import auction_weights, pool_of, run_context
 from sale_graph.state import Bid, Event, Vote, VoteRequest
 
 VOTE_GRAMMAR = "root ::= [0-5]"
 _VOTE = re.compile(r"^\s*([0-5])\s*(?:/\s*5)?\s*\.?\s*$")
+_LIST = re.compile(r"^\s*([0-5](?:[\s,]+[0-5])*)\s*\.?\s*$")
+
+
+def list_grammar(n: int) -> str:
+    """GBNF for exactly ``n`` digits 0-5 separated by single spaces."""
+    return "root ::= [0-5]" + ' " " [0-5]' * (n - 1)
+
+
+def parse_list_vote(text: str, n: int) -> list[int] | None:
+    """The ``n`` votes in a listwise reply, or None unless it is exactly n digits 0-5."""
+    match = _LIST.match(text or "")
+    if not match:
+        return None
+    digits = [int(d) for d in re.findall(r"[0-5]", match.group(1))]
+    return digits if len(digits) == n else None
+
+
+def _expected_each(metadata: Mapping[str, Any] | None, n: int) -> list[float | None]:
+    """Per-position expected votes of a listwise reply (local models), else Nones.
+
+    The local backend reports the digit distribution of every step that wrote a
+    digit token (``choice_steps``); when it wrote exactly ``n`` of them, each vote
+    gets its own expected value, as a per-bid vote would.
+    """
+    steps = (metadata or {}).get("choice_steps")
+    if not isinstance(steps, list) or len(steps) != n:
+        return [None] * n
+    out: list[float | None] = []
+    for probs in steps:
+        out.append(expected_vote({"choice_probs": probs}))
+    return out
 ATTEMPTS = 2
 SCALE = "012345"
 
@@ -163,12 +194,22 @@ async def jury(
         raise NoBidsError(f"every agent failed to bid ({failures})")
     bidders = [b["agent"] for b in state.get("bids", []) if b["round"] == 0]
     weights = await auction_weights(state, ctx)
-    sends = [
-        Send("vote", VoteRequest(task=state["task"], juror=juror, bid=b))
+    pairs = [
+        (juror, b)
         for b in bids
         for juror in jurors_for(b["agent"], bidders, ctx.jury)
         if weights.heeds(juror)  # a zero-weight vote would be paid for and ignored
     ]
+    if ctx.jury_format == "listwise":
+        by_juror: dict[str, list[Bid]] = {}
+        for juror, b in pairs:
+            by_juror.setdefault(juror, []).append(b)
+        sends = [Send("vote", VoteRequest(task=state["task"], juror=juror, bid=judged[0],
+                                          bids=judged))
+                 for juror, judged in by_juror.items()]
+    else:
+        sends = [Send("vote", VoteRequest(task=state["task"], juror=juror, bid=b))
+                 for juror, b in pairs]
     return Command(goto=sends or "score")
 
 
@@ -176,9 +217,69 @@ async def vote(request: VoteRequest, runtime: Any, bound: Any) -> dict[str, Any]
     """Graph node, step 2b: one juror's 0-5 vote on one bid (dropped votes are recorded)."""
     ctx = run_context(runtime, bound)
     juror = (await pool_of(ctx))[request["juror"]]
-    cast = await cast_vote(juror, request["task"], request["bid"], timeout=ctx.call_timeout)
-    update: dict[str, Any] = {"votes": [cast]}
-    if cast["score"] is None:
-        update["events"] = [Event(kind="vote_dropped", agent=juror.name,
-                                  detail=f"on {request['bid']['id']}: {cast['error']}")]
+    if request.get("bids"):
+        cast = await cast_list_vote(juror, request["task"], request["bids"],
+                                    timeout=ctx.call_timeout)
+    else:
+        cast = [await cast_vote(juror, request["task"], request["bid"],
+                                timeout=ctx.call_timeout)]
+    update: dict[str, Any] = {"votes": cast}
+    dropped = [Event(kind="vote_dropped", agent=juror.name,
+                     detail=f"on {v['bid_id']}: {v['error']}")
+               for v in cast if v["score"] is None]
+    if dropped:
+        update["events"] = dropped
     return update
+
+
+async def cast_list_vote(
+    juror: Agent, task: str, bids: Sequence[Bid], *, timeout: float
+) -> list[Vote]:
+    """One juror rates every bid of a round in one call (``Context.jury_format="listwise"``).
+
+    The call's tokens are shared out evenly over the bids, so the audit prices a
+    listwise vote like the per-bid votes it replaces. Unreadable replies are retried
+    once; then every vote of the call is dropped and recorded.
+    """
+    n = len(bids)
+    messages: list[BaseMessage] = jury_list_messages(task, [b["strategy"] for b in bids])
+    kwargs: dict[str, object] = {"max_tokens": 2 * n + 2}
+    if is_local(juror):
+        kwargs["grammar"] = list_grammar(n)
+        kwargs["choices"] = SCALE
+    raw: list[str] = []
+    errors: list[str] = []
+    input_tokens = output_tokens = 0
+    started = ended = None
+    digits: list[int] | None = None
+    expected: list[float | None] = [None] * n
+    for _ in range(ATTEMPTS):
+        try:
+            reply = await call(juror, messages, timeout=timeout, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - any failure of a juror is recorded, not raised
+            errors.append(describe_error(exc))
+            continue
+        started = started or reply.started
+        ended = reply.ended
+        input_tokens += reply.input_tokens
+        output_tokens += reply.output_tokens
+        raw.append(reply.text)
+        digits = parse_list_vote(reply.text, n)
+        if digits is not None:
+            expected = _expected_each(reply.metadata, n)
+            break
+        messages = [*messages, AIMessage(reply.text), HumanMessage(JURY_LIST_RETRY.format(n=n))]
+    reason = None if digits is not None else (
+        "; ".join(errors) if errors else f"unreadable listwise vote {raw!r}")
+    share_in, share_out = input_tokens / n, output_tokens / n
+    return [
+        Vote(
+            bid_id=b["id"], juror=juror.name,
+            score=None if digits is None else digits[i],
+            expected=None if expected[i] is None else round(float(expected[i] or 0.0), 4),
+            attempts=len(raw) + len(errors), raw=raw, error=reason,
+            input_tokens=round(share_in), output_tokens=round(share_out),
+            started=started or 0.0, ended=ended or 0.0,
+        )
+        for i, b in enumerate(bids)
+    ]

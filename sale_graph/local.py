@@ -293,12 +293,35 @@ class _EntropyMeter:
         self.values: list[float] = []
         self.choice_ids = list(choice_ids)
         self.choice_probs: list[float] | None = None
+        # every step's distribution over the choices, and the token each step produced
+        # (seen as the last input id of the next step): a listwise vote reads one
+        # distribution per digit it wrote
+        self.step_probs: list[list[float]] = []
+        self.step_tokens: list[int] = []
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        if self.choice_ids and not self.values:
-            self.choice_probs = choice_distribution(scores, self.choice_ids)
+        if self.choice_ids:
+            if self.values:
+                self.step_tokens.append(int(input_ids[-1]))
+            probs = choice_distribution(scores, self.choice_ids)
+            if not self.values:
+                self.choice_probs = probs
+            self.step_probs.append(probs)
         self.values.append(fast_logits_entropy(scores))
         return scores
+
+    def choice_steps(self, last_text: str, choices: str, written: int) -> list[list[float]]:
+        """Distributions of the steps that wrote one choice token, in order.
+
+        ``written`` is the number of tokens in the reply: a last step beyond them
+        produced the end-of-text token, not a choice.
+        """
+        tokens = list(self.step_tokens)
+        if len(tokens) < min(written, len(self.step_probs)):  # the last step wrote the text's end
+            last = last_text[-1:] if last_text else ""
+            tokens.append(self.choice_ids[choices.index(last)] if last and last in choices
+                          else -1)
+        return [p for p, t in zip(self.step_probs, tokens, strict=False) if t in self.choice_ids]
 
     def mean(self) -> float | None:
         return float(np.mean(self.values)) if self.values else None
@@ -489,6 +512,9 @@ class LlamaCppChatModel(BaseChatModel):
         }
         if choices is not None and meter.choice_probs is not None:
             metadata["choice_probs"] = dict(zip(choices, meter.choice_probs, strict=True))
+            metadata["choice_steps"] = [dict(zip(choices, p, strict=True))
+                                        for p in meter.choice_steps(text, choices,
+                                                                    output_tokens)]
         message = AIMessage(
             content=text,
             usage_metadata={

@@ -84,6 +84,20 @@ JURY_USER = (
 
 JURY_RETRY = "Answer with exactly one digit from 0 to 5 and nothing else."
 
+# Listwise jury: one call rates every plan of a round (one digit per plan, in order),
+# so a juror reads the task once instead of once per plan.
+JURY_LIST_USER = (
+    "{task}\n\n{plans}\n\n"
+    "For each plan, how likely is it to lead to a correct and complete solution of the "
+    "task? Rate each from 0 (useless) to 5 (excellent). Answer with exactly {n} digits "
+    "from 0 to 5, one per plan in the order shown, separated by single spaces, and "
+    "nothing else."
+)
+
+JURY_LIST_RETRY = (
+    "Answer with exactly {n} digits from 0 to 5 separated by single spaces and nothing else."
+)
+
 REFINE_USER = (
     "{task}\n\nYour first plan for this task:\n{own}\n\n"
     "In past auctions on similar tasks, plans competed and were judged. In each example "
@@ -123,6 +137,15 @@ def jury_messages(task: str, plan: str) -> list[BaseMessage]:
     return [
         SystemMessage(JURY_SYSTEM),
         HumanMessage(JURY_USER.format(task=fence("task", task), plan=fence("plan", plan))),
+    ]
+
+
+def jury_list_messages(task: str, plans: Sequence[str]) -> list[BaseMessage]:
+    """Prompt for one juror's listwise votes on every plan of a round."""
+    shown = "\n\n".join(f"Plan {i}:\n" + fence("plan", plan) for i, plan in enumerate(plans, 1))
+    return [
+        SystemMessage(JURY_SYSTEM),
+        HumanMessage(JURY_LIST_USER.format(task=fence("task", task), plans=shown, n=len(plans))),
     ]
 
 

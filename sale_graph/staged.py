@@ -70,9 +70,14 @@ class AgentPolicy:
     memory: float = 6.0  # per unit of (memory estimate - prior)
     jury: float = 0.0  # per unit of (vote / 5 - 0.5)
     reserve: float = DEFAULT_RESERVE
+    offered: bool = True  # False: never worth its bid on this pool; skipped, not paid
 
     def __post_init__(self) -> None:
+        if not isinstance(self.offered, bool):
+            raise SaleError("staged policy field 'offered' must be true or false")
         for name, value in asdict(self).items():
+            if name == "offered":
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
                 value
             ):
@@ -238,8 +243,13 @@ async def offer(
     """Graph node: the next agent, cheapest first, writes its bid; the dearest answers."""
     ctx = run_context(runtime, bound)
     agents = await pool_of(ctx)
+    policy = await asyncio.to_thread(ctx.resolved_staged)
     asked = list(state.get("offered") or [])
-    remaining = [name for name in offer_order(list(agents.values())) if name not in asked]
+    order = offer_order(list(agents.values()))
+    # an agent the policy never accepts is not asked to bid (its bid would be paid for
+    # nothing); the dearest agent is always there as the last resort
+    remaining = [name for name in order if name not in asked
+                 and (name == order[-1] or policy.for_agent(name).offered)]
     if not remaining:  # cannot happen: the last agent is never asked to bid
         raise NoBidsError("the staged auction ran out of agents")
     agent = agents[remaining[0]]

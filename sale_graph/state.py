@@ -125,8 +125,12 @@ class BidRequest(TypedDict, total=False):
 
 
 class VoteRequest(TypedDict):
-    """Payload of one ``Send('vote', ...)`` branch: one juror, one bid."""
+    """Payload of one ``Send('vote', ...)`` branch: one juror and one bid.
+
+    Listwise (``Context.jury_format``), ``bids`` holds every bid the juror judges.
+    """
 
     task: str
     juror: str
     bid: Bid
+    bids: NotRequired[list[Bid]]

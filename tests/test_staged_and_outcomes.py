@@ -250,3 +250,26 @@ def test_full_auction_with_outcome_refinement_skips_without_successes(memory):
     events = [e for e in out["auction"]["events"] if e["kind"] == "refinement_skipped"]
     assert events and "verified" in events[0]["detail"]
     assert sum(a.model.calls["refine"] for a in agents) == 0
+
+
+# --- listwise jury ----------------------------------------------------------------------------
+
+
+def test_listwise_jury_asks_each_juror_once_per_round(memory):
+    agents = pool(small={"vote": "1 2 5"}, mid={"vote": "1 2 5"}, large={"vote": "1 2 5"})
+    out = run("t", Context(agents=agents, memory=memory, jury_format="listwise", refine=False,
+                           weights={"cost": 0.0, "entropy": 0.0}))
+    audit = out["auction"]
+    assert sum(a.model.calls["vote"] for a in agents) == 3  # not 9
+    votes = {b["agent"]: b["vote_digits"] for b in audit["bids"]}
+    assert votes["small"] == {"small": 1, "mid": 1, "large": 1}
+    assert votes["large"] == {"small": 5, "mid": 5, "large": 5}
+    assert out["winner"] == "large"
+
+
+def test_listwise_garbage_is_retried_then_every_vote_of_the_call_dropped(memory):
+    agents = pool(mid={"vote": "7 7"})
+    out = run("t", Context(agents=agents, memory=memory, jury_format="listwise", refine=False))
+    dropped = [v for v in out["auction"]["dropped_votes"] if v["juror"] == "mid"]
+    assert len(dropped) == 3 and "unreadable listwise vote" in dropped[0]["error"]
+    assert agents[1].model.calls["vote"] == 2

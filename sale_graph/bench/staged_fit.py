@@ -34,7 +34,8 @@ import numpy as np
 from sale_graph.staged import AgentPolicy, StagedPolicy
 
 FEATURES = ("entropy", "length", "memory", "jury")
-GRID = tuple(round(x, 2) for x in np.linspace(0.0, 1.0, 21)) + (1.01,)  # 1.01 = never accept
+# reserves tried per agent; 1.01 = never accept, so the agent is not even offered the task
+GRID = tuple(round(float(x), 2) for x in np.linspace(0.0, 1.0, 21)) + (1.01,)
 L2 = 1.0
 
 
@@ -134,6 +135,8 @@ def simulate(
         cost, asked = 0.0, []
         winner = last
         for a in order[:-1]:
+            if reserves[a] > 1.0:  # never accepted: not offered, so its bid costs nothing
+                continue
             row = rows[(t, a)]
             asked.append(a)
             cost += row.bid_cost + (row.vote_costs.get(juror, 0.0) if juror else 0.0)
@@ -242,8 +245,8 @@ def fit_staged(
             memory=coef.get("memory", 0.0), jury=coef.get("jury", 0.0),
             reserve=min(1.0, float(reserves[a])),
         )
-        if reserves[a] > 1.0:  # "never accept": a reserve no probability can reach
-            agents[a] = AgentPolicy(**{**agents[a].__dict__, "reserve": 1.0, "bias": -50.0})
+        if reserves[a] > 1.0:  # never accepted: not offered at all
+            agents[a] = AgentPolicy(**{**agents[a].__dict__, "reserve": 1.0, "offered": False})
     policy = StagedPolicy(agents=agents, juror=juror, explore=0.0, fitted=True)
     report.update(chosen={"features": list(names), "juror": juror, "loss": best[0]},
                   execute_plan={**with_plan, order[-1]: False})
@@ -266,3 +269,52 @@ def memory_estimate(
     w = sum(max(0.0, s) for s, _ in sims)
     hits = sum(max(0.0, s) * (1.0 if passed[(u, agent)] else 0.0) for s, u in sims)
     return (strength * prior + hits) / (strength + w) if math.isfinite(w) else prior
+
+
+def rows_from_records(
+    tasks: Sequence[str],
+    order: Sequence[str],
+    prices: Mapping[str, float],
+    audits: Mapping[str, Mapping[str, Any]],
+    outcomes: Mapping[tuple[str, str], Mapping[str, Any]],
+    direct: Mapping[tuple[str, str], Mapping[str, Any]],
+    embeddings: Mapping[str, np.ndarray],
+    *,
+    k: int = 8,
+    prior: float = 0.4,
+    use_memory: bool = True,
+) -> dict[tuple[str, str], StagedRow]:
+    """Training rows from a benchmark bank's records (no model call).
+
+    ``audits``: training auction audits by task (every bid and every juror's vote);
+    ``outcomes``/``direct``: graded outcome records by (task, agent), with the plan
+    then executed, and answered directly. A plan outcome's cost includes its bid, so
+    the execution's own cost is the outcome's minus the bid's. Memory's estimate is
+    leave-one-out over the other training tasks' plan outcomes, by agent.
+    """
+    passed = {(t, a): bool(outcomes[(t, a)]["passed"]) for t in tasks for a in order}
+    rows: dict[tuple[str, str], StagedRow] = {}
+    for t in tasks:
+        audit = audits[t]
+        bids = {b["agent"]: b for b in audit["bids"] if b["round"] == 0}
+        by_juror = ((audit.get("phases") or {}).get("jury") or {}).get("by_juror") or {}
+        n_bids = max(1, len(bids))
+        others = [u for u in tasks if u != t]
+        for a in order:
+            bid = bids.get(a) or {}
+            bid_cost = (int(bid.get("tokens") or 0) + int(bid.get("input_tokens") or 0)) * prices[
+                a] / 1e6
+            out = outcomes[(t, a)]
+            d = direct.get((t, a))
+            memory_p = (memory_estimate(t, a, others, passed, embeddings, k, prior)
+                        if use_memory else prior)
+            rows[(t, a)] = StagedRow(
+                task_id=t, agent=a, entropy=bid.get("entropy"), tokens=int(bid.get("tokens") or 0),
+                bid_cost=bid_cost, memory_p=memory_p, prior=prior,
+                passed_plan=bool(out["passed"]), cost_plan=max(0.0, float(out["cost"]) - bid_cost),
+                passed_direct=None if d is None else bool(d["passed"]),
+                cost_direct=None if d is None else float(d["cost"]),
+                votes={j: float(v) for j, v in (bid.get("votes") or {}).items() if v is not None},
+                vote_costs={j: float(c) / n_bids for j, c in by_juror.items()},
+            )
+    return rows

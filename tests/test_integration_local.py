@@ -80,3 +80,47 @@ def test_auction_against_a_real_chroma_server(chroma_server):
     assert second["auction"]["refiners"] == ["smollm2-135m"]
     remote = AuctionMemory.from_url(f"http://{host}:{port}", collection="itest_auctions")
     assert remote.count() == 2
+
+
+def _defines_function(x: dict) -> dict:
+    """A verifier for tests: did the answer define a Python function at all?"""
+    return {"passed": "def " in x["answer"], "detail": "looked for a def"}
+
+
+def test_staged_auction_with_verified_outcomes_on_a_real_chroma_server(chroma_server):
+    """Staged auction on real models and a real Chroma server, outcomes closing the loop.
+
+    The 135M model's bid is declined (its reserve cannot be met), so the 0.5B model,
+    the dearest of the pool, answers directly; the verifier's outcome is stored on the
+    auction's record and, on a similar task, becomes the 0.5B's evidence; feedback
+    from a second client then overrides it on the same record.
+    """
+    from sale_graph import AgentPolicy, StagedPolicy, record_outcome
+
+    host, port = chroma_server
+    url = f"http://{host}:{port}"
+    policy = StagedPolicy(agents={"smollm2-135m": AgentPolicy(bias=0.0, memory=0.0,
+                                                              reserve=0.99)}, fitted=True)
+    context = small_context(memory_url=url, collection="itest_staged", auction="staged",
+                            staged=policy, verifier=_defines_function)
+    first = run(FIRST, context)
+    audit = first["auction"]
+    assert audit["mode"] == "staged"
+    assert audit["offered"] == ["smollm2-135m", "qwen2.5-coder-0.5b"]
+    (assessed,) = audit["assessments"]
+    assert assessed["agent"] == "smollm2-135m" and not assessed["accepted"]
+    assert assessed["signals"]["entropy"] > 0 and assessed["signals"]["tokens"] > 0
+    assert first["winner"] == "qwen2.5-coder-0.5b" and audit["execution"]["with_plan"] is False
+    assert audit["stop"].startswith("last resort")
+    assert isinstance(audit["outcome"]["passed"], bool)
+    assert audit["memory"]["write"] == "ok"
+
+    second = run(SECOND, context)
+    evidence = second["auction"]["estimates"]["qwen2.5-coder-0.5b"]
+    assert evidence["count"] == 1 and evidence["n"] > 0.3
+
+    remote = Context(memory_url=url, collection="itest_staged")
+    stored = record_outcome(audit["auction_id"], passed=False, detail="reviewer said no",
+                            context=remote)
+    assert stored.outcome["passed"] is False and stored.winner == "qwen2.5-coder-0.5b"
+    assert remote.resolved_memory().count() == 2

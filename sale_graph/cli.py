@@ -87,6 +87,8 @@ def _progress(update: dict[str, Any], t0: float) -> str | None:
 
 def format_table(audit: dict[str, Any]) -> str:
     """The auction table: one row per bid."""
+    if audit.get("mode") == "staged":
+        return _staged_table(audit)
     head = ("agent", "round", "$/Mtok", "tokens", "entropy", "jury", "score", "refined", "winner")
     rows = [head]
     for b in audit["bids"]:
@@ -98,6 +100,33 @@ def format_table(audit: dict[str, Any]) -> str:
             "yes" if b["refined"] else "",
             "<==" if b["id"] == audit["winning_bid"] else "",
         ))
+    return _columns(head, rows)
+
+
+def _staged_table(audit: dict[str, Any]) -> str:
+    """The staged auction, in the order agents were offered the task."""
+    head = ("agent", "$/Mtok", "tokens", "entropy", "memory p (n)", "p(pass)", "reserve",
+            "decision")
+    rows = [head]
+    assessed = {a["agent"]: a for a in audit.get("assessments") or []}
+    estimates = audit.get("estimates") or {}
+    for b in audit["bids"]:
+        a = assessed.get(b["agent"])
+        est = estimates.get(b["agent"])
+        decision = ("answers directly" if b.get("direct") else
+                    "accepted (explored)" if a and a["explored"] else
+                    "accepted" if a and a["accepted"] else "declined" if a else "-")
+        rows.append((
+            b["agent"], f"{b['price']:.4f}", str(b["tokens"]),
+            "-" if b["entropy"] is None else f"{b['entropy']:.3f}",
+            "-" if not est else f"{est['p']:.2f} ({est['n']:.1f})",
+            "-" if not a else f"{a['p_pass']:.2f}", "-" if not a else f"{a['reserve']:.2f}",
+            decision + (" <==" if b["id"] == audit["winning_bid"] else ""),
+        ))
+    return _columns(head, rows)
+
+
+def _columns(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -142,8 +171,11 @@ async def _run(args: argparse.Namespace) -> int:
     print()
     # who actually wrote a refined bid (eligible refiners may have had no memory to learn from)
     refined = [b["agent"] for b in audit["bids"] if b["refined"]]
-    print(f"winner: {audit['winner']} (provisional: {audit['provisional_winner']}; "
-          f"refined: {', '.join(refined) or 'nobody'})")
+    if audit.get("mode") == "staged":
+        print(f"winner: {audit['winner']} ({audit.get('stop')})")
+    else:
+        print(f"winner: {audit['winner']} (provisional: {audit['provisional_winner']}; "
+              f"refined: {', '.join(refined) or 'nobody'})")
     print("time:   " + ", ".join(f"{p} {phases[p]['seconds']:.1f}s" for p in phases))
     print(f"tokens: auction {totals['auction_tokens']}, execution {totals['execution_tokens']} "
           f"(auction share {totals['overhead_token_share']:.1%}); "

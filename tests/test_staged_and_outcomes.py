@@ -273,3 +273,13 @@ def test_listwise_garbage_is_retried_then_every_vote_of_the_call_dropped(memory)
     dropped = [v for v in out["auction"]["dropped_votes"] if v["juror"] == "mid"]
     assert len(dropped) == 3 and "unreadable listwise vote" in dropped[0]["error"]
     assert agents[1].model.calls["vote"] == 2
+
+
+def test_cli_table_shows_the_staged_decisions(memory):
+    from sale_graph.cli import format_table
+
+    out = run("t", staged(pool(), memory, staged=policy(small=0.9, mid=0.9)))
+    table = format_table(out["auction"])
+    lines = table.splitlines()
+    assert "p(pass)" in lines[0] and "reserve" in lines[0]
+    assert "declined" in lines[2] and "answers directly <==" in lines[-1]

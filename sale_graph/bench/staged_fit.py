@@ -318,3 +318,42 @@ def rows_from_records(
                 vote_costs={j: float(c) / n_bids for j, c in by_juror.items()},
             )
     return rows
+
+
+def fit_staged_from_bank(
+    bank: Any, *, lam: float, use_memory: bool = True, k: int = 8
+) -> tuple[StagedPolicy, dict[str, Any]]:
+    """Fit the staged policy from a benchmark bank's training split (no model call)."""
+    meta = bank.get("meta", "tasks")
+    pool = (bank.get("meta", "pool") or {}).get("agents") or []
+    if meta is None or not pool:
+        raise ValueError("the bank holds no benchmark run")
+    prices = {a["name"]: float(a["price"]) for a in pool}
+    order = sorted(prices, key=lambda a: (prices[a], a))
+    train = [t["id"] for t in meta["tasks"] if t["split"] == "train"]
+    outcome_rows = bank.records("outcome")
+    direct_rows = bank.records("direct")
+    audits = bank.records("train_audit")
+
+    def key(t: str, a: str) -> str:
+        return f"{t}|{a}"
+
+    missing = [t for t in train if t not in audits
+               or any(key(t, a) not in outcome_rows for a in order)]
+    if missing:
+        raise ValueError(f"training outcomes or auctions missing for {len(missing)} tasks; "
+                         "resume the run first")
+    outcomes = {(t, a): outcome_rows[key(t, a)] for t in train for a in order}
+    direct = {(t, a): direct_rows[key(t, a) + "|direct"] for t in train for a in order
+              if key(t, a) + "|direct" in direct_rows}
+    embeddings = {}
+    for t in train:
+        stored = bank.get("embedding", t)
+        if stored is None:
+            raise ValueError(f"no embedding stored for {t}")
+        embeddings[t] = np.asarray(stored["vector"], dtype=np.float64)
+    rows = rows_from_records(train, order, prices, {t: audits[t]["audit"] for t in train},
+                             outcomes, direct, embeddings, k=k, use_memory=use_memory)
+    policy, report = fit_staged(train, order, rows, lam=lam, jurors=order, use_memory=use_memory)
+    report["train_tasks"] = len(train)
+    return policy, report

@@ -60,6 +60,9 @@ class BenchConfig:
     # that would make results depend on the load rather than on the models.
     call_timeout: float = 1800.0
     execute_timeout: float = 3600.0
+    # which rows run: "staged" (the staged auction, verified outcomes and the paper's
+    # SALE) or "paper" (SALE and its paper ablations; runs stored before "staged" existed)
+    methods: str = "staged"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (what the bank stores)."""
@@ -76,6 +79,7 @@ class BenchConfig:
         kw["domains"] = tuple(kw.get("domains", ()))
         kw["bins"] = tuple(kw.get("bins", BINS))
         kw["per_domain"] = dict(kw.get("per_domain") or {})
+        kw.setdefault("methods", "paper")  # stored before the staged rows existed
         return cls(**kw)
 
 
@@ -103,7 +107,19 @@ class Method:
     refine: bool = True
     jury: str = "all"
     zero: tuple[str, ...] = ()  # weight terms switched off: "cost", "entropy"
+    auction: str = "full"  # "full" (the paper's) or "staged"
+    jury_format: str = "per_bid"
+    # memory of verified outcomes: seeded with the training split's graded outcomes,
+    # and each test auction's own outcome (the task's verifier) added as it runs
+    outcomes: bool = False
+    staged_fit: str = "staged"  # which fitted policy: "staged" or "staged-nomem"
+    reserve: float | None = None  # the staged auction's knob; None: fitted reserves
+    refine_from: str = "votes"
 
+    @property
+    def uses_memory(self) -> bool:
+        """Whether auctions of this method read and write a memory store."""
+        return self.outcomes or (self.auction == "full" and self.refine)
     @property
     def slug(self) -> str:
         """Directory-safe name (memory stores live under it)."""
@@ -111,7 +127,14 @@ class Method:
 
 
 def methods_for(config: BenchConfig) -> list[Method]:
-    """SALE variants in the order they run: the main rows first, then the ablations."""
+    """The auction rows of a run, main rows first, then the ablations.
+
+    The staged suite drops three paper ablations of the first run (w/o entropy, w/o
+    price, default weights: measured there, in benchmarks/results/full) to spend the
+    CPU hours on the rows that decide the defaults.
+    """
+    if config.methods == "staged":
+        return _staged_suite(config)
     main = [Method("SALE", orders=config.orders)]
     if not config.ablations:
         return main
@@ -123,6 +146,27 @@ def methods_for(config: BenchConfig) -> list[Method]:
         Method("SALE w/o jury", jury="none"),
         Method("SALE self-jury", jury="self"),
         Method("SALE default weights", weights="default"),
+    ]
+
+
+def _staged_suite(config: BenchConfig) -> list[Method]:
+    main = [
+        Method("SALE", orders=config.orders),
+        Method("staged", orders=config.orders, auction="staged", outcomes=True, refine=False),
+    ]
+    if not config.ablations:
+        return main
+    return [
+        *main,
+        Method("staged w/o outcome memory", auction="staged", refine=False,
+               staged_fit="staged-nomem"),
+        *[Method(f"staged reserve {r}", auction="staged", outcomes=True, refine=False,
+                 reserve=r) for r in (0.3, 0.5, 0.7)],
+        Method("SALE w/o memory", refine=False),
+        Method("SALE listwise jury", jury_format="listwise"),
+        Method("SALE outcome refinement", outcomes=True, refine_from="outcomes"),
+        Method("SALE self-jury", jury="self"),
+        Method("SALE w/o jury", jury="none"),
     ]
 
 

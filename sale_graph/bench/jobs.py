@@ -261,17 +261,34 @@ class _Runner:
         position: int,
         weights: Any,
         memory_path: Path | None,
+        staged: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """One SALE auction on a test task, graded, as a Record plus its audit."""
+        """One auction of a method on a test task, graded, as a Record plus its audit.
+
+        With verified outcomes (``method.outcomes``) the task's own grader is the
+        auction's verifier, so the outcome is stored in memory with the auction, as a
+        user's test suite would report it.
+        """
         from sale_graph.bench.records import record_from_audit
         from sale_graph.bench.tasks import verify
 
         overrides: dict[str, Any] = {
             "weights": weights,
             "jury": method.jury,
-            "refine": method.refine,
-            "remember": method.refine,
+            "jury_format": method.jury_format,
+            "refine": method.refine and method.auction == "full",
+            "refine_from": method.refine_from,
+            "remember": method.uses_memory,
+            "auction": method.auction,
         }
+        if staged is not None:
+            overrides.update(staged=staged["policy"], execute_plan=staged["execute_plan"],
+                             reserve=method.reserve)
+        if method.outcomes:
+            def grade(x: Mapping[str, Any]) -> bool:
+                return bool(x["answer"].strip()) and verify(task, x["answer"])
+
+            overrides["verifier"] = grade
         if memory_path is not None:
             overrides["memory_path"] = str(memory_path)
         auction_id = f"{method.slug}-o{order}-p{position}"
@@ -279,7 +296,10 @@ class _Runner:
         audit = out["auction"]
         answer = out.get("answer") or ""
         passed = not audit["execution"].get("error") and bool(answer.strip())
-        if passed:
+        verdict = (audit.get("outcome") or {}).get("passed")
+        if passed and isinstance(verdict, bool):
+            passed = verdict  # graded once, by the verifier
+        elif passed:
             passed = await asyncio.to_thread(verify, task, answer)
         record = record_from_audit(
             method.name,
@@ -328,25 +348,44 @@ def _audit_timeout(audit: Mapping[str, Any]) -> str | None:
 
 
 def _weights_for(method: Method, fitted: Mapping[str, Any]) -> dict[str, Any]:
+    """The method's weights. Self-jury gives every juror the fitted jury's whole weight.
+
+    With the fitted weights as they are, only the jurors the fit heeded vote; under a
+    self-jury that meant only the largest agent's own bid got a vote, so it won every
+    task and the row measured nothing. Equal weights per juror make each bid judged
+    by its own bidder with the same weight: self-evaluation, as the paper's ablation.
+    """
     from sale_graph.scoring import Weights
 
     base = dict(fitted) if method.weights == "fitted" else Weights().to_dict()
     for term in method.zero:
         base[term] = 0.0
+    if method.jury == "self" and isinstance(base.get("jury"), Mapping) and base["jury"]:
+        total = float(sum(base["jury"].values()))
+        base["jury"] = {j: total for j in base["jury"]}
     return base
 
 
-def _rebuild_memory(memory: Any, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Make the store hold exactly the stored auctions of the completed positions.
+def _rebuild_memory(
+    memory: Any, rows: Sequence[Mapping[str, Any]], seeds: Sequence[Mapping[str, Any]] = ()
+) -> None:
+    """Make the store hold exactly the seeds and the stored auctions of completed positions.
 
     A run killed between the memory write and the result write leaves one auction
-    too many; replaying the stored audits (the same upsert the graph does) restores
-    the store the next task must see.
+    too many; replaying the stored audits (the same upsert the graph does, with the
+    verified outcome) restores the store the next task must see.
     """
     from sale_graph.audit import memory_bids
 
     memory.clear()
+    for seed in seeds:
+        memory.write(seed["auction_id"], seed["task"], seed["bids"], seed["winner"],
+                     outcome={"passed": seed["passed"], "source": "training split"})
     for row in rows:
         audit = row["audit"]
         if audit.get("memory", {}).get("write") == "ok" and audit.get("winner"):
-            memory.write(audit["auction_id"], audit["task"], memory_bids(audit), audit["winner"])
+            verdict = (audit.get("outcome") or {}).get("passed")
+            outcome = {"passed": verdict, "source": "verifier"} if isinstance(
+                verdict, bool) else None
+            memory.write(audit["auction_id"], audit["task"], memory_bids(audit), audit["winner"],
+                         outcome=outcome)

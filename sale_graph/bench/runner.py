@@ -34,9 +34,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from sale_graph.bench.bank import OutcomeBank
 from sale_graph.bench.config import BANK_DB as BANK_DB
 from sale_graph.bench.config import (
     BANK_EXPORT,
+    FIT_LAM,
     RESULTS_LOG,
     SMOKE,
     BenchConfig,
@@ -177,6 +179,7 @@ async def _run(
         f"fitted weights (min-max, train pass {fit['train_pass_rate']:.0%}): "
         f"{json.dumps(fit['weights'], sort_keys=True)}"
     )
+    staged_fits = _staged_fits(bank, methods, progress)
     r.refresh_report()
 
     # 4. SALE and ablations on the test split
@@ -184,23 +187,27 @@ async def _run(
         m, k = method
         order = orders[k]
         weights = _weights_for(m, fit["weights"])
+        staged = staged_fits.get(m.staged_fit) if m.auction == "staged" else None
+        if m.auction == "staged" and staged is None:
+            continue  # its policy could not be fitted (noted above)
         keys = [_result_key(m.name, k, t.id) for t in order]
         if all(key in results for key in keys):
             continue
-        memory_path = run_dir / "memory" / f"{m.slug}-o{k}" if m.refine else None
+        memory_path = run_dir / "memory" / f"{m.slug}-o{k}" if m.uses_memory else None
         if memory_path is not None:
             from sale_graph.context import Context
 
             memory = Context(memory_path=str(memory_path)).resolved_memory()
             completed = [results[key] for key in keys if key in results]
-            if memory.count() != len(completed):
-                await asyncio.to_thread(_rebuild_memory, memory, completed)
+            seeds = _outcome_seeds(bank, r, staged) if m.outcomes else []
+            if memory.count() != len(seeds) + len(completed):
+                await asyncio.to_thread(_rebuild_memory, memory, completed, seeds)
         for position, task in enumerate(order):
             key = keys[position]
             if key in results:
                 continue
             what = f"{m.name} order {k} #{position} {task.id}"
-            args = (task, m, k, position, weights, memory_path)
+            args = (task, m, k, position, weights, memory_path, staged)
             row = await _attempt(progress, what, r.sale, *args)
             if row is None:  # the order cannot go on without this task's memory
                 progress.note(f"{m.name} order {k} stops here; --resume retries it")
@@ -281,13 +288,78 @@ async def _attempt(progress: Progress, what: str, job: Any, *args: Any) -> Any:
 
 
 def _schedule(methods: Sequence[Method]) -> list[tuple[Method, int]]:
-    """SALE's first order, the no-memory row, SALE's other orders, then the ablations."""
-    first, *rest = methods
-    plan = [(first, 0)]
+    """Staged rows first (they replay nearly every call), then SALE's first order.
+
+    After it: the rows without refinement, SALE's other orders, then the ablations.
+    """
+    staged = [(m, k) for m in methods if m.auction == "staged" for k in range(m.orders)]
+    full = [m for m in methods if m.auction != "staged"]
+    if not full:
+        return staged
+    first, *rest = full
+    plan = [*staged, (first, 0)]
     plan += [(m, 0) for m in rest if not m.refine]
     plan += [(first, k) for k in range(1, first.orders)]
     plan += [(m, 0) for m in rest if m.refine]
     return plan
+
+
+def _staged_fits(
+    bank: OutcomeBank, methods: Sequence[Method], progress: Progress
+) -> dict[str, dict[str, Any]]:
+    """The staged policies the methods need, fitted once on the training split and stored."""
+    from sale_graph.bench.staged_fit import fit_staged_from_bank
+
+    fits: dict[str, dict[str, Any]] = {}
+    for name in sorted({m.staged_fit for m in methods if m.auction == "staged"}):
+        stored = bank.get("fit", name)
+        if stored is None:
+            try:
+                policy, report = fit_staged_from_bank(
+                    bank, lam=FIT_LAM, use_memory=name != "staged-nomem")
+            except ValueError as exc:
+                progress.note(f"no {name} policy, so no staged rows yet: {exc}")
+                continue
+            stored = {"policy": policy.to_dict(), "execute_plan": report["execute_plan"],
+                      "chosen": report["chosen"], "candidates": report["candidates"]}
+            bank.put("fit", name, stored)
+        chosen = stored["chosen"]
+        reserves = {a: p["reserve"] if p.get("offered", True) else "skip"
+                    for a, p in stored["policy"]["agents"].items()}
+        progress.note(f"{name} policy: features {chosen['features']}, juror {chosen['juror']}, "
+                      f"reserves {json.dumps(reserves)}")
+        fits[name] = stored
+    return fits
+
+
+def _outcome_seeds(
+    bank: OutcomeBank, r: _Runner, staged: Mapping[str, Any] | None
+) -> list[dict[str, Any]]:
+    """The training split's graded outcomes, as memory records of verified auctions.
+
+    One record per (training task, agent), won by that agent, its outcome the way the
+    agent would execute when it wins (with its plan, or directly): what a user who
+    evaluated each agent once on a training set would have in memory.
+    """
+    execute_plan = (staged or {}).get("execute_plan") or {}
+    outcomes, direct = bank.records("outcome"), bank.records("direct")
+    seeds = []
+    for task in r.train:
+        for agent in r.agents:
+            plan_row = outcomes.get(_outcome_key(task.id, agent.name))
+            direct_row = direct.get(_direct_key(task.id, agent.name))
+            with_plan = execute_plan.get(agent.name, True) or direct_row is None
+            row = plan_row if with_plan else direct_row
+            if plan_row is None or row is None:
+                continue
+            seeds.append({
+                "auction_id": "seed-" + re.sub(r"[^A-Za-z0-9._:-]", "-", f"{task.id}-{agent.name}"),
+                "task": task.prompt.strip(), "winner": agent.name, "passed": bool(row["passed"]),
+                "bids": [{"agent": agent.name, "round": 0,
+                          "strategy": plan_row.get("plan") if with_plan else "",
+                          "score": None, "label": "win", "price": agent.price}],
+            })
+    return seeds
 
 
 def run_bench(

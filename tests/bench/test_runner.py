@@ -123,11 +123,35 @@ def test_smoke_preset_has_train_and_test_tasks() -> None:
 
 
 def test_schedule_runs_main_rows_first_then_ablations() -> None:
-    plan = runner._schedule(methods_for(BenchConfig(orders=3)))
+    paper = BenchConfig(orders=3, methods="paper")
+    plan = runner._schedule(methods_for(paper))
     names = [(m.name, k) for m, k in plan]
     assert names[:4] == [("SALE", 0), ("SALE w/o memory", 0), ("SALE", 1), ("SALE", 2)]
     assert len(names) == 3 + 6 and len(set(names)) == len(names)
-    assert methods_for(BenchConfig(ablations=False)) == [Method("SALE", orders=5)]
+    assert methods_for(BenchConfig(ablations=False, methods="paper")) == [
+        Method("SALE", orders=5)]
+
+
+def test_staged_suite_runs_the_cheap_staged_rows_first() -> None:
+    plan = runner._schedule(methods_for(BenchConfig(orders=3)))
+    names = [(m.name, k) for m, k in plan]
+    staged = [n for n in names if n[0].startswith("staged")]
+    assert names[: len(staged)] == staged and ("staged", 2) in staged
+    assert names[len(staged)] == ("SALE", 0) and len(set(names)) == len(names)
+    assert {m.name for m in methods_for(BenchConfig(ablations=False))} == {"SALE", "staged"}
+
+
+def test_config_stored_before_the_staged_rows_reads_as_the_paper_suite() -> None:
+    old = BenchConfig().to_dict()
+    del old["methods"]
+    assert BenchConfig.from_dict(old).methods == "paper"
+    assert BenchConfig.from_dict(BenchConfig().to_dict()).methods == "staged"
+
+
+def test_self_jury_weighs_every_juror_like_the_fitted_jury() -> None:
+    fitted = {"cost": 0.0, "entropy": 0.5, "jury": {"a": 0.0, "b": 0.0, "c": 0.8}}
+    weights = runner._weights_for(Method("x", jury="self"), fitted)
+    assert weights["jury"] == {"a": 0.8, "b": 0.8, "c": 0.8}
 
 
 def test_ablation_weights_zero_one_term() -> None:

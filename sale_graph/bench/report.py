@@ -457,14 +457,14 @@ def _plot_learning(curves: Mapping[str, Mapping[str, Any]], agents: Sequence[str
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     styles = ["-", "--", ":", "-."]
-    colours = plt.get_cmap("tab10").colors
+    colours = plt.get_cmap("tab10")
     for n, (m, c) in enumerate(curves.items()):
         x, style = c["tasks_seen"], styles[n % len(styles)]
         axes[0].plot(x, [100 * v for v in c["pass_at_1"]], style, label=m)
         axes[1].plot(x, c["cost_usd"], style, label=m)
         for j, a in enumerate(agents):
             axes[2].plot(x, [100 * v for v in c["win_share"][a]], style,
-                         color=colours[j % len(colours)], label=f"{m}: {a}")  # fmt: skip
+                         color=colours(j % 10), label=f"{m}: {a}")  # fmt: skip
     for ax, title in zip(
         axes, ("rolling pass@1 (%)", "rolling cost per task ($)", "rolling win share (%)"),
         strict=True,

@@ -60,3 +60,20 @@ def test_quickstart_notebook_runs_top_to_bottom(tmp_path):
     assert "winner:" in text and "auctions stored: 2" in text
     similar = text.split("similar past auctions:", 1)[1]
     assert "is_palindrome" in similar.splitlines()[1]  # the closest one is the palindrome task
+
+
+def test_explore_notebook_rebuilds_a_committed_run_without_models(tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # this checkout's package, not another one
+    nb = nbformat.read(ROOT / "notebooks" / "02_explore_results.ipynb", as_version=4)
+    NotebookClient(nb, timeout=120, kernel_name="python3",
+                   resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "run:" in text and "retrieved:" in text and "winner:" in text
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+    shown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
+    assert "| method | against | pass@1 diff (points)" in shown

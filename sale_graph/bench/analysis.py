@@ -18,6 +18,7 @@ from sale_graph.bench.config import (
     BANK_DB,
     FIT_LAM,
     BenchConfig,
+    _direct_key,
     _outcome_key,
     _result_key,
     methods_for,
@@ -39,14 +40,16 @@ def _pool_meta(bank: OutcomeBank) -> tuple[list[str], dict[str, float]]:
 
 
 def _outcome_table(
-    bank: OutcomeBank, task_ids: Sequence[str], agents: Sequence[str]
+    bank: OutcomeBank, task_ids: Sequence[str], agents: Sequence[str], direct: bool = False
 ) -> dict[str, dict[str, Outcome]] | None:
-    rows = bank.records("outcome")
+    """``table[task][agent]`` of planned (or ``direct``) outcomes; None while incomplete."""
+    rows = bank.records("direct" if direct else "outcome")
+    key = _direct_key if direct else _outcome_key
     table: dict[str, dict[str, Outcome]] = {}
     for t in task_ids:
         row = {}
         for a in agents:
-            d = rows.get(_outcome_key(t, a))
+            d = rows.get(key(t, a))
             if d is None:
                 return None
             row[a] = Outcome.from_dict(d)
@@ -168,6 +171,10 @@ def _baseline_records(
     records = []
     for name, rs in routes.items():
         records += routers.routes_to_records(name, rs, table, domains, bins)
+    direct = _outcome_table(bank, test_ids, agents, direct=True)
+    if direct:
+        records = [r for r in records if r.method != "oracle"]
+        records += _direct_records(test_ids, table, direct, agents, prices, domains, bins)
     knobs = {
         "wtp_lambda": lam,
         "wtp_lambda_over_cmax": lam / c_max,
@@ -175,8 +182,52 @@ def _baseline_records(
         "wtp_k": k_wtp,
         "carrot_k": k_carrot,
         "cascade_thresholds": {a: (None if math.isinf(v) else v) for a, v in thresholds.items()},
+        "direct": bool(direct),
     }
     return records, knobs
+
+
+def _direct_records(
+    test_ids: list[str],
+    table: Mapping[str, Mapping[str, Outcome]],
+    direct: Mapping[str, Mapping[str, Outcome]],
+    agents: list[str],
+    prices: Mapping[str, float],
+    domains: Mapping[str, str],
+    bins: Mapping[str, str],
+) -> list[Record]:
+    """Each agent answering with no plan, and the oracle over both modes.
+
+    Answering directly is what a user of one model does, so it is a baseline of its
+    own; the oracle's upper bound is the cheapest passing (agent, mode) pair.
+    """
+    import dataclasses
+
+    from sale_graph.bench import routers
+
+    records = []
+    for a in agents:
+        rs = routers.single_agent(test_ids, a)
+        records += routers.routes_to_records(f"single: {a} (direct)", rs, direct, domains, bins)
+    mode = {**{a: a for a in agents}, **{f"{a} (direct)": a for a in agents}}
+    both = {t: {**table[t], **{f"{a} (direct)": direct[t][a] for a in agents}} for t in test_ids}
+    both_prices = {m: prices[a] for m, a in mode.items()}
+    routes = routers.oracle(test_ids, both, both_prices)
+    for r in routers.routes_to_records("oracle", routes, both, domains, bins):
+        real = mode[r.agent]
+        records.append(dataclasses.replace(r, agent=real, tried=(real,)))
+    return records
+
+
+def _execution_lengths(bank: OutcomeBank, test_ids: Sequence[str], agent: str) -> dict[str, float]:
+    """Tokens ``agent`` spent executing its plan on each test task (the plan left out)."""
+    rows = bank.records("outcome")
+    out = {}
+    for t in test_ids:
+        d = rows.get(_outcome_key(t, agent))
+        if d is not None:
+            out[t] = float(d.get("execution_tokens", d["tokens"] - (d.get("plan_tokens") or 0)))
+    return out
 
 
 def report_from_bank(
@@ -253,7 +304,9 @@ def report_from_bank(
         has_baselines=bool(knobs),
         outcomes_done=len(bank.records("outcome")),
     )
-    order = [m.name for m in methods_for(config)] + [f"single: {a}" for a in agents[::-1]]
+    order = [m.name for m in methods_for(config)]
+    for a in agents[::-1]:
+        order += [f"single: {a}", f"single: {a} (direct)"]
     order += ["random", "oracle", "WTP", "CARROT", "cascade", "cascade (fitted)"]
     return write_report(
         records,
@@ -264,6 +317,7 @@ def report_from_bank(
         plots=plots,
         preamble=preamble,
         method_order=order,
+        execution_lengths=_execution_lengths(bank, test_ids, agents[-1]),
     )
 
 
@@ -318,6 +372,11 @@ def _preamble(
             "'cascade (fitted)' uses per-agent thresholds fitted for 90% training precision. "
             "Reasoning answers carry no self-check, so cascades always escalate there."
         )
+        if knobs.get("direct"):
+            lines.append(
+                "- 'single: X (direct)' is agent X answering with no plan (what a user of one "
+                "model does); the oracle picks the cheapest passing (agent, mode) pair."
+            )
     else:
         total = len(agents) * (len(train_ids) + len(test_ids))
         lines.append(

@@ -19,10 +19,20 @@ orders. A single order gives std 0.
 ("small agents") as tasks are seen: the order is cut into equal blocks of
 positions and the rate is taken per block (or cumulatively), then averaged over
 orders.
+
+Whether a difference is real is told over tasks, the unit a benchmark samples:
+``intervals`` gives each method's pass@1 and mean cost per task a 95% percentile
+bootstrap interval, and ``paired_comparisons`` resamples the same tasks for a
+method and a reference (difference in pass@1, ratio of total costs). Methods run
+over several orders are averaged per task over orders first. ``break_even`` and
+``length_bins`` ask how long executions must be for an auction to pay for itself,
+and ``learning_curves`` follow pass@1, cost and win shares along the task order.
+Everything is seeded, so a report rebuilds byte for byte.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -33,11 +43,21 @@ from sale_graph.bench.records import Record
 
 __all__ = [
     "SCALAR_METRICS",
+    "break_even",
     "group_metrics",
+    "intervals",
+    "learning_curves",
+    "length_bins",
+    "longest_bin",
     "mean_std",
+    "paired_comparisons",
+    "per_task",
     "summarise",
     "win_rate_curve",
 ]
+
+N_BOOT = 2000
+LEVEL = 0.95
 
 SCALAR_METRICS: tuple[str, ...] = (
     "pass_at_1",
@@ -179,3 +199,264 @@ def win_rate_curve(
         "mean": [float(x) for x in arr.mean(axis=0)],
         "std": [float(x) for x in std],
     }
+
+
+# --------------------------------------------------------------------------- over tasks
+
+
+def per_task(records: Iterable[Record]) -> dict[str, dict[str, dict[str, float]]]:
+    """``{method: {task: {"passed", "cost", "cost_auction", "cost_execution"}}}``.
+
+    Each value is the mean over the method's orders: the task is the unit, so a
+    method run over five orders does not count five times.
+    """
+    acc: dict[str, dict[str, list[Record]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        acc[r.method][r.task_id].append(r)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for method, tasks in acc.items():
+        out[method] = {
+            t: {
+                "passed": float(np.mean([r.passed for r in rs])),
+                "cost": float(np.mean([r.cost for r in rs])),
+                "cost_auction": float(np.mean([r.cost_auction for r in rs])),
+                "cost_execution": float(np.mean([r.cost_execution for r in rs])),
+            }
+            for t, rs in sorted(tasks.items())
+        }
+    return out
+
+
+def _resamples(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """Task indices of ``n_boot`` bootstrap resamples of ``n`` tasks (seeded)."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def _interval(stats: np.ndarray, estimate: float, level: float) -> dict[str, float]:
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(stats, [tail, 100 - tail])
+    return {"estimate": float(estimate), "lo": float(lo), "hi": float(hi)}
+
+
+def intervals(
+    records: Iterable[Record], *, n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL
+) -> dict[str, dict[str, Any]]:
+    """Per method: pass@1 and mean cost per task with a percentile bootstrap interval."""
+    out: dict[str, dict[str, Any]] = {}
+    for method, tasks in per_task(records).items():
+        passed = np.array([v["passed"] for v in tasks.values()])
+        cost = np.array([v["cost"] for v in tasks.values()])
+        idx = _resamples(len(passed), n_boot, seed)
+        out[method] = {
+            "n_tasks": len(passed),
+            "pass_at_1": _interval(passed[idx].mean(axis=1), passed.mean(), level),
+            "cost_per_task": _interval(cost[idx].mean(axis=1), cost.mean(), level),
+        }
+    return out
+
+
+def paired_comparisons(
+    records: Iterable[Record],
+    references: Sequence[str],
+    *,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{reference: {method: ...}}``: each method against each reference on shared tasks.
+
+    The same resampled tasks go to both sides, so what they have in common (easy
+    and hard tasks) cancels. ``pass_diff`` is method minus reference (a share);
+    ``cost_ratio`` is the method's total cost over the reference's. ``within_noise``
+    says the interval holds 0 (difference) or 1 (ratio).
+    """
+    table = per_task(records)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for ref in references:
+        if ref not in table:
+            continue
+        out[ref] = {}
+        for method, tasks in table.items():
+            shared = sorted(set(tasks) & set(table[ref]))
+            if method == ref or not shared:
+                continue
+            p_m = np.array([tasks[t]["passed"] for t in shared])
+            p_r = np.array([table[ref][t]["passed"] for t in shared])
+            c_m = np.array([tasks[t]["cost"] for t in shared])
+            c_r = np.array([table[ref][t]["cost"] for t in shared])
+            idx = _resamples(len(shared), n_boot, seed)
+            diff = _interval(
+                p_m[idx].mean(axis=1) - p_r[idx].mean(axis=1), p_m.mean() - p_r.mean(), level
+            )
+            diff["within_noise"] = bool(diff["lo"] <= 0.0 <= diff["hi"])
+            den = c_r[idx].sum(axis=1)
+            num = c_m[idx].sum(axis=1)
+            ratios = np.divide(num, den, out=np.full_like(num, np.inf), where=den > 0)
+            total_r = c_r.sum()
+            ratio = _interval(ratios, c_m.sum() / total_r if total_r else math.inf, level)
+            ratio["within_noise"] = bool(ratio["lo"] <= 1.0 <= ratio["hi"])
+            out[ref][method] = {"n_tasks": len(shared), "pass_diff": diff, "cost_ratio": ratio}
+    return out
+
+
+# --------------------------------------------------------------------------- break-even
+
+
+def _auction_methods(records: Sequence[Record]) -> list[str]:
+    """Methods that ran an auction (any auction tokens), in first-seen order."""
+    seen: dict[str, bool] = {}
+    for r in records:
+        seen[r.method] = seen.get(r.method, False) or r.tokens_auction > 0
+    return [m for m, auction in seen.items() if auction]
+
+
+def break_even(
+    records: Iterable[Record], reference: str, price_per_mtok: float | None = None
+) -> dict[str, dict[str, Any]]:
+    """Per auction method: how long executions must be before its auction pays off.
+
+    With ``A`` the mean auction cost per task and ``rho`` the method's mean execution
+    cost over the reference's mean cost (same tasks), an execution the reference
+    pays ``p * L`` for costs the method ``A + rho * p * L``: cheaper once
+    ``L > L* = A / (p * (1 - rho))`` tokens. If ``rho >= 1`` routing saves nothing
+    and the auction never pays (``break_even_tokens`` is None). ``p`` defaults to
+    the reference's own dollars per token.
+    """
+    recs = list(records)
+    table = per_task(recs)
+    ref = table.get(reference)
+    if not ref:
+        return {}
+    if price_per_mtok is None:
+        ref_recs = [r for r in recs if r.method == reference]
+        tokens = sum(r.tokens for r in ref_recs)
+        price_per_mtok = 1e6 * sum(r.cost for r in ref_recs) / tokens if tokens else 0.0
+    per_token = price_per_mtok / 1e6
+    out: dict[str, dict[str, Any]] = {}
+    for method in _auction_methods(recs):
+        shared = sorted(set(table[method]) & set(ref))
+        if not shared:
+            continue
+        a = float(np.mean([table[method][t]["cost_auction"] for t in shared]))
+        ref_cost = float(np.mean([ref[t]["cost"] for t in shared]))
+        exec_cost = float(np.mean([table[method][t]["cost_execution"] for t in shared]))
+        rho = exec_cost / ref_cost if ref_cost else math.inf
+        never = rho >= 1 or per_token <= 0
+        out[method] = {
+            "n_tasks": len(shared),
+            "auction_cost_per_task": a,
+            "execution_cost_per_task": exec_cost,
+            "reference_cost_per_task": ref_cost,
+            "rho": rho,
+            "price_per_mtok": price_per_mtok,
+            "break_even_tokens": None if never else a / (per_token * (1 - rho)),
+        }
+    return out
+
+
+def length_bins(
+    records: Iterable[Record], lengths: Mapping[str, float], bins: int = 4
+) -> dict[str, Any]:
+    """Auction share of each auction method's cost per bin of execution length.
+
+    ``lengths`` gives each task's execution length in tokens (the same for every
+    method, e.g. the largest agent's), so every method is binned on the same tasks.
+    Bins are quantiles of those lengths.
+    """
+    recs = list(records)
+    table = per_task(recs)
+    tasks = sorted(lengths, key=lambda t: (lengths[t], t))
+    if not tasks:
+        return {"edges": [], "median_tokens": [], "methods": {}}
+    bins = max(1, min(bins, len(tasks)))
+    groups = [tasks[round(len(tasks) * b / bins) : round(len(tasks) * (b + 1) / bins)]
+              for b in range(bins)]  # fmt: skip
+    out: dict[str, Any] = {
+        "edges": [[float(lengths[g[0]]), float(lengths[g[-1]])] for g in groups],
+        "median_tokens": [float(np.median([lengths[t] for t in g])) for g in groups],
+        "methods": {},
+    }
+    for method in _auction_methods(recs):
+        shares = []
+        for g in groups:
+            rows = [table[method][t] for t in g if t in table[method]]
+            cost = sum(r["cost"] for r in rows)
+            shares.append(_ratio(sum(r["cost_auction"] for r in rows), cost) if rows else None)
+        out["methods"][method] = shares
+    return out
+
+
+def longest_bin(
+    records: Iterable[Record], lengths: Mapping[str, float], share: float = 1 / 3
+) -> dict[str, Any]:
+    """pass@1 and cost per task of every method on the tasks with the longest executions.
+
+    The top ``share`` (a tercile by default) of tasks by ``lengths``: where the
+    auction's fixed overhead weighs least, so where it has its best chance.
+    """
+    ranked = sorted(lengths, key=lambda t: (-lengths[t], t))
+    top = set(ranked[: max(1, math.ceil(len(ranked) * share))]) if ranked else set()
+    out: dict[str, Any] = {
+        "n_tasks": len(top),
+        "min_tokens": float(min((lengths[t] for t in top), default=0.0)),
+        "max_tokens": float(max((lengths[t] for t in top), default=0.0)),
+        "methods": {},
+    }
+    for method, tasks in per_task(records).items():
+        rows = [tasks[t] for t in sorted(top) if t in tasks]
+        if rows:
+            out["methods"][method] = {
+                "n": len(rows),
+                "pass_at_1": float(np.mean([r["passed"] for r in rows])),
+                "cost_per_task": float(np.mean([r["cost"] for r in rows])),
+            }
+    return out
+
+
+# --------------------------------------------------------------------------- learning
+
+
+def learning_curves(
+    records: Iterable[Record], agents: Sequence[str], window: int | None = None
+) -> dict[str, dict[str, Any]]:
+    """Rolling pass@1, cost and win shares along the task order, mean over orders.
+
+    For every method run over more than one order. A point at position ``i`` is the
+    mean over the ``window`` tasks ending there (fewer at the start), so the curve
+    shows what memory changes as tasks are seen, not the luck of one task.
+    """
+    by_method: dict[str, dict[int, list[Record]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        by_method[r.method][r.order].append(r)
+    out: dict[str, dict[str, Any]] = {}
+    for method, orders in by_method.items():
+        if len(orders) < 2:
+            continue
+        n = min(len(v) for v in orders.values())
+        w = window or max(3, math.ceil(n / 6))
+        series: dict[str, list[np.ndarray]] = defaultdict(list)
+        wins: dict[str, list[np.ndarray]] = defaultdict(list)
+        for recs in orders.values():
+            recs = sorted(recs, key=lambda r: r.position)[:n]
+            series["pass_at_1"].append(_rolling([float(r.passed) for r in recs], w))
+            series["cost_usd"].append(_rolling([r.cost for r in recs], w))
+            for a in agents:
+                wins[a].append(_rolling([float(r.agent == a) for r in recs], w))
+        out[method] = {
+            "window": w,
+            "n_orders": len(orders),
+            "tasks_seen": list(range(1, n + 1)),
+            "pass_at_1": [float(x) for x in np.mean(series["pass_at_1"], axis=0)],
+            "cost_usd": [float(x) for x in np.mean(series["cost_usd"], axis=0)],
+            "win_share": {a: [float(x) for x in np.mean(wins[a], axis=0)] for a in agents},
+        }
+    return out
+
+
+def _rolling(values: Sequence[float], window: int) -> np.ndarray:
+    """Trailing mean over ``window`` values (over all values so far at the start)."""
+    v = np.asarray(values, dtype=float)
+    c = np.concatenate([[0.0], np.cumsum(v)])
+    i = np.arange(1, len(v) + 1)
+    lo = np.maximum(0, i - window)
+    return (c[i] - c[lo]) / (i - lo)

@@ -4,10 +4,14 @@ Outputs in ``out_dir`` (``benchmarks/results/`` by convention):
 
 * ``results.json``: the full summary (every metric, every group, mean and std),
   the small-agent win-rate curves, and whatever run metadata the caller passes;
-* ``results.md``: overall table, pass@1 per bin, win shares;
+* ``results.md``: overall table with bootstrap intervals, pass@1 per bin, paired
+  comparisons against the largest agent, break-even execution length, the
+  longest executions, learning along the order, win shares;
 * ``pareto.png``: pass@1 against total dollars for every method, with the
   non-dominated methods joined;
-* ``win_rate.png``: small-agent win rate against tasks seen (methods with orders).
+* ``win_rate.png``: small-agent win rate against tasks seen (methods with orders);
+* ``learning.png``: rolling pass@1, cost and win shares along the order;
+* ``break_even.png``: the auction's share of cost against execution length.
 """
 
 from __future__ import annotations
@@ -17,10 +21,21 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sale_graph.bench.metrics import summarise, win_rate_curve
+from sale_graph.bench.metrics import (
+    LEVEL,
+    N_BOOT,
+    break_even,
+    intervals,
+    learning_curves,
+    length_bins,
+    longest_bin,
+    paired_comparisons,
+    summarise,
+    win_rate_curve,
+)
 from sale_graph.bench.records import Record
 
-__all__ = ["markdown_report", "pareto_front", "write_report"]
+__all__ = ["analyse", "markdown_report", "pareto_front", "references", "write_report"]
 
 
 def _fmt(stat: Mapping[str, float], scale: float = 1.0, spec: str = ".1f") -> str:
@@ -39,33 +54,59 @@ def _label_key(label: str) -> tuple[str, int, str]:
     return (domain, _BIN_RANK.get(bin_, 3), bin_)
 
 
+def _ci(stat: Mapping[str, float] | None, scale: float = 1.0, spec: str = ".1f") -> str:
+    if not stat:
+        return ""
+    return f"[{stat['lo'] * scale:{spec}}, {stat['hi'] * scale:{spec}}]"
+
+
+def _mean_ci(stat: Mapping[str, float] | None, spec: str) -> str:
+    return f"{stat['estimate']:{spec}} {_ci(stat, 1, spec)}" if stat else ""
+
+
 def markdown_report(
     summary: Mapping[str, Mapping[str, Any]],
     agents: Sequence[str],
     preamble: str = "",
     largest: str | None = None,
+    analysis: Mapping[str, Any] | None = None,
+    images: Sequence[tuple[str, str]] = (),
 ) -> str:
-    """Tables of the summary: overall, pass@1 per bin and per domain, win shares.
+    """Tables of the summary: overall, per bin and domain, the ``analysis`` sections, shares.
 
     ``preamble`` (Markdown) goes under the title: what was run and how to read it.
+    ``analysis`` is what ``analyse`` returns; ``images`` are (caption, file) links.
     """
+    analysis = analysis or {}
+    ci = analysis.get("intervals") or {}
     lines = ["# Benchmark results", ""]
     if preamble.strip():
         lines += [preamble.strip(), ""]
     lines += [
-        "| method | orders | n | pass@1 (%) | cost ($) | $/Mtok | largest agent (%) "
-        "| auction tokens (%) | auction time (%) | auction cost (%) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| method | orders | n | pass@1 (%) | pass@1 95% CI | cost ($) | cost/task ($) [95% CI] "
+        "| $/Mtok | largest agent (%) | auction tokens (%) | auction time (%) "
+        "| auction cost (%) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, s in summary.items():
         o = s["overall"]
+        c = ci.get(method) or {}
         lines.append(
             f"| {method} | {s['n_orders']} | {o['n']} | {_fmt(o['pass_at_1'], 100)} "
-            f"| {_fmt(o['cost_usd'], 1, '.4g')} | {_fmt(o['usd_per_mtok'], 1, '.4g')} "
+            f"| {_ci(c.get('pass_at_1'), 100)} "
+            f"| {_fmt(o['cost_usd'], 1, '.4g')} | {_mean_ci(c.get('cost_per_task'), '.3g')} "
+            f"| {_fmt(o['usd_per_mtok'], 1, '.4g')} "
             f"| {_fmt(o['largest_share'], 100)} | {_fmt(o['auction_token_share'], 100, '.2f')} "
             f"| {_fmt(o['auction_time_share'], 100, '.2f')} "
             f"| {_fmt(o.get('auction_cost_share', {}), 100, '.2f')} |"
         )
+    if ci:
+        lines += [
+            "",
+            f"Intervals: {LEVEL:.0%} percentile bootstrap over tasks ({N_BOOT} resamples, "
+            "seeded); a method run over several task orders is averaged per task over its "
+            "orders first, so the task is the unit.",
+        ]
     for group, title in (
         ("by_bin", "bin"),
         ("by_domain", "domain"),
@@ -90,13 +131,191 @@ def markdown_report(
                 )
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += targets_section(summary, largest or (agents[-1] if agents else None))
+    lines += paired_section(analysis.get("paired") or {}, list(summary))
+    lines += break_even_section(analysis)
+    lines += longest_section(analysis.get("longest_bin") or {}, list(summary))
+    lines += learning_section(analysis.get("learning_curves") or {}, agents)
     lines += ["", "## Share of tasks executed per agent (%)", ""]
     lines.append("| method | " + " | ".join(agents) + " |")
     lines.append("|---|" + "---|" * len(agents))
     for method, s in summary.items():
         ws = s["overall"]["win_share"]
         lines.append(f"| {method} | " + " | ".join(_fmt(ws[a], 100) for a in agents) + " |")
+    if images:
+        lines += ["", "## Plots", ""]
+        for caption, name in images:
+            lines += [f"![{caption}]({name})", ""]
+        lines.pop()
     return "\n".join(lines) + "\n"
+
+
+def _verdict(stat: Mapping[str, Any], neutral: float, above: str, below: str) -> str:
+    if stat["within_noise"]:
+        return "within noise"
+    return above if stat["lo"] > neutral else below
+
+
+def paired_section(
+    paired: Mapping[str, Mapping[str, Mapping[str, Any]]], order: Sequence[str]
+) -> list[str]:
+    """Each method against each largest-agent row on the same resampled tasks."""
+    if not paired:
+        return []
+    lines = [
+        "",
+        "## Paired comparisons against the largest agent",
+        "",
+        "Each method against the largest agent on the same tasks, resampled together "
+        f"({N_BOOT} bootstrap resamples of the tasks, {LEVEL:.0%} percentile intervals): "
+        "the difference in pass@1 (method minus largest, points) and the ratio of total "
+        "costs (method / largest). *within noise*: the interval holds 0 (difference) or "
+        "1 (ratio), so this benchmark cannot tell the two apart.",
+        "",
+        "| method | against | tasks | pass@1 diff (points) | 95% CI | pass@1 "
+        "| cost ratio | 95% CI | cost |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for ref, rows in paired.items():
+        for method in [m for m in order if m in rows]:
+            d, r = rows[method]["pass_diff"], rows[method]["cost_ratio"]
+            lines.append(
+                f"| {method} | {ref} | {rows[method]['n_tasks']} "
+                f"| {100 * d['estimate']:+.1f} | {_ci(d, 100, '+.1f')} "
+                f"| {_verdict(d, 0.0, 'better', 'worse')} "
+                f"| {r['estimate']:.2f} | {_ci(r, 1, '.2f')} "
+                f"| {_verdict(r, 1.0, 'dearer', 'cheaper')} |"
+            )
+    return lines
+
+
+def break_even_section(analysis: Mapping[str, Any]) -> list[str]:
+    """Per auction method: the execution length at which its auction pays for itself."""
+    table = analysis.get("break_even") or {}
+    if not any(table.values()):
+        return []
+    lengths = analysis.get("execution_lengths") or {}
+    values = sorted(lengths.values())
+    mean = sum(values) / len(values) if values else 0.0
+    lines = [
+        "",
+        "## Break-even execution length",
+        "",
+        "An auction costs A dollars per task whatever the execution; routing then makes "
+        "the execution cost rho times what the largest agent pays on the same tasks. With "
+        "the largest agent's price p per token, an execution of L tokens costs p·L alone "
+        "and A + rho·p·L after an auction: the auction pays for itself once "
+        "L > L* = A / (p (1 - rho)) tokens, never if rho >= 1. Here the largest agent's "
+        f"executions are {mean:.0f} tokens on average (longest {values[-1] if values else 0:.0f})"
+        ".",
+        "",
+        "| method | against | A: auction $/task | rho | L* (tokens) | L* / mean execution |",
+        "|---|---|---|---|---|---|",
+    ]
+    for ref, rows in table.items():
+        for method, b in rows.items():
+            lstar = b["break_even_tokens"]
+            lines.append(
+                f"| {method} | {ref} | {b['auction_cost_per_task']:.3g} | {b['rho']:.2f} "
+                + (
+                    f"| {lstar:,.0f} | {lstar / mean:,.0f}x |"
+                    if lstar is not None and mean
+                    else "| never | - |"
+                )
+            )
+    return lines
+
+
+def longest_section(longest: Mapping[str, Any], order: Sequence[str]) -> list[str]:
+    """Every method on the tasks with the longest executions: where overhead weighs least."""
+    methods = longest.get("methods") or {}
+    if not methods:
+        return []
+    lines = [
+        "",
+        "## Longest executions (top tercile)",
+        "",
+        f"The {longest['n_tasks']} test tasks whose execution by the largest agent is "
+        f"longest ({longest['min_tokens']:.0f}-{longest['max_tokens']:.0f} tokens); "
+        "methods with several orders averaged per task first.",
+        "",
+        "| method | pass@1 (%) | cost/task ($) |",
+        "|---|---|---|",
+    ]
+    for method in [m for m in order if m in methods]:
+        m = methods[method]
+        lines.append(f"| {method} | {100 * m['pass_at_1']:.1f} | {m['cost_per_task']:.3g} |")
+    return lines
+
+
+def learning_section(curves: Mapping[str, Mapping[str, Any]], agents: Sequence[str]) -> list[str]:
+    """First and last window of each learning curve (the plot shows the whole path)."""
+    if not curves:
+        return []
+    lines = [
+        "",
+        "## Learning along the task order",
+        "",
+        "Rolling means over the last w tasks of each order, then the mean over orders: "
+        "the first window (memory nearly empty) against the last.",
+        "",
+        "| method | w | pass@1 (%) first -> last | cost/task ($) first -> last | "
+        + " | ".join(f"{a} wins (%)" for a in agents)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(agents),
+    ]
+    for method, c in curves.items():
+        w = c["window"]
+        first, last = w - 1, len(c["tasks_seen"]) - 1
+        if first > last:
+            continue
+
+        wins = " | ".join(_span(c["win_share"][a], first, last, 100, ".0f") for a in agents)
+        lines.append(
+            f"| {method} | {w} | {_span(c['pass_at_1'], first, last, 100, '.1f')} "
+            f"| {_span(c['cost_usd'], first, last, 1, '.3g')} | {wins} |"
+        )
+    return lines
+
+
+def _span(values: Sequence[float], first: int, last: int, scale: float, spec: str) -> str:
+    return f"{values[first] * scale:{spec}} -> {values[last] * scale:{spec}}"
+
+
+def references(methods: Iterable[str], largest: str) -> list[str]:
+    """The largest agent's rows present: planning then executing, and answering directly."""
+    present = set(methods)
+    return [m for m in (f"single: {largest}", f"single: {largest} (direct)") if m in present]
+
+
+def analyse(
+    records: Sequence[Record],
+    largest: str,
+    agents: Sequence[str],
+    execution_lengths: Mapping[str, float] | None = None,
+    *,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Intervals, paired comparisons, break-even, longest bin and learning curves.
+
+    ``execution_lengths`` (tokens per task) defaults to the execution tokens of the
+    largest agent's first row; the caller can pass a purer measure (without the plan).
+    """
+    refs = references((r.method for r in records), largest)
+    if execution_lengths is None:
+        base = refs[0] if refs else None
+        execution_lengths = {r.task_id: r.tokens_execution for r in records if r.method == base}
+    tested = {r.task_id for r in records}
+    lengths = {t: float(v) for t, v in execution_lengths.items() if t in tested}
+    return {
+        "references": refs,
+        "intervals": intervals(records, seed=seed),
+        "paired": paired_comparisons(records, refs, seed=seed),
+        "break_even": {ref: break_even(records, ref) for ref in refs},
+        "execution_lengths": lengths,
+        "length_bins": length_bins(records, lengths),
+        "longest_bin": longest_bin(records, lengths),
+        "learning_curves": learning_curves(records, agents),
+    }
 
 
 # The issue's targets, on the coding test split (HumanEval), SALE against the largest agent.
@@ -229,6 +448,65 @@ def _plot_curves(curves: Mapping[str, Mapping[str, list[float]]], path: Path) ->
     plt.close(fig)
 
 
+def _plot_learning(curves: Mapping[str, Mapping[str, Any]], agents: Sequence[str],
+                   path: Path) -> None:  # fmt: skip
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    styles = ["-", "--", ":", "-."]
+    colours = plt.get_cmap("tab10")
+    for n, (m, c) in enumerate(curves.items()):
+        x, style = c["tasks_seen"], styles[n % len(styles)]
+        axes[0].plot(x, [100 * v for v in c["pass_at_1"]], style, label=m)
+        axes[1].plot(x, c["cost_usd"], style, label=m)
+        for j, a in enumerate(agents):
+            axes[2].plot(x, [100 * v for v in c["win_share"][a]], style,
+                         color=colours(j % 10), label=f"{m}: {a}")  # fmt: skip
+    for ax, title in zip(
+        axes, ("rolling pass@1 (%)", "rolling cost per task ($)", "rolling win share (%)"),
+        strict=True,
+    ):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("tasks seen")
+        ax.grid(alpha=0.3)
+    if curves:
+        window = ", ".join(f"{m} w={c['window']}" for m, c in curves.items())
+        fig.suptitle(f"Along the task order, mean over orders ({window})", fontsize=10)
+        axes[0].legend(fontsize=7)
+        axes[2].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_break_even(analysis: Mapping[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bins = analysis.get("length_bins") or {}
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    x = bins.get("median_tokens") or []
+    for m, shares in (bins.get("methods") or {}).items():
+        pts = [(xi, 100 * v) for xi, v in zip(x, shares, strict=True) if v is not None]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
+    ax.set_xlabel("execution length of the largest agent (tokens; median of each quantile bin)")
+    ax.set_ylabel("auction share of cost (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("What the auction costs against how long executions are", fontsize=10)
+    ax.grid(alpha=0.3)
+    if bins.get("methods"):
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def write_report(
     records: Iterable[Record],
     out_dir: str | Path,
@@ -241,11 +519,14 @@ def write_report(
     plots: bool = True,
     preamble: str = "",
     method_order: Sequence[str] = (),
+    execution_lengths: Mapping[str, float] | None = None,
 ) -> dict[str, Path]:
     """Summarise ``records`` and write JSON, Markdown and plots; returns the paths.
 
     ``curve_methods`` defaults to every method run over more than one task order.
     Tables list the methods of ``method_order`` first, in that order, then the rest.
+    ``execution_lengths`` (tokens per task) bins the break-even plot and the longest
+    tercile; see ``analyse``.
     """
     recs = list(records)
     summary = summarise(recs, largest, agents)
@@ -257,6 +538,7 @@ def write_report(
         m: win_rate_curve([r for r in recs if r.method == m], largest, blocks=blocks)
         for m in curve_methods
     }
+    analysis = analyse(recs, largest, agents, execution_lengths)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "markdown": out / "results.md"}
@@ -266,14 +548,27 @@ def write_report(
         "largest": largest,
         "summary": summary,
         "win_rate_curves": curves,
+        **{k: v for k, v in analysis.items() if k != "execution_lengths"},
         "records": [r.to_dict() for r in recs],
     }
     paths["json"].write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    markdown = markdown_report(summary, agents, preamble, largest)
+    images = [
+        ("pass@1 against cost, every method", "pareto.png"),
+        ("rolling pass@1, cost and win shares along the task order", "learning.png"),
+        ("small-agent win rate per block of tasks", "win_rate.png"),
+        ("auction share of cost against execution length", "break_even.png"),
+    ]
+    markdown = markdown_report(
+        summary, agents, preamble, largest, analysis, images if plots else ()
+    )
     paths["markdown"].write_text(markdown, encoding="utf-8")
     if plots:
         paths["pareto"] = out / "pareto.png"
         _plot_pareto(summary, paths["pareto"])
         paths["win_rate"] = out / "win_rate.png"
         _plot_curves(curves, paths["win_rate"])
+        paths["learning"] = out / "learning.png"
+        _plot_learning(analysis["learning_curves"], agents, paths["learning"])
+        paths["break_even"] = out / "break_even.png"
+        _plot_break_even(analysis, paths["break_even"])
     return paths

@@ -8,7 +8,7 @@ import pytest
 
 from sale_graph.bench.metrics import group_metrics, mean_std, summarise, win_rate_curve
 from sale_graph.bench.records import Record, bids_from_audit, dollars, record_from_audit
-from sale_graph.bench.report import markdown_report, pareto_front, write_report
+from sale_graph.bench.report import analyse, markdown_report, pareto_front, write_report
 
 AGENTS = ["small", "large"]
 
@@ -121,7 +121,8 @@ def test_write_report_files(tmp_path) -> None:
     assert "| sale | 2 | 4 | 50.0 ± 35.4 |" in md
     assert "| largest | 1 | 4 | 75.0 |" in md
     assert "per bin" in md and "easy" in md
-    for key in ("pareto", "win_rate"):
+    assert "## Plots" in md and "(learning.png)" in md
+    for key in ("pareto", "win_rate", "learning", "break_even"):
         assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -189,3 +190,38 @@ def test_audit_records_feed_metrics() -> None:
     g = group_metrics([r], "large", AGENTS)
     assert g["auction_token_share"] == pytest.approx(0.4)
     assert g["auction_time_share"] == pytest.approx(2.0 / 22.0)
+
+
+# --------------------------------------------------------------------------- analysis sections
+
+LARGE = "single: large"
+
+
+def _crec(method, task, passed, *, order=0, position=0, ta=0, te=1000, ca=0.0, ce=1.0) -> Record:
+    return _rec(method, task, "large", passed, order=order, position=position, ta=ta, te=te,
+                ca=ca, ce=ce)
+
+
+def _largest(n: int = 20) -> list[Record]:
+    return [_crec(LARGE, f"t{i:02d}", i % 2 == 0) for i in range(n)]
+
+
+
+def test_report_sections_name_both_largest_rows_and_noise() -> None:
+    direct = [_crec(f"{LARGE} (direct)", r.task_id, r.passed, te=500, ce=0.5)
+              for r in _largest()]  # fmt: skip
+    sale = [_crec("SALE", f"t{i:02d}", i % 2 == 0, ta=10, ca=0.2, ce=0.5, order=k, position=i)
+            for k in range(2) for i in range(20)]  # fmt: skip
+    recs = _largest() + direct + sale
+    analysis = analyse(recs, "large", AGENTS)
+    assert analysis["references"] == [LARGE, f"{LARGE} (direct)"]
+    assert set(analysis["paired"][f"{LARGE} (direct)"]) == {"SALE", LARGE}
+    md = markdown_report(summarise(recs, "large", AGENTS), AGENTS, largest="large",
+                         analysis=analysis)  # fmt: skip
+    assert "## Paired comparisons against the largest agent" in md
+    assert f"| SALE | {LARGE} | 20 | +0.0 | [+0.0, +0.0] | within noise | 0.70 |" in md
+    assert f"| SALE | {LARGE} (direct) | 20 | +0.0 |" in md
+    assert "## Break-even execution length" in md and "| SALE | single: large | 0.2 |" in md
+    assert "## Longest executions (top tercile)" in md
+    assert "## Learning along the task order" in md
+    json.dumps(analysis)  # the report writes it as JSON

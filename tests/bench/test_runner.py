@@ -399,3 +399,41 @@ def test_a_rerun_replays_the_coding_fix_round_too(tmp_path, scripted) -> None:
     with ledger.measure() as again:
         assert executor.invoke(inputs)["answer"] == out["answer"]
     assert (first.new, again.new, len(again.calls)) == (2, 0, 2)
+
+
+def test_direct_rows_and_an_oracle_over_both_modes(tmp_path) -> None:
+    bank = _synthetic_bank(tmp_path / "bank.sqlite", orders_done=1)
+    plain = json.loads(report_from_bank(bank, tmp_path / "plain", plots=False)["json"].read_text())
+    assert not [m for m in plain["summary"] if "(direct)" in m]  # no direct records: no rows
+    assert plain["references"] == ["single: large"]
+    # answering directly: 'small' passes every test task but t7, 'large' only t7 (half price)
+    for i in range(4, 8):
+        for a, p in AGENTS:
+            passed = (i != 7) if a == "small" else (i == 7)
+            bank.put("direct", f"t{i}|{a}|direct", {
+                "passed": passed, "tokens": 500, "cost": 500 * p / 1e6, "seconds": 0.5,
+                "confidence": None,
+            })  # fmt: skip
+    paths = report_from_bank(bank, tmp_path / "out", plots=False)
+    data = json.loads(paths["json"].read_text())
+    s = data["summary"]
+    assert s["single: small (direct)"]["overall"]["pass_at_1"]["mean"] == pytest.approx(0.75)
+    assert s["single: large (direct)"]["overall"]["pass_at_1"]["mean"] == pytest.approx(0.25)
+    # the oracle takes the cheapest passing (agent, mode): small direct on t4-t6, large direct
+    # on t7 (which large fails after planning); executors are named by agent, not by mode
+    oracle = s["oracle"]["overall"]
+    assert oracle["pass_at_1"]["mean"] == pytest.approx(1.0)
+    assert oracle["largest_share"]["mean"] == pytest.approx(0.25)
+    assert oracle["cost_usd"]["mean"] == pytest.approx(3 * 500 * 0.1 / 1e6 + 500 / 1e6)
+    assert data["references"] == ["single: large", "single: large (direct)"]
+    assert set(data["paired"]["single: large (direct)"]) >= {"SALE", "oracle", "single: large"}
+    md = paths["markdown"].read_text()
+    assert "| single: large (direct) | 1 | 4 |" in md
+    assert "cheapest passing (agent, mode) pair" in md
+    # only complete direct rows count: one missing record and the rows wait
+    bank.clear_records("direct")
+    bank.put("direct", "t4|small|direct", {"passed": True, "tokens": 1, "cost": 0.0,
+                                           "seconds": 0.0})  # fmt: skip
+    partial = json.loads(report_from_bank(bank, tmp_path / "p", plots=False)["json"].read_text())
+    assert partial["summary"]["oracle"] == plain["summary"]["oracle"]
+    assert not [m for m in partial["summary"] if "(direct)" in m]

@@ -1,0 +1,123 @@
+"""Bootstrap intervals, paired comparisons, break-even and learning curves on known inputs."""
+
+from __future__ import annotations
+
+import pytest
+
+from sale_graph.bench.metrics import (
+    break_even,
+    intervals,
+    learning_curves,
+    length_bins,
+    longest_bin,
+    paired_comparisons,
+    per_task,
+)
+from sale_graph.bench.records import Record
+
+LARGE = "single: large"
+AGENTS = ["small", "large"]
+
+
+def _rec(method, task, passed, *, agent="large", order=0, position=0, ta=0, te=1000,
+         ca=0.0, ce=1.0) -> Record:  # fmt: skip
+    return Record(method=method, task_id=task, domain="coding", bin="easy", agent=agent,
+                  passed=passed, tokens_auction=ta, tokens_execution=te, cost_auction=ca,
+                  cost_execution=ce, order=order, position=position)  # fmt: skip
+
+
+def _largest(n: int = 20) -> list[Record]:
+    """The largest agent passes the even tasks, at cost 1 per task (1000 tokens)."""
+    return [_rec(LARGE, f"t{i:02d}", i % 2 == 0) for i in range(n)]
+
+
+def test_identical_methods_differ_by_nothing() -> None:
+    same = [_rec("copy", r.task_id, r.passed) for r in _largest()]
+    cmp = paired_comparisons(_largest() + same, [LARGE])[LARGE]["copy"]
+    assert cmp["n_tasks"] == 20
+    assert cmp["pass_diff"] == {"estimate": 0.0, "lo": 0.0, "hi": 0.0, "within_noise": True}
+    assert cmp["cost_ratio"]["estimate"] == pytest.approx(1.0)
+    assert cmp["cost_ratio"]["lo"] == pytest.approx(1.0) == cmp["cost_ratio"]["hi"]
+    assert cmp["cost_ratio"]["within_noise"]
+    assert LARGE not in paired_comparisons(_largest() + same, [LARGE])[LARGE]  # no self row
+
+
+def test_passing_what_the_largest_fails_is_a_real_gain_at_a_real_price() -> None:
+    better = [_rec("better", f"t{i:02d}", True, ce=2.0) for i in range(20)]
+    cmp = paired_comparisons(_largest() + better, [LARGE])[LARGE]["better"]
+    assert cmp["pass_diff"]["estimate"] == pytest.approx(0.5)
+    assert 0 < cmp["pass_diff"]["lo"] <= 0.5 <= cmp["pass_diff"]["hi"]
+    assert not cmp["pass_diff"]["within_noise"]
+    assert cmp["cost_ratio"]["estimate"] == pytest.approx(2.0)  # 2 per task against 1
+    assert not cmp["cost_ratio"]["within_noise"]
+
+
+def test_one_task_of_difference_is_within_noise() -> None:
+    one = [_rec("one", r.task_id, r.passed or r.task_id == "t01") for r in _largest()]
+    cmp = paired_comparisons(_largest() + one, [LARGE])[LARGE]["one"]
+    assert cmp["pass_diff"]["estimate"] == pytest.approx(0.05)
+    assert cmp["pass_diff"]["within_noise"]
+
+
+def test_intervals_are_seeded_and_hold_the_estimate() -> None:
+    ci = intervals(_largest())
+    assert ci == intervals(_largest())  # seeded: a rebuilt report is byte-identical
+    p = ci[LARGE]["pass_at_1"]
+    assert p["estimate"] == 0.5 and p["lo"] < 0.5 < p["hi"]
+    c = ci[LARGE]["cost_per_task"]
+    assert c == {"estimate": 1.0, "lo": 1.0, "hi": 1.0}
+    assert intervals(_largest(), seed=1)[LARGE]["pass_at_1"] != p  # the seed matters
+
+
+def test_orders_are_averaged_per_task_first() -> None:
+    recs = [_rec("sale", "a", True, order=0), _rec("sale", "a", False, order=1),
+            _rec("sale", "b", True, order=0), _rec("sale", "b", True, order=1)]  # fmt: skip
+    assert per_task(recs)["sale"]["a"]["passed"] == 0.5
+    assert intervals(recs)["sale"]["n_tasks"] == 2  # tasks, not task x order
+
+
+def test_break_even_on_synthetic_records() -> None:
+    # the largest: 1000 tokens for $1 (p = $0.001/token); the auction: $2 per task, and
+    # the winners' executions cost half the largest's (rho = 0.5): L* = 2 / (0.001 * 0.5)
+    sale = [_rec("sale", f"t{i:02d}", True, ta=10, ca=2.0, ce=0.5) for i in range(20)]
+    dear = [_rec("dear", f"t{i:02d}", True, ta=10, ca=2.0, ce=1.5) for i in range(20)]
+    out = break_even(_largest() + sale + dear, LARGE)
+    assert set(out) == {"sale", "dear"}  # only methods that ran an auction
+    assert out["sale"]["auction_cost_per_task"] == pytest.approx(2.0)
+    assert out["sale"]["rho"] == pytest.approx(0.5)
+    assert out["sale"]["price_per_mtok"] == pytest.approx(1000.0)
+    assert out["sale"]["break_even_tokens"] == pytest.approx(4000.0)
+    assert out["dear"]["break_even_tokens"] is None  # rho >= 1: never pays
+    assert break_even(sale, LARGE) == {}
+
+
+def test_length_bins_and_longest_tercile() -> None:
+    lengths = {f"t{i:02d}": float(100 * (i + 1)) for i in range(6)}
+    # the auction costs 1 everywhere; the execution grows with the task's length
+    sale = [_rec("sale", t, True, ta=1, ca=1.0, ce=v / 100) for t, v in lengths.items()]
+    bins = length_bins(_largest(6) + sale, lengths, bins=3)
+    assert bins["median_tokens"] == [150.0, 350.0, 550.0]
+    shares = bins["methods"]["sale"]
+    assert shares == sorted(shares, reverse=True)  # longer executions, smaller auction share
+    assert shares[0] == pytest.approx(2 / (2 + 3))
+    top = longest_bin(_largest(6) + sale, lengths)
+    assert (top["n_tasks"], top["min_tokens"], top["max_tokens"]) == (2, 500.0, 600.0)
+    assert top["methods"][LARGE] == {"n": 2, "pass_at_1": 0.5, "cost_per_task": 1.0}
+
+
+def test_learning_curves_average_orders_along_positions() -> None:
+    # order 0 passes from position 2 on, order 1 from position 3: memory helps later tasks
+    recs = []
+    for k, start in ((0, 2), (1, 3)):
+        for pos in range(6):
+            recs.append(_rec("SALE", f"t{(pos + k) % 6}", pos >= start, order=k, position=pos,
+                             agent="small" if pos >= start else "large"))  # fmt: skip
+    recs += _largest(6)  # one order: no curve
+    curves = learning_curves(recs, AGENTS, window=2)
+    assert list(curves) == ["SALE"]
+    c = curves["SALE"]
+    assert c["tasks_seen"] == [1, 2, 3, 4, 5, 6]
+    assert c["pass_at_1"] == pytest.approx([0.0, 0.0, 0.25, 0.75, 1.0, 1.0])
+    assert c["win_share"]["small"] == c["pass_at_1"]
+    assert c["win_share"]["large"] == pytest.approx([1.0, 1.0, 0.75, 0.25, 0.0, 0.0])
+

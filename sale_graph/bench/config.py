@@ -80,6 +80,7 @@ class BenchConfig:
         kw["bins"] = tuple(kw.get("bins", BINS))
         kw["per_domain"] = dict(kw.get("per_domain") or {})
         kw.setdefault("methods", "paper")  # stored before the staged rows existed
+        kw.setdefault("direct", False)  # stored before direct answers were run
         return cls(**kw)
 
 

@@ -640,10 +640,11 @@ def create_app(
         yield
         await service.shutdown()
 
-    async def not_found(request: Request, exc: HTTPException) -> Response:
-        status = exc.status_code
+    async def http_error(request: Request, exc: Exception) -> Response:
+        """Starlette's own errors (no such route, wrong method) in OpenAI's shape."""
+        status = int(getattr(exc, "status_code", 500))
         message = (f"no route {request.method} {request.url.path}" if status in (404, 405)
-                   else str(exc.detail))
+                   else str(getattr(exc, "detail", exc)))
         return ApiError(status, message, code="not_found" if status == 404 else None).response()
 
     app = Starlette(
@@ -654,7 +655,7 @@ def create_app(
             Route("/v1/sale/outcomes", _handled(service.outcomes), methods=["POST"]),
         ],
         middleware=[Middleware(BearerAuth, api_key=api_key)] if api_key else [],
-        exception_handlers={HTTPException: not_found},
+        exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )
     app.state.service = service

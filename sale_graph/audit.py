@@ -182,6 +182,7 @@ def build_audit(
         "execution": {
             "agent": execution.get("agent"), "error": execution.get("error"),
             "with_plan": execution.get("with_plan"),
+            **({"raw_answer": execution["raw_answer"]} if execution.get("raw_answer") else {}),
             **({"details": execution["details"]} if execution.get("details") else {}),
         },
         "phases": phases,

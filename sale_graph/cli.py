@@ -1,7 +1,8 @@
-"""The ``sale`` command: run an auction, inspect the auction memory.
+"""The ``sale`` command: run an auction, inspect the auction memory, serve the market.
 
 ``sale run "TASK"`` streams progress to stderr while the models work, then prints
 the auction table and the answer (or, with ``--json``, the audit record) to stdout.
+``sale serve`` puts the auction behind an OpenAI-compatible API (``sale_graph.serve``).
 """
 
 from __future__ import annotations
@@ -208,6 +209,60 @@ def _memory(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve_command(sub: Any) -> None:
+    """``sale serve``: flags override the deployer's environment (``deployed_context``)."""
+    p = sub.add_parser("serve", help="serve the auction as an OpenAI-compatible model")
+    p.add_argument("--pool", default=None,
+                   help="'local', 'local-small' or a pool file (default: $SALE_POOL, else local)")
+    p.add_argument("--memory", default=None,
+                   help="directory of the embedded auction memory (default: $SALE_MEMORY_PATH)")
+    p.add_argument("--memory-url", default=None, help="Chroma server URL (http://host:port)")
+    p.add_argument("--collection", default=None)
+    p.add_argument("--weights", default=None, help="weights JSON file (from `sale fit`)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None,
+                   help="bearer token every request must send (default: $SALE_API_KEY); "
+                        "required to bind a non-loopback address")
+    p.add_argument("--timeout", type=float, default=900.0,
+                   help="seconds a request may take, auction and answer (default: 900)")
+    p.add_argument("--max-inflight", type=int, default=64,
+                   help="auctions running at once; more get 429 (default: 64)")
+    p.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from sale_graph.context import deployed_context
+    from sale_graph.errors import ContextError
+    from sale_graph.serve import create_app, is_loopback, model_names
+
+    api_key = args.api_key or os.environ.get("SALE_API_KEY") or None
+    if api_key is None and not is_loopback(args.host):
+        raise ContextError(
+            f"refusing to bind {args.host} without an API key: anyone who reaches it could "
+            "spend the pool; set --api-key or SALE_API_KEY, or bind 127.0.0.1"
+        )
+    flags = {"pool": args.pool, "weights": args.weights, "memory_path": args.memory,
+             "memory_url": args.memory_url, "collection": args.collection}
+    context = dataclasses.replace(
+        deployed_context(), **{k: v for k, v in flags.items() if v is not None}
+    )
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise ContextError('sale serve needs uvicorn: pip install "sale-graph[serve]"') from exc
+    app = create_app(context, api_key=api_key, timeout=args.timeout,
+                     max_inflight=args.max_inflight)
+    print(f"sale serve: http://{args.host}:{args.port}/v1, models {', '.join(model_names())} "
+          f"(pool {context.pool if context.agents is None else 'custom'}; "
+          f"{'bearer token required' if api_key else 'no API key: loopback only'})",
+          file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pool", default="local",
                    help="'local', 'local-small' or a JSON/TOML pool file (default: local)")
@@ -250,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     verdict.add_argument("--failed", dest="passed", action="store_false")
     feedback.add_argument("--detail", default=None, help="why (kept, capped at 500 chars)")
     _common(feedback)
+    _add_serve_command(sub)
     try:
         from sale_graph.bench.cli import add_bench_commands
     except ImportError:

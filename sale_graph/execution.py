@@ -12,6 +12,7 @@ the executor runs, however deep inside a subgraph.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -43,6 +44,28 @@ async def _answer_in_one_call(inputs: dict[str, Any], config: RunnableConfig) ->
 
 
 default_executor: Runnable = RunnableLambda(_answer_in_one_call, name="execute_plan")
+
+
+# Tags of our prompts that a small executor may echo before its answer (the 1.5B model
+# sometimes opens with the <winning_plan> or <plan> it was given).
+_ECHOED = ("winning_plan", "losing_plan", "plan", "task", "example")
+_ECHO_BLOCK = re.compile(
+    r"\s*<(" + "|".join(_ECHOED) + r")>.*?</\1>\s*", re.DOTALL | re.IGNORECASE
+)
+
+
+def clean_answer(text: str) -> str:
+    """The answer without fence blocks the executor echoed at its very start.
+
+    Only whole ``<tag>...</tag>`` blocks of our own prompt tags, only at the start, are
+    removed: text after the answer began is the answer's own. An answer that is
+    nothing but echoed blocks is kept as it is (an echo is better than nothing).
+    """
+    rest, end = text, 0
+    while match := _ECHO_BLOCK.match(text, end):
+        end = match.end()
+        rest = text[end:]
+    return rest if rest.strip() else text
 
 
 def answer_text(result: Any) -> str:
@@ -82,7 +105,10 @@ async def execute(
         pending = (in_own_thread(runnable.invoke, inputs, config=config) if _blocking(runnable)
                    else runnable.ainvoke(inputs, config=config))
         raw = await asyncio.wait_for(pending, timeout)
-        result["answer"] = answer_text(raw)
+        text = answer_text(raw)
+        result["answer"] = clean_answer(text)
+        if result["answer"] != text:
+            result["raw_answer"] = text  # kept in the audit: what the model actually wrote
         if not result["answer"].strip():
             result["error"] = "empty answer: the executor returned no text"
         if isinstance(raw, dict):
@@ -94,7 +120,7 @@ async def execute(
     output_tokens = sum(u.get("output_tokens", 0) for u in usage.usage_metadata.values())
     estimated = not usage.usage_metadata
     if estimated and result["answer"]:
-        output_tokens = estimate_tokens(result["answer"])
+        output_tokens = estimate_tokens(result.get("raw_answer") or result["answer"])
     result.update(
         input_tokens=input_tokens, output_tokens=output_tokens, tokens_estimated=estimated,
         started=started, ended=ended, seconds=ended - started,

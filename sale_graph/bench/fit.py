@@ -382,13 +382,17 @@ def fit_weights(
     )
 
 
-def save_weights(weights: Mapping[str, Any], path: str | Path) -> None:
-    """Write ``{"cost", "entropy", "jury": {agent: w}}`` as JSON."""
-    data = {
+def save_weights(
+    weights: Mapping[str, Any], path: str | Path, staged: Mapping[str, Any] | None = None
+) -> None:
+    """Write ``{"cost", "entropy", "jury": {agent: w}}`` (and the staged policy) as JSON."""
+    data: dict[str, Any] = {
         "cost": float(weights["cost"]),
         "entropy": float(weights["entropy"]),
         "jury": {str(k): float(v) for k, v in (weights.get("jury") or {}).items()},
     }
+    if staged is not None:
+        data["staged"] = dict(staged)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -235,3 +235,19 @@ def test_minmax_is_not_held_hostage_by_a_task_nobody_solves() -> None:
         next(b for b in tasks[t] if b.agent == fit.selected[t]).passed for t in solved
     )
     assert fit.train_pass_rate == pytest.approx(len(solved) / len(tasks))
+
+
+def test_weights_file_carries_the_staged_policy(tmp_path) -> None:
+    from sale_graph import Context, StagedPolicy
+    from sale_graph.bench.fit import save_weights
+    from sale_graph.staged import AgentPolicy
+
+    policy = StagedPolicy(agents={"small": AgentPolicy(bias=1.0, reserve=0.6),
+                                  "mid": AgentPolicy(offered=False)}, fitted=True)
+    path = tmp_path / "w.json"
+    save_weights({"cost": 0.1, "entropy": 0.2, "jury": {"small": 0.5}}, path,
+                 staged=policy.to_dict())
+    ctx = Context(weights=str(path))
+    assert ctx.resolved_weights().jury == {"small": 0.5}
+    loaded = ctx.resolved_staged()
+    assert loaded == policy and loaded.for_agent("mid").offered is False

@@ -184,16 +184,18 @@ def worker_main(spec_path: str) -> int:
 
 # ----------------------------------------------------------------------------- server
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on loopback."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _answers(url: str) -> bool:
+def answers(url: str, path: str = "/api/v2/heartbeat") -> bool:
+    """Whether a loopback server answers ``path`` with 200 (no proxy, 1 s)."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with opener.open(f"{url}/api/v2/heartbeat", timeout=1.0) as reply:
+        with opener.open(f"{url}{path}", timeout=1.0) as reply:
             return reply.status == 200
     except OSError:
         return False
@@ -204,7 +206,7 @@ class Server:
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="sale-load-"))
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         chroma = Path(sys.executable).parent / "chroma"
         cmd = [str(chroma)] if chroma.exists() else [shutil.which("chroma") or "chroma"]
@@ -214,7 +216,7 @@ class Server:
                  "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT,
                 env=dict(os.environ, ANONYMIZED_TELEMETRY="False"))
         deadline = time.monotonic() + 60
-        while not _answers(self.url):
+        while not answers(self.url):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError("chroma run did not start")

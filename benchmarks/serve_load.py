@@ -23,12 +23,10 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +38,7 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 os.environ.setdefault("LANGSMITH_TRACING", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.load import instant_model, ms, pct  # noqa: E402
+from benchmarks.load import answers, free_port, instant_model, ms, pct  # noqa: E402
 from tests.workers.common import PRICES, WEIGHTS, HashEmbedder  # noqa: E402
 
 TASK = "Add the numbers {c} and {r} and return the sum."
@@ -130,21 +128,6 @@ async def through_server(args: argparse.Namespace, url: str, deadline: float,
         return await clients(args.clients, args.requests, deadline, one)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _up(url: str) -> bool:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(f"{url}/v1/models", timeout=1.0) as reply:
-            return reply.status == 200
-    except OSError:
-        return False
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=8)
@@ -162,12 +145,12 @@ def main() -> int:
     local, local_errors = asyncio.run(in_process(args, deadline - args.time_limit / 2))
 
     memory_dir = tempfile.mkdtemp(prefix="sale-serve-load-")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port), memory_dir])
     stored: list[str] = []
     try:
-        while not _up(url):
+        while not answers(url, "/v1/models"):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the server did not start")
             time.sleep(0.2)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
@@ -134,44 +135,65 @@ def jurors_for(bid_agent: str, agents: Sequence[str], mode: str) -> list[str]:
     return []
 
 
-async def cast_vote(juror: Agent, task: str, bid: Bid, *, timeout: float) -> Vote:
-    """One juror's vote on one bid, retried once, dropped (score None) if unreadable."""
-    messages: list[BaseMessage] = jury_messages(task, bid["strategy"])
-    kwargs: dict[str, object] = {"max_tokens": 2 if is_local(juror) else 4}
-    if is_local(juror):
-        kwargs["grammar"] = VOTE_GRAMMAR
-        kwargs["choices"] = SCALE
-    raw: list[str] = []
-    errors: list[str] = []
-    input_tokens = output_tokens = 0
-    started = ended = None
+@dataclass
+class _Asked:
+    """What asking a juror produced: the parsed reply (None if unreadable) and its costs."""
+
+    parsed: Any = None
+    metadata: Mapping[str, Any] | None = None
+    raw: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    started: float = 0.0
+    ended: float = 0.0
+
+    @property
+    def attempts(self) -> int:
+        return len(self.raw) + len(self.errors)
+
+
+async def _ask(
+    juror: Agent, messages: list[BaseMessage], parse: Any, retry: str, timeout: float,
+    **kwargs: object,
+) -> _Asked:
+    """Ask, parse, and once more with a terser instruction if the reply was unreadable."""
+    asked = _Asked()
     for _ in range(ATTEMPTS):
         try:
             reply = await call(juror, messages, timeout=timeout, **kwargs)
         except Exception as exc:  # noqa: BLE001 - any failure of a juror is recorded, not raised
-            errors.append(describe_error(exc))
+            asked.errors.append(describe_error(exc))
             continue
-        started = started or reply.started
-        ended = reply.ended
-        input_tokens += reply.input_tokens
-        output_tokens += reply.output_tokens
-        raw.append(reply.text)
-        score = parse_vote(reply.text)
-        if score is not None:
-            expected = expected_vote(reply.metadata)
-            return Vote(
-                bid_id=bid["id"], juror=juror.name, score=score,
-                expected=None if expected is None else round(expected, 4),
-                attempts=len(raw) + len(errors),
-                raw=raw, error=None, input_tokens=input_tokens, output_tokens=output_tokens,
-                started=started, ended=ended,
-            )
-        messages = [*messages, AIMessage(reply.text), HumanMessage(JURY_RETRY)]
-    reason = "; ".join(errors) if errors else f"unreadable vote {raw!r}"
+        asked.started = asked.started or reply.started
+        asked.ended = reply.ended
+        asked.input_tokens += reply.input_tokens
+        asked.output_tokens += reply.output_tokens
+        asked.raw.append(reply.text)
+        asked.parsed = parse(reply.text)
+        if asked.parsed is not None:
+            asked.metadata = reply.metadata
+            return asked
+        messages = [*messages, AIMessage(reply.text), HumanMessage(retry)]
+    return asked
+
+
+async def cast_vote(juror: Agent, task: str, bid: Bid, *, timeout: float) -> Vote:
+    """One juror's vote on one bid, retried once, dropped (score None) if unreadable."""
+    kwargs: dict[str, object] = {"max_tokens": 2 if is_local(juror) else 4}
+    if is_local(juror):
+        kwargs["grammar"] = VOTE_GRAMMAR
+        kwargs["choices"] = SCALE
+    asked = await _ask(juror, jury_messages(task, bid["strategy"]), parse_vote, JURY_RETRY,
+                       timeout, **kwargs)
+    expected = expected_vote(asked.metadata) if asked.parsed is not None else None
+    reason = None if asked.parsed is not None else (
+        "; ".join(asked.errors) if asked.errors else f"unreadable vote {asked.raw!r}")
     return Vote(
-        bid_id=bid["id"], juror=juror.name, score=None, expected=None, attempts=ATTEMPTS, raw=raw,
-        error=reason, input_tokens=input_tokens, output_tokens=output_tokens,
-        started=started or 0.0, ended=ended or 0.0,
+        bid_id=bid["id"], juror=juror.name, score=asked.parsed,
+        expected=None if expected is None else round(expected, 4), attempts=asked.attempts,
+        raw=asked.raw, error=reason, input_tokens=asked.input_tokens,
+        output_tokens=asked.output_tokens, started=asked.started, ended=asked.ended,
     )
 
 
@@ -242,44 +264,26 @@ async def cast_list_vote(
     once; then every vote of the call is dropped and recorded.
     """
     n = len(bids)
-    messages: list[BaseMessage] = jury_list_messages(task, [b["strategy"] for b in bids])
     kwargs: dict[str, object] = {"max_tokens": 2 * n + 2}
     if is_local(juror):
         kwargs["grammar"] = list_grammar(n)
         kwargs["choices"] = SCALE
-    raw: list[str] = []
-    errors: list[str] = []
-    input_tokens = output_tokens = 0
-    started = ended = None
-    digits: list[int] | None = None
-    expected: list[float | None] = [None] * n
-    for _ in range(ATTEMPTS):
-        try:
-            reply = await call(juror, messages, timeout=timeout, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - any failure of a juror is recorded, not raised
-            errors.append(describe_error(exc))
-            continue
-        started = started or reply.started
-        ended = reply.ended
-        input_tokens += reply.input_tokens
-        output_tokens += reply.output_tokens
-        raw.append(reply.text)
-        digits = parse_list_vote(reply.text, n)
-        if digits is not None:
-            expected = _expected_each(reply.metadata, n)
-            break
-        messages = [*messages, AIMessage(reply.text), HumanMessage(JURY_LIST_RETRY.format(n=n))]
+    asked = await _ask(juror, jury_list_messages(task, [b["strategy"] for b in bids]),
+                       lambda text: parse_list_vote(text, n), JURY_LIST_RETRY.format(n=n),
+                       timeout, **kwargs)
+    digits = asked.parsed
+    expected = _expected_each(asked.metadata, n) if digits is not None else [None] * n
     reason = None if digits is not None else (
-        "; ".join(errors) if errors else f"unreadable listwise vote {raw!r}")
-    share_in, share_out = input_tokens / n, output_tokens / n
+        "; ".join(asked.errors) if asked.errors else f"unreadable listwise vote {asked.raw!r}")
     return [
         Vote(
             bid_id=b["id"], juror=juror.name,
             score=None if digits is None else digits[i],
             expected=None if expected[i] is None else round(float(expected[i] or 0.0), 4),
-            attempts=len(raw) + len(errors), raw=raw, error=reason,
-            input_tokens=round(share_in), output_tokens=round(share_out),
-            started=started or 0.0, ended=ended or 0.0,
+            attempts=asked.attempts, raw=asked.raw, error=reason,
+            input_tokens=round(asked.input_tokens / n),
+            output_tokens=round(asked.output_tokens / n),
+            started=asked.started, ended=asked.ended,
         )
         for i, b in enumerate(bids)
     ]

@@ -11,10 +11,11 @@ cells = [
         "result of the run. Everything below is rebuilt from it in seconds, with no model "
         "loaded: the report's tables and plots, the paired comparisons against the largest "
         "agent, and one auction's audit with what its memory retrieved.\n\n"
-        "`RUN_DIR` picks the run: `benchmarks/results/v2` once its bank is committed, else "
-        "`benchmarks/results/full`. Set it to any run directory of your own."
+        "`RUN_DIR` picks the run: `benchmarks/results/v2` once its committed results hold "
+        "auctions, else `benchmarks/results/full`. Set it to any run directory of your own."
     ),
     nbf.v4.new_code_cell(
+        "import json\n"
         "import tempfile\n"
         "from pathlib import Path\n\n"
         "import sale_graph\n\n"
@@ -25,7 +26,10 @@ cells = [
         "    results = next(p / 'benchmarks' / 'results' for p in roots\n"
         "                   if (p / 'benchmarks' / 'results').is_dir())\n"
         "    v2 = results / 'v2'\n"
-        "    RUN_DIR = v2 if (v2 / 'bank.jsonl.gz').exists() else results / 'full'\n"
+        "    done = v2 / 'results.json'\n"
+        "    records = json.loads(done.read_text()).get('records', []) if done.exists() else []\n"
+        "    auctions = any(r.get('tokens_auction') for r in records)\n"
+        "    RUN_DIR = v2 if auctions else results / 'full'\n"
         "EXPORT = Path(RUN_DIR) / 'bank.jsonl.gz'\n"
         "print('run:', RUN_DIR)"
     ),

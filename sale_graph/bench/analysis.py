@@ -274,7 +274,9 @@ def report_from_bank(
     if fit:
         from sale_graph.bench.fit import save_weights
 
-        save_weights(fit["weights"], out / "weights.json")
+        staged = bank.get("fit", "staged")
+        save_weights(fit["weights"], out / "weights.json",
+                     staged=staged["policy"] if staged else None)
     meta = {
         "config": config.to_dict(),
         "agents": [{"name": a, "price_usd_per_mtok": prices[a]} for a in agents],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,7 +40,8 @@ def smoke_run(tmp_path_factory) -> Path:
     done = _sale("bench", "--smoke", "--run-dir", str(run_dir))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| SALE |" in done.stdout  # the table is printed
-    assert "15/15" in done.stderr  # the progress line reached the end
+    steps = re.findall(r"\] (\d+)/(\d+) ", done.stderr)
+    assert steps and steps[-1][0] == steps[-1][1], steps[-3:]  # the progress line reached the end
     return run_dir
 
 
@@ -52,7 +54,8 @@ def test_smoke_writes_sane_results(smoke_run: Path) -> None:
                  "results.jsonl", "weights.json"):  # fmt: skip
         assert (smoke_run / name).stat().st_size > 0, name
     summary = _summary(smoke_run)
-    assert set(summary) == BASELINES | {"SALE"}
+    direct = {"single: smollm2-135m (direct)", "single: qwen2.5-coder-0.5b (direct)"}
+    assert set(summary) == BASELINES | direct | {"SALE", "staged"}
     for method, s in summary.items():
         o = s["overall"]
         assert o["n"] == 3, method  # the test split: 2 coding + 1 reasoning task
@@ -60,6 +63,8 @@ def test_smoke_writes_sane_results(smoke_run: Path) -> None:
         assert o["cost_usd"]["mean"] > 0 and o["tokens"]["mean"] > 0
     singles = [summary[m]["overall"]["pass_at_1"]["mean"] for m in BASELINES if "single" in m]
     assert summary["oracle"]["overall"]["pass_at_1"]["mean"] >= max(singles)
+    staged = summary["staged"]["overall"]  # its calls replay the outcomes' bids and answers
+    assert staged["n"] == 3 and 0.0 <= staged["auction_token_share"]["mean"] < 1.0
     sale = summary["SALE"]["overall"]
     assert 0.0 < sale["auction_token_share"]["mean"] < 1.0
     assert 0.0 < sale["auction_time_share"]["mean"] < 1.0
@@ -72,6 +77,7 @@ def test_smoke_writes_sane_results(smoke_run: Path) -> None:
     assert "| SALE | 1 | 3 |" in md and "## pass@1 (%) and cost ($) per bin" in md
     weights = json.loads((smoke_run / "weights.json").read_text())
     assert set(weights["jury"]) == {"smollm2-135m", "qwen2.5-coder-0.5b"}
+    assert set(weights["staged"]["agents"]) == {"smollm2-135m"}  # all but the dearest
 
 
 def test_from_bank_rebuilds_the_same_tables_without_models(smoke_run: Path, tmp_path) -> None:

@@ -111,6 +111,12 @@ def _staged_table(audit: dict[str, Any]) -> str:
     rows = [head]
     assessed = {a["agent"]: a for a in audit.get("assessments") or []}
     estimates = audit.get("estimates") or {}
+    for a in audit.get("assessments") or []:
+        if a.get("skipped"):  # ruled out by memory alone: no bid was asked for
+            est = estimates.get(a["agent"]) or {}
+            rows.append((a["agent"], "-", "-", "-",
+                         f"{est.get('p', 0):.2f} ({est.get('n', 0):.1f})",
+                         f"{a['p_pass']:.2f}", f"{a['reserve']:.2f}", "not asked"))
     for b in audit["bids"]:
         a = assessed.get(b["agent"])
         est = estimates.get(b["agent"])

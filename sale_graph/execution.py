@@ -52,6 +52,8 @@ _ECHOED = ("winning_plan", "losing_plan", "plan", "task", "example")
 _ECHO_BLOCK = re.compile(
     r"\s*<(" + "|".join(_ECHOED) + r")>.*?</\1>\s*", re.DOTALL | re.IGNORECASE
 )
+# a lone opening tag on the first line, as the 1.5B writes before a direct answer
+_ECHO_OPEN_LINE = re.compile(r"\s*<(" + "|".join(_ECHOED) + r")>[ \t]*\n", re.IGNORECASE)
 
 
 def clean_answer(text: str) -> str:
@@ -62,7 +64,7 @@ def clean_answer(text: str) -> str:
     nothing but echoed blocks is kept as it is (an echo is better than nothing).
     """
     rest, end = text, 0
-    while match := _ECHO_BLOCK.match(text, end):
+    while match := _ECHO_BLOCK.match(text, end) or _ECHO_OPEN_LINE.match(text, end):
         end = match.end()
         rest = text[end:]
     return rest if rest.strip() else text

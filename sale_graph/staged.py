@@ -252,11 +252,22 @@ async def offer(
                  and (name == order[-1] or policy.for_agent(name).offered)]
     if not remaining:  # cannot happen: the last agent is never asked to bid
         raise NoBidsError("the staged auction ran out of agents")
+    # an agent whose assessment does not depend on its bid, and whom memory alone
+    # rules out, is passed over without paying for a bid it could not win with
+    skipped = []
+    while len(remaining) > 1:
+        verdict = _without_bid(policy, remaining[0], state, ctx.reserve)
+        if verdict is None:
+            break
+        skipped.append(verdict)
+        remaining.pop(0)
+    passed_over = {"offered": [s["agent"] for s in skipped], "assessments": skipped}
     agent = agents[remaining[0]]
     if len(remaining) == 1:
         entry = _direct_bid(agent)
         return Command(update={
-            "offered": [agent.name], "bids": [entry], "winning_bid": entry["id"],
+            "offered": [*passed_over["offered"], agent.name], "assessments": skipped,
+            "bids": [entry], "winning_bid": entry["id"],
             "stop": f"last resort: {agent.name}, the dearest agent, answers directly "
                     "(no bid, no jury)",
         }, goto="approve")
@@ -265,8 +276,34 @@ async def offer(
                               max_tokens=ctx.max_bid_tokens, timeout=ctx.call_timeout)
     except Exception as exc:  # noqa: BLE001 - a failing agent passes the task on
         event = Event(kind="bid_failed", agent=agent.name, detail=describe_error(exc))
-        return Command(update={"offered": [agent.name], "events": [event]}, goto="offer")
-    return Command(update={"offered": [agent.name], "bids": [new]}, goto="assess")
+        return Command(update={"offered": [*passed_over["offered"], agent.name],
+                               "assessments": skipped, "events": [event]}, goto="offer")
+    return Command(update={"offered": [*passed_over["offered"], agent.name],
+                           "assessments": skipped, "bids": [new]}, goto="assess")
+
+
+def _without_bid(
+    policy: StagedPolicy, name: str, state: Mapping[str, Any], override: float | None
+) -> dict[str, Any] | None:
+    """The assessment of an agent that memory alone rules out, or None if its bid could count.
+
+    A bid can only change the verdict through its entropy, its length or a juror's
+    vote; with none of those in the agent's model, the memory estimate decides, and a
+    bid that cannot win is not worth paying for (unless the agent is being explored).
+    """
+    model = policy.for_agent(name)
+    if model.entropy or model.length or (model.jury and policy.juror):
+        return None
+    est = (state.get("estimates") or {}).get(name) or {}
+    signals = Signals(entropy=None, tokens=0, memory_p=float(est.get("p", DEFAULT_PRIOR)),
+                      memory_n=float(est.get("n", 0.0)), prior=DEFAULT_PRIOR)
+    p = policy.assess(name, signals)
+    reserve = policy.reserve(name, override)
+    if p >= reserve or policy.explores(state["auction_id"], name, signals.memory_n):
+        return None
+    return {"agent": name, "bid_id": None, "p_pass": round(p, 4), "reserve": reserve,
+            "accepted": False, "explored": False, "skipped": True,
+            "signals": {"memory_p": round(signals.memory_p, 4), "memory_n": signals.memory_n}}
 
 
 async def assess(
@@ -275,7 +312,7 @@ async def assess(
     """Graph node: accept the newest bid if its assessment clears the reserve, else go on."""
     ctx = run_context(runtime, bound)
     policy = await asyncio.to_thread(ctx.resolved_staged)
-    name = state["offered"][-1]
+    name = state["offered"][-1]  # the agent whose bid just arrived
     bid = next(b for b in state["bids"] if b["agent"] == name and b["round"] == 0)
     model = policy.for_agent(name)
     estimate_ = (state.get("estimates") or {}).get(name) or {}

@@ -138,6 +138,7 @@ def error_of(response: httpx.Response) -> dict:
     ("<WINNING_PLAN>x</WINNING_PLAN> 4", "4"),
     ("Answer 4; the <plan> tag is mentioned later </plan>", None),
     ("<plan>unclosed echo\nAnswer 4", None),
+    ("<plan>\nTo solve it:\ndef f(): pass", "To solve it:\ndef f(): pass"),  # a lone open tag
     ("<plan>only an echo</plan>", None),  # nothing else: kept as it is
     ("<div>html answer</div>", None),
 ])

@@ -42,8 +42,8 @@ def memory(tmp_path) -> AuctionMemory:
 
 
 def policy(**reserves: float) -> StagedPolicy:
-    """Bias-only models: p(pass) = 0.5 for every bid; reserves decide."""
-    return StagedPolicy(agents={n: AgentPolicy(bias=0.0, memory=0.0, reserve=r)
+    """p(pass) = 0.5 for every bid (scripted entropy 0.5); reserves decide."""
+    return StagedPolicy(agents={n: AgentPolicy(bias=-0.5, entropy=1.0, memory=0.0, reserve=r)
                                 for n, r in reserves.items()}, fitted=True)
 
 
@@ -95,6 +95,20 @@ def test_the_dearest_agent_answers_directly_without_bid_or_jury(memory):
     assert audit["memory"]["write"] == "ok"
     stored = memory.get(audit["auction_id"])
     assert stored.winner == "large" and stored.winning_bid["strategy"] == ""
+
+
+def test_an_agent_memory_rules_out_is_not_asked_to_bid(memory):
+    agents = pool()
+    memory_only = StagedPolicy(agents={"small": AgentPolicy(bias=0.0, memory=6.0, reserve=0.9),
+                                       "mid": AgentPolicy(bias=-0.5, entropy=1.0, reserve=0.4)},
+                               fitted=True)
+    out = run("t", staged(agents, memory, staged=memory_only))
+    audit = out["auction"]
+    assert out["winner"] == "mid" and audit["offered"] == ["small", "mid"]
+    assert calls(agents, "bid") == {"small": 0, "mid": 1, "large": 0}
+    skipped, taken = audit["assessments"]
+    assert skipped["skipped"] and skipped["bid_id"] is None and skipped["p_pass"] == 0.5
+    assert taken["accepted"]
 
 
 def test_reserve_knob_overrides_every_agent(memory):
@@ -283,3 +297,6 @@ def test_cli_table_shows_the_staged_decisions(memory):
     lines = table.splitlines()
     assert "p(pass)" in lines[0] and "reserve" in lines[0]
     assert "declined" in lines[2] and "answers directly <==" in lines[-1]
+    out = run("t", staged(pool(), memory, staged=StagedPolicy(explore=0.0)))
+    lines = format_table(out["auction"]).splitlines()
+    assert "not asked" in lines[2] and "not asked" in lines[3]

@@ -161,6 +161,10 @@ def _baseline_records(
         routers.carrot, [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9], train_ids, table, emb, prices
     )
     thresholds = routers.fit_cascade_thresholds(train_ids, table, prices)
+    # the kNN router answers without a plan where direct answers were run (no bid to follow)
+    answers = _outcome_table(bank, [*train_ids, *test_ids], agents, direct=True) or table
+    k_knn, tau = _tune(routers.knn_threshold, [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.01],
+                       train_ids, answers, emb, prices)
     routes = {f"single: {a}": routers.single_agent(test_ids, a) for a in agents}
     routes["random"] = routers.random_router(test_ids, agents, seed=0)
     routes["oracle"] = routers.oracle(test_ids, table, prices)
@@ -171,6 +175,8 @@ def _baseline_records(
     records = []
     for name, rs in routes.items():
         records += routers.routes_to_records(name, rs, table, domains, bins)
+    knn = routers.knn_threshold(train_ids, test_ids, answers, emb, prices, tau, k=k_knn)
+    records += routers.routes_to_records("kNN on verified outcomes", knn, answers, domains, bins)
     direct = _outcome_table(bank, test_ids, agents, direct=True)
     if direct:
         records = [r for r in records if r.method != "oracle"]
@@ -181,6 +187,8 @@ def _baseline_records(
         "carrot_mu": mu,
         "wtp_k": k_wtp,
         "carrot_k": k_carrot,
+        "knn_tau": tau,
+        "knn_k": k_knn,
         "cascade_thresholds": {a: (None if math.isinf(v) else v) for a, v in thresholds.items()},
         "direct": bool(direct),
     }
@@ -309,7 +317,8 @@ def report_from_bank(
     order = [m.name for m in methods_for(config)]
     for a in agents[::-1]:
         order += [f"single: {a}", f"single: {a} (direct)"]
-    order += ["random", "oracle", "WTP", "CARROT", "cascade", "cascade (fitted)"]
+    order += ["random", "oracle", "WTP", "CARROT", "kNN on verified outcomes", "cascade",
+              "cascade (fitted)"]
     return write_report(
         records,
         out,

@@ -15,6 +15,9 @@ does the accounting (a cascade pays for every agent it tried).
 * CARROT: the same kNN estimates p_a (success) and c_a (cost); pick the minimum of
   (1 - mu) * (1 - p_a) + mu * c_a / c_max, where c_max is the largest per-task cost
   in the training table, so both terms lie in [0, 1] and mu in [0, 1] is a trade-off.
+* kNN on verified outcomes (no auction): the cheapest agent whose success rate on
+  the k most similar training tasks reaches a threshold tau, else the dearest agent;
+  what a memory of verified outcomes alone can route, with no bid and no jury.
 * cascade (FrugalGPT style): agents from cheapest to dearest; stop at the first
   whose own confidence signal clears its threshold; the last agent always answers.
   Default threshold 0.5 on a 0/1 signal ("the prompt's examples pass");
@@ -47,6 +50,7 @@ __all__ = [
     "wtp",
     "carrot",
     "cascade",
+    "knn_threshold",
     "fit_cascade_thresholds",
     "routes_to_records",
 ]
@@ -172,6 +176,26 @@ def wtp(
         # max score; among equal scores the cheaper agent (earlier in `agents`) wins
         best = max(agents, key=lambda a: (lam * p[a] - c[a], -agents.index(a)))
         out.append(Route(t, best, (best,)))
+    return out
+
+
+def knn_threshold(
+    train_ids: Sequence[str],
+    test_ids: Sequence[str],
+    table: OutcomeTable,
+    embeddings: Mapping[str, np.ndarray],
+    prices: Mapping[str, float],
+    tau: float,
+    k: int = 10,
+) -> list[Route]:
+    """Cheapest agent whose kNN success estimate reaches ``tau``; else the dearest."""
+    agents = by_price(prices)
+    est = KnnEstimator(train_ids, table, embeddings, agents, k)
+    out = []
+    for t in test_ids:
+        p, _ = est.estimate(embeddings[t])
+        chosen = next((a for a in agents[:-1] if p[a] >= tau), agents[-1])
+        out.append(Route(t, chosen, (chosen,)))
     return out
 
 

@@ -154,3 +154,28 @@ def test_routes_to_records_grades_by_the_answering_agent() -> None:
     assert sum(r.passed for r in recs) == sum(t.startswith("a") for t in test)
     assert {r.bin for r in recs} == {"easy", "hard"}
     assert all(r.tokens_auction == 0 and r.cost_auction == 0 for r in recs)
+
+
+def test_knn_threshold_takes_the_cheapest_agent_its_neighbours_trust() -> None:
+    import numpy as np
+
+    from sale_graph.bench.records import Outcome
+    from sale_graph.bench.routers import knn_threshold
+
+    prices = {"small": 1.0, "large": 3.0}
+
+    def o(passed: bool, cost: float) -> Outcome:
+        return Outcome(passed=passed, tokens=10, cost=cost, seconds=1.0)
+
+    # two clusters: "easy" tasks the small agent passes, "hard" ones it fails
+    table = {"e1": {"small": o(True, 1), "large": o(True, 3)},
+             "e2": {"small": o(True, 1), "large": o(True, 3)},
+             "h1": {"small": o(False, 1), "large": o(True, 3)},
+             "h2": {"small": o(False, 1), "large": o(True, 3)}}
+    emb = {"e1": np.array([1.0, 0.0]), "e2": np.array([0.9, 0.1]),
+           "h1": np.array([0.0, 1.0]), "h2": np.array([0.1, 0.9]),
+           "easy": np.array([1.0, 0.05]), "hard": np.array([0.05, 1.0])}
+    routes = knn_threshold(list(table), ["easy", "hard"], table, emb, prices, tau=0.5, k=2)
+    assert [(r.task_id, r.agent) for r in routes] == [("easy", "small"), ("hard", "large")]
+    never = knn_threshold(list(table), ["easy"], table, emb, prices, tau=1.01, k=2)
+    assert never[0].agent == "large"

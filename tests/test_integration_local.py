@@ -99,7 +99,8 @@ def test_staged_auction_with_verified_outcomes_on_a_real_chroma_server(chroma_se
 
     host, port = chroma_server
     url = f"http://{host}:{port}"
-    policy = StagedPolicy(agents={"smollm2-135m": AgentPolicy(bias=0.0, memory=0.0,
+    # the bid counts (entropy), so the 135M model is asked to bid and then declined
+    policy = StagedPolicy(agents={"smollm2-135m": AgentPolicy(bias=0.0, entropy=0.1, memory=0.0,
                                                               reserve=0.99)}, fitted=True)
     context = small_context(memory_url=url, collection="itest_staged", auction="staged",
                             staged=policy, verifier=_defines_function)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -168,13 +168,30 @@ def wtp(
     k: int = 50,
 ) -> list[Route]:
     """Willingness-to-pay router: maximise lambda * p_a - cost_a over kNN estimates."""
+
+    def choose(agents: list[str], p: dict[str, float], c: dict[str, float], _: float) -> str:
+        # max score; among equal scores the cheaper agent (earlier in `agents`) wins
+        return max(agents, key=lambda a: (lam * p[a] - c[a], -agents.index(a)))
+
+    return _knn_routes(train_ids, test_ids, table, embeddings, prices, k, choose)
+
+
+def _knn_routes(
+    train_ids: Sequence[str],
+    test_ids: Sequence[str],
+    table: OutcomeTable,
+    embeddings: Mapping[str, np.ndarray],
+    prices: Mapping[str, float],
+    k: int,
+    choose: Callable[[list[str], dict[str, float], dict[str, float], float], str],
+) -> list[Route]:
+    """One route per test task, chosen from the kNN estimates (p, cost, max training cost)."""
     agents = by_price(prices)
     est = KnnEstimator(train_ids, table, embeddings, agents, k)
     out = []
     for t in test_ids:
         p, c = est.estimate(embeddings[t])
-        # max score; among equal scores the cheaper agent (earlier in `agents`) wins
-        best = max(agents, key=lambda a: (lam * p[a] - c[a], -agents.index(a)))
+        best = choose(agents, p, c, est.max_cost)
         out.append(Route(t, best, (best,)))
     return out
 
@@ -189,14 +206,11 @@ def knn_threshold(
     k: int = 10,
 ) -> list[Route]:
     """Cheapest agent whose kNN success estimate reaches ``tau``; else the dearest."""
-    agents = by_price(prices)
-    est = KnnEstimator(train_ids, table, embeddings, agents, k)
-    out = []
-    for t in test_ids:
-        p, _ = est.estimate(embeddings[t])
-        chosen = next((a for a in agents[:-1] if p[a] >= tau), agents[-1])
-        out.append(Route(t, chosen, (chosen,)))
-    return out
+
+    def choose(agents: list[str], p: dict[str, float], c: dict[str, float], _: float) -> str:
+        return next((a for a in agents[:-1] if p[a] >= tau), agents[-1])
+
+    return _knn_routes(train_ids, test_ids, table, embeddings, prices, k, choose)
 
 
 def carrot(
@@ -211,17 +225,14 @@ def carrot(
     """CARROT: minimise (1 - mu)(1 - p_a) + mu * cost_a / c_max over kNN estimates."""
     if not 0.0 <= mu <= 1.0:
         raise ValueError("mu must be in [0, 1]")
-    agents = by_price(prices)
-    est = KnnEstimator(train_ids, table, embeddings, agents, k)
-    scale = est.max_cost if est.max_cost > 0 else 1.0
-    out = []
-    for t in test_ids:
-        p, c = est.estimate(embeddings[t])
-        best = min(
+
+    def choose(agents: list[str], p: dict[str, float], c: dict[str, float], c_max: float) -> str:
+        scale = c_max if c_max > 0 else 1.0
+        return min(
             agents, key=lambda a: ((1 - mu) * (1 - p[a]) + mu * c[a] / scale, agents.index(a))
         )
-        out.append(Route(t, best, (best,)))
-    return out
+
+    return _knn_routes(train_ids, test_ids, table, embeddings, prices, k, choose)
 
 
 # --------------------------------------------------------------------------- cascade

@@ -108,7 +108,7 @@ def fit_command(args: argparse.Namespace) -> int:
             )
             return 2
         try:
-            result = runner.fit_from_bank(bank, args.objective, args.lam)
+            result = runner.fit_from_bank(bank, args.objective, args.lam, memory=args.memory)
             staged, staged_report = _staged_fit(bank, args.lam)
         except ValueError as exc:
             print(f"sale fit: {exc}", file=sys.stderr)
@@ -201,6 +201,12 @@ def add_bench_commands(subparsers: Any) -> None:
     fit = subparsers.add_parser("fit", help="fit SALE's weights on a benchmark run's train split")
     fit.add_argument("--run-dir", required=True, help="a `sale bench` run directory")
     fit.add_argument("--objective", choices=["minmax", "mean"], default="minmax")
+    fit.add_argument(
+        "--memory",
+        action="store_true",
+        help="also fit w_m, the weight of memory's verified success estimate (for memories "
+        "that hold outcomes: Context(refine_from='outcomes') or recorded feedback)",
+    )
     fit.add_argument(
         "--lam",
         type=float,

@@ -180,13 +180,25 @@ async def _run(
         f"{json.dumps(fit['weights'], sort_keys=True)}"
     )
     staged_fits = _staged_fits(bank, methods, progress)
+    fit_outcomes = fit
+    if any(m.outcomes and m.auction == "full" for m in methods):
+        fit_outcomes = bank.get("fit", "minmax-outcomes")
+        if fit_outcomes is None:
+            fit_outcomes = fit_from_bank(bank, "minmax", memory=True).to_dict()
+            bank.put("fit", "minmax-outcomes", fit_outcomes)
+        progress.note(
+            f"fitted weights with memory's success estimates (for SALE with verified "
+            f"outcomes): {json.dumps(fit_outcomes['weights'], sort_keys=True)}"
+        )
     r.refresh_report()
 
     # 4. SALE and ablations on the test split
     for method in _schedule(methods):
         m, k = method
         order = orders[k]
-        weights = _weights_for(m, fit["weights"])
+        # SALE with verified outcomes in memory scores with w_m, fitted with it
+        fitted = fit_outcomes if m.outcomes and m.auction == "full" else fit
+        weights = _weights_for(m, fitted["weights"])
         staged = staged_fits.get(m.staged_fit) if m.auction == "staged" else None
         if m.auction == "staged" and staged is None:
             continue  # its policy could not be fitted (noted above)

@@ -73,8 +73,8 @@ class Context:
     pool: str = field(
         default_factory=lambda: os.environ.get("SALE_POOL") or "local",
         metadata={"description": "Agent pool: 'local' (3 embedded GGUF models), 'local-small' "
-                  "(the two smallest), or a path to a JSON/TOML pool file (default: "
-                  "$SALE_POOL, else 'local')."},
+                  "(the two smallest), 'local-coder' (the two coder models), or a path to "
+                  "a JSON/TOML pool file (default: $SALE_POOL, else 'local')."},
     )
     agents: Any = field(
         default=None,
@@ -374,7 +374,7 @@ _LOCK = threading.Lock()
 _POOLS: dict[tuple[str, float], tuple[Agent, ...]] = {}
 _MEMORIES: dict[tuple[str, str, str], Any] = {}
 
-PRESETS = ("local", "local-small")
+PRESETS = ("local", "local-small", "local-coder")
 # Presets with weights fitted on them (file names under sale_graph/data/).
 PRESET_WEIGHTS = {"local": "local_weights.json"}
 

@@ -134,14 +134,28 @@ def _staged_fit(bank: Any, lam: float) -> tuple[Any, dict[str, Any]]:
     return policy.to_dict(), {"chosen": report["chosen"], "execute_plan": report["execute_plan"]}
 
 
+def compare_command(args: argparse.Namespace) -> int:
+    """Compare runs of different pools on the same tasks; print and write the table."""
+    from sale_graph.bench.compare import write_comparison
+
+    try:
+        path = write_comparison(args.run_dirs, args.output)
+    except ValueError as exc:
+        print(f"sale compare: {exc}", file=sys.stderr)
+        return 2
+    print(path.read_text(encoding="utf-8"))
+    print(f"wrote {path} and {path.with_suffix('.json')}", file=sys.stderr)
+    return 0
+
+
 def add_bench_commands(subparsers: Any) -> None:
-    """Register ``bench`` and ``fit`` on the ``sale`` command's subparsers."""
+    """Register ``bench``, ``fit`` and ``compare`` on the ``sale`` command's subparsers."""
     bench = subparsers.add_parser(
         "bench", help="benchmark SALE against baselines (resumable; see benchmarks/README.md)"
     )
     bench.add_argument(
         "--pool",
-        choices=["local", "local-small"],
+        choices=["local", "local-small", "local-coder"],
         default=None,
         help="agent pool (default: local; --smoke: local-small)",
     )
@@ -215,3 +229,12 @@ def add_bench_commands(subparsers: Any) -> None:
     )
     fit.add_argument("-o", "--output", required=True, help="weights JSON to write")
     fit.set_defaults(handler=fit_command)
+
+    compare = subparsers.add_parser(
+        "compare", help="pools side by side: runs of different pools on the same test tasks"
+    )
+    compare.add_argument("run_dirs", nargs="+", help="`sale bench` run directories; the "
+                         "first one's largest agent is the reference")
+    compare.add_argument("-o", "--output", required=True, help="Markdown file to write "
+                         "(its .json twin is written beside it)")
+    compare.set_defaults(handler=compare_command)

@@ -120,7 +120,9 @@ def _staged_table(audit: dict[str, Any]) -> str:
     for b in audit["bids"]:
         a = assessed.get(b["agent"])
         est = estimates.get(b["agent"])
-        decision = ("answers directly" if b.get("direct") else
+        decision = ("accepted on memory alone, answers directly"
+                    if b.get("direct") and a and a.get("without_bid") else
+                    "answers directly" if b.get("direct") else
                     "accepted (explored)" if a and a["explored"] else
                     "accepted" if a and a["accepted"] else "declined" if a else "-")
         rows.append((

@@ -61,6 +61,14 @@ def _check_url(url: Any) -> None:
         raise ContextError(f"memory_url has an invalid port: {url!r}") from exc
 
 
+def _check_execute_plan(value: Any, error: type[Exception]) -> bool | Mapping[str, bool]:
+    if not isinstance(value, (bool, Mapping)) or (
+        isinstance(value, Mapping) and not all(isinstance(v, bool) for v in value.values())
+    ):
+        raise error("execute_plan must be true, false or a dict {agent: bool}")
+    return value
+
+
 def default_memory_path() -> str:
     """Where the embedded auction memory lives unless told otherwise."""
     return os.environ.get("SALE_MEMORY_PATH", str(Path.home() / ".sale_graph" / "memory"))
@@ -184,9 +192,11 @@ class Context:
                   "nobody refines without a nearby verified success)."},
     )
     execute_plan: Any = field(
-        default=True,
+        default=None,
         metadata={"description": "Whether the winner executes its plan (True, the paper) or "
-                  "answers directly (False); a dict {agent: bool} decides per agent."},
+                  "answers directly (False); a dict {agent: bool} decides per agent. Unset: "
+                  "what `sale fit` measured for the pool (the weights file's or the "
+                  "preset's 'execute_plan'), else True."},
     )
 
     def __post_init__(self) -> None:
@@ -239,11 +249,8 @@ class Context:
             or not 0.0 <= self.reserve <= 1.0
         ):
             raise ContextError(f"reserve must be a number in [0, 1], got {self.reserve!r}")
-        if not isinstance(self.execute_plan, (bool, Mapping)) or (
-            isinstance(self.execute_plan, Mapping)
-            and not all(isinstance(v, bool) for v in self.execute_plan.values())
-        ):
-            raise ContextError("execute_plan must be true, false or a dict {agent: bool}")
+        if self.execute_plan is not None:
+            _check_execute_plan(self.execute_plan, ContextError)
         if self.agents is not None:
             validate_pool(self.agents)
 
@@ -318,6 +325,32 @@ class Context:
             return _preset_weights(self.pool)
         return Weights.coerce(self.weights)
 
+    def _fitted_file(self) -> Mapping[str, Any] | None:
+        """The weights file's content (``self.weights``, else the preset's), if a file or dict."""
+        source: Any = self.weights
+        if source is None and self.agents is None and self.pool in PRESET_WEIGHTS:
+            source = Path(__file__).with_name("data") / PRESET_WEIGHTS[self.pool]
+        if isinstance(source, (str, Path)):
+            try:
+                source = json.loads(Path(source).read_text())
+            except (OSError, ValueError) as exc:
+                raise PoolConfigError(f"cannot read weights file {source}: {exc}") from exc
+        return source if isinstance(source, Mapping) else None
+
+    def resolved_execute_plan(self) -> bool | Mapping[str, bool]:
+        """Plan or direct answer per winner: as given, else as fitted for the pool, else plan.
+
+        ``sale fit`` measures per agent whether executing its plan passes more training
+        tasks than answering directly and writes the choice beside the weights; the
+        paper's behaviour (always the plan) is what a pool without a fit gets.
+        """
+        if self.execute_plan is not None:
+            return self.execute_plan
+        fitted = (self._fitted_file() or {}).get("execute_plan")
+        if fitted is None:
+            return True
+        return _check_execute_plan(fitted, PoolConfigError)
+
     def resolved_staged(self) -> Any:
         """The staged auction's policy: as given, else from the weights, else the preset's.
 
@@ -329,15 +362,8 @@ class Context:
 
         if self.staged is not None:
             return StagedPolicy.coerce(self.staged)
-        source: Any = self.weights
-        if source is None and self.agents is None and self.pool in PRESET_WEIGHTS:
-            source = Path(__file__).with_name("data") / PRESET_WEIGHTS[self.pool]
-        if isinstance(source, (str, Path)):
-            try:
-                source = json.loads(Path(source).read_text())
-            except (OSError, ValueError) as exc:
-                raise PoolConfigError(f"cannot read weights file {source}: {exc}") from exc
-        if isinstance(source, Mapping) and source.get("staged") is not None:
+        source = self._fitted_file()
+        if source is not None and source.get("staged") is not None:
             return StagedPolicy.coerce(source["staged"])
         return StagedPolicy()
 

@@ -321,7 +321,8 @@ def report_from_bank(
 
         staged = bank.get("fit", "staged")
         save_weights(fit["weights"], out / "weights.json",
-                     staged=staged["policy"] if staged else None)
+                     staged=staged["policy"] if staged else None,
+                     execute_plan=staged["execute_plan"] if staged else None)
     meta = {
         "config": config.to_dict(),
         "agents": [{"name": a, "price_usd_per_mtok": prices[a]} for a in agents],

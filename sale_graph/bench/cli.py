@@ -115,7 +115,8 @@ def fit_command(args: argparse.Namespace) -> int:
             return 2
         finally:
             bank.close()
-    save_weights(result.weights, args.output, staged=staged)
+    save_weights(result.weights, args.output, staged=staged,
+                 execute_plan=staged_report.get("execute_plan"))
     summary = {k: v for k, v in result.to_dict().items() if k != "selected"}
     summary["staged"] = staged_report
     print(json.dumps(summary, indent=2, sort_keys=True))

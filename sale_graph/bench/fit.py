@@ -403,7 +403,10 @@ def fit_weights(
 
 
 def save_weights(
-    weights: Mapping[str, Any], path: str | Path, staged: Mapping[str, Any] | None = None
+    weights: Mapping[str, Any],
+    path: str | Path,
+    staged: Mapping[str, Any] | None = None,
+    execute_plan: Mapping[str, bool] | None = None,
 ) -> None:
     """Write ``{"cost", "entropy", "jury": {agent: w}[, "memory"]}`` (and the staged policy)."""
     data: dict[str, Any] = {
@@ -415,6 +418,8 @@ def save_weights(
         data["memory"] = float(weights["memory"])
     if staged is not None:
         data["staged"] = dict(staged)
+    if execute_plan is not None:  # read by Context.resolved_execute_plan
+        data["execute_plan"] = {str(k): bool(v) for k, v in execute_plan.items()}
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -127,8 +127,14 @@ def simulate(
     reserves: Mapping[str, float],
     with_plan: Mapping[str, bool],
     juror: str | None,
+    bid_free: bool = False,
 ) -> list[dict[str, Any]]:
-    """The staged auction replayed on each task: who won, passed, and the whole cost."""
+    """The staged auction replayed on each task: who won, passed, and the whole cost.
+
+    ``bid_free``: the assessment reads nothing from a bid (memory and bias only), so,
+    as at run time (``staged.offer``), a rejected agent is not asked to bid and an
+    accepted one that answers directly does not bid either.
+    """
     results = []
     last = order[-1]
     for t in tasks:
@@ -138,9 +144,13 @@ def simulate(
             if reserves[a] > 1.0:  # never accepted: not offered, so its bid costs nothing
                 continue
             row = rows[(t, a)]
+            accepted = probs[(t, a)] >= reserves[a]
+            if bid_free and not accepted:
+                continue  # ruled out before bidding
             asked.append(a)
-            cost += row.bid_cost + (row.vote_costs.get(juror, 0.0) if juror else 0.0)
-            if probs[(t, a)] >= reserves[a]:
+            if not (bid_free and not with_plan[a]):
+                cost += row.bid_cost + (row.vote_costs.get(juror, 0.0) if juror else 0.0)
+            if accepted:
                 winner = a
                 break
         if winner == last:
@@ -167,17 +177,19 @@ def tune_reserves(
     lam: float,
     scale: float,
     sweeps: int = 4,
+    bid_free: bool = False,
 ) -> tuple[dict[str, float], float]:
     """Coordinate descent over the reserve grid, starting from 'never accept'."""
     reserves = {a: GRID[-1] for a in order[:-1]}
-    best = _loss(simulate(tasks, order, rows, probs, reserves, with_plan, juror), lam, scale)
+    best = _loss(simulate(tasks, order, rows, probs, reserves, with_plan, juror, bid_free),
+                 lam, scale)
     for _ in range(sweeps):
         improved = False
         for a in order[:-1]:
             for r in GRID:
                 trial = {**reserves, a: r}
-                loss = _loss(simulate(tasks, order, rows, probs, trial, with_plan, juror),
-                             lam, scale)
+                loss = _loss(simulate(tasks, order, rows, probs, trial, with_plan, juror,
+                                      bid_free), lam, scale)
                 if loss < best - 1e-12:
                     best, reserves, improved = loss, trial, True
         if not improved:
@@ -223,8 +235,10 @@ def fit_staged(
             for t, p in zip(tasks, loo_predictions(agent_rows, names, juror, with_plan[a]),
                             strict=True):
                 probs[(t, a)] = float(p)
-        reserves, loss = tune_reserves(tasks, order, rows, probs, with_plan, juror, lam, scale)
-        sim = simulate(tasks, order, rows, probs, reserves, with_plan, juror)
+        free = not juror and not {"entropy", "length"} & set(names)
+        reserves, loss = tune_reserves(tasks, order, rows, probs, with_plan, juror, lam, scale,
+                                       bid_free=free)
+        sim = simulate(tasks, order, rows, probs, reserves, with_plan, juror, free)
         entry = {"features": list(names), "juror": juror, "loss": loss, "reserves": reserves,
                  "train_pass": float(np.mean([r["passed"] for r in sim])),
                  "train_cost_ratio": float(np.mean([r["cost"] for r in sim])) / scale}

@@ -285,6 +285,29 @@ def memory_estimate(
     return (strength * prior + hits) / (strength + w) if math.isfinite(w) else prior
 
 
+def remembered_outcomes(
+    tasks: Sequence[str],
+    order: Sequence[str],
+    outcomes: Mapping[tuple[str, str], Mapping[str, Any]],
+    direct: Mapping[tuple[str, str], Mapping[str, Any]],
+) -> dict[tuple[str, str], bool]:
+    """Pass/fail per (task, agent) as the agent would execute on winning.
+
+    The dearest agent answers directly (the staged auction's last resort); a cheaper
+    one executes its plan unless answering directly passed more of these tasks (the
+    rule ``fit_staged`` decides by). Where a direct answer is missing, the plan's.
+    """
+    out = {}
+    for i, a in enumerate(order):
+        has_direct = all((t, a) in direct for t in tasks)
+        plan_passes = sum(bool(outcomes[(t, a)]["passed"]) for t in tasks)
+        direct_passes = sum(bool(direct[(t, a)]["passed"]) for t in tasks) if has_direct else -1
+        use_direct = has_direct and (i == len(order) - 1 or direct_passes > plan_passes)
+        for t in tasks:
+            out[(t, a)] = bool((direct if use_direct else outcomes)[(t, a)]["passed"])
+    return out
+
+
 def rows_from_records(
     tasks: Sequence[str],
     order: Sequence[str],
@@ -304,9 +327,11 @@ def rows_from_records(
     ``outcomes``/``direct``: graded outcome records by (task, agent), with the plan
     then executed, and answered directly. A plan outcome's cost includes its bid, so
     the execution's own cost is the outcome's minus the bid's. Memory's estimate is
-    leave-one-out over the other training tasks' plan outcomes, by agent.
+    leave-one-out over the other training tasks' outcomes, by agent, each agent's
+    outcomes taken the way it executes when it wins (``remembered_outcomes``): that
+    is what a memory seeded with the training split holds at run time.
     """
-    passed = {(t, a): bool(outcomes[(t, a)]["passed"]) for t in tasks for a in order}
+    passed = remembered_outcomes(tasks, order, outcomes, direct)
     rows: dict[tuple[str, str], StagedRow] = {}
     for t in tasks:
         audit = audits[t]

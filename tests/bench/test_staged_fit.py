@@ -87,3 +87,19 @@ def test_memory_estimate_weighs_neighbours_by_similarity_with_a_prior():
         (0.4 + 1.0) / (1.0 + 1.0))
     assert memory_estimate("a", "x", ["c", "d"], passed, vectors, 8, 0.4) == pytest.approx(0.4)
     assert math.isfinite(memory_estimate("a", "y", ["b"], passed, vectors, 8, 0.4))
+
+
+def test_memory_remembers_each_agent_the_way_it_executes_on_winning():
+    from sale_graph.bench.staged_fit import remembered_outcomes
+
+    tasks = ["a", "b"]
+    outcomes = {("a", "small"): {"passed": True}, ("b", "small"): {"passed": False},
+                ("a", "large"): {"passed": False}, ("b", "large"): {"passed": False}}
+    direct = {("a", "small"): {"passed": True}, ("b", "small"): {"passed": True},
+              ("a", "large"): {"passed": True}, ("b", "large"): {"passed": False}}
+    got = remembered_outcomes(tasks, ["small", "large"], outcomes, direct)
+    # small answers directly (2 passes against 1); the dearest always answers directly
+    assert got == {("a", "small"): True, ("b", "small"): True,
+                   ("a", "large"): True, ("b", "large"): False}
+    # without direct answers, the plan's outcomes
+    assert remembered_outcomes(tasks, ["small", "large"], outcomes, {})[("b", "small")] is False

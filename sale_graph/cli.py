@@ -135,7 +135,7 @@ def _staged_table(audit: dict[str, Any]) -> str:
     return _columns(head, rows)
 
 
-def _columns(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+def _columns(head: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

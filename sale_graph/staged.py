@@ -260,7 +260,7 @@ async def offer(
     # an agent whose assessment does not depend on its bid is judged on memory alone:
     # ruled out, it is passed over without paying for a bid it could not win with;
     # accepted while it answers without a plan, it answers without bidding
-    skipped = []
+    skipped: list[dict[str, Any]] = []
     while len(remaining) > 1:
         direct = not follows_plan(execute_plan, remaining[0])
         verdict = _without_bid(policy, remaining[0], state, ctx.reserve, direct)

@@ -116,7 +116,7 @@ def _loo_memory(
     passed = {(t, a): table[t][a].passed for t in train_ids for a in agents}
     from sale_graph.context import Context
 
-    k = Context.__dataclass_fields__["k"].default  # past auctions memory retrieves
+    k = int(Context.__dataclass_fields__["k"].default)  # type: ignore[arg-type] # Context.k
     return {
         t: {a: memory_estimate(t, a, [u for u in train_ids if u != t], passed, vectors, k,
                                DEFAULT_PRIOR) for a in agents}

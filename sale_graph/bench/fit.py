@@ -360,7 +360,7 @@ def fit_weights(
 
     w = np.clip(res.x[:n_w], w_lo, w_hi)  # HiGHS may step outside a box by ~1e-12
     heeded = [j for r, j in enumerate(jurors) if res.x[n_w + r] > 0.5]
-    weights = {
+    weights: dict[str, Any] = {
         "cost": float(w[0]),
         "entropy": float(w[1]),
         # exactly 0 for an unheeded juror, so the auction skips its votes

@@ -34,7 +34,7 @@ def _context(args: argparse.Namespace) -> Context:
         remember=not args.no_remember,
         k=args.k,
         jury=args.jury,
-        auction=getattr(args, "auction", "full"),
+        auction=getattr(args, "auction", None),
         reserve=getattr(args, "reserve", None),
     )
     context.resolved_weights()
@@ -285,8 +285,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jury", default="all", choices=["all", "self", "peers", "none"])
     p.add_argument("--no-refine", action="store_true", help="skip memory refinement")
     p.add_argument("--no-remember", action="store_true", help="do not store this auction")
-    p.add_argument("--auction", default="full", choices=["full", "staged"],
-                   help="full: the paper's auction; staged: cheapest first (default: full)")
+    p.add_argument("--auction", default=None, choices=["full", "staged"],
+                   help="full: the paper's auction; staged: cheapest first (default: what "
+                        "the pool's weights name, else full)")
     p.add_argument("--reserve", type=float, default=None,
                    help="staged: assessed pass chance a bid needs (0..1; higher = dearer)")
 

@@ -159,12 +159,14 @@ class Context:
                   "'listwise': one call per juror rating every bid of the round (one digit "
                   "per bid), which reads the task once instead of once per bid."},
     )
-    auction: AuctionMode = field(
-        default="full",
+    auction: AuctionMode | None = field(
+        default=None,
         metadata={"description": "'full': the paper's auction (every agent bids, the jury "
                   "judges every bid, cheaper agents refine). 'staged': agents are offered "
                   "the task cheapest first and the first bid whose assessment clears its "
-                  "reserve wins; the dearest agent, if reached, answers directly."},
+                  "reserve wins; the dearest agent, if reached, answers directly. Unset: "
+                  "the mode measured best for the pool (the weights file's or preset's "
+                  "'defaults'), else 'full'."},
     )
     reserve: float | None = field(
         default=None,
@@ -240,7 +242,7 @@ class Context:
         if self.jury_format not in ("per_bid", "listwise"):
             raise ContextError(
                 f"jury_format must be per_bid or listwise, got {self.jury_format!r}")
-        if self.auction not in ("full", "staged"):
+        if self.auction not in (None, "full", "staged"):
             raise ContextError(f"auction must be full or staged, got {self.auction!r}")
         if self.refine_from not in ("votes", "outcomes"):
             raise ContextError(f"refine_from must be votes or outcomes, got {self.refine_from!r}")
@@ -336,6 +338,22 @@ class Context:
             except (OSError, ValueError) as exc:
                 raise PoolConfigError(f"cannot read weights file {source}: {exc}") from exc
         return source if isinstance(source, Mapping) else None
+
+    def resolved_auction(self) -> str:
+        """The auction mode: as given, else the pool's measured default, else the paper's.
+
+        A weights file (and so a preset) may name the mode its benchmark measured best
+        (``"defaults": {"auction": ...}``, written by ``sale fit --auction``); a pool
+        without one runs the paper's full auction.
+        """
+        if self.auction is not None:
+            return self.auction
+        defaults = (self._fitted_file() or {}).get("defaults") or {}
+        mode = defaults.get("auction", "full") if isinstance(defaults, Mapping) else None
+        if mode not in ("full", "staged"):
+            raise PoolConfigError(f"weights file: defaults.auction must be full or staged, "
+                                  f"got {mode!r}")
+        return str(mode)
 
     def resolved_execute_plan(self) -> bool | Mapping[str, bool]:
         """Plan or direct answer per winner: as given, else as fitted for the pool, else plan.

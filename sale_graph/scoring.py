@@ -105,7 +105,7 @@ class Weights:
             known = {"cost", "entropy", "jury", "jury_default", "memory"}
             # a weights file may also carry the staged auction's policy (``staged``)
             # and the fitted plan-or-direct choice per agent (``execute_plan``)
-            unknown = set(value) - known - {"staged", "execute_plan"}
+            unknown = set(value) - known - {"staged", "execute_plan", "defaults"}
             if unknown:
                 raise SaleError(
                     f"unknown weight fields {sorted(unknown)}; expected {sorted(known)}"

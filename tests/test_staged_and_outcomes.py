@@ -152,6 +152,29 @@ def test_the_fitted_plan_or_direct_choice_comes_with_the_weights_file(memory, tm
         Context(weights=str(path)).resolved_execute_plan()
 
 
+def test_a_pool_defaults_to_the_auction_mode_its_weights_name(memory, tmp_path):
+    import json
+
+    from sale_graph.errors import PoolConfigError
+
+    path = tmp_path / "weights.json"
+    path.write_text(json.dumps({"cost": 1.0, "entropy": 0.0, "jury": {},
+                                "staged": policy(small=0.4).to_dict(),
+                                "defaults": {"auction": "staged"}}))
+    agents = pool()
+    out = run("t", Context(agents=agents, memory=memory, weights=str(path)))
+    assert out["auction"]["mode"] == "staged" and out["winner"] == "small"
+    assert calls(agents, "vote") == {"small": 0, "mid": 0, "large": 0}
+    agents = pool()  # an explicit mode wins over the measured default
+    out = run("t", Context(agents=agents, memory=memory, weights=str(path), auction="full"))
+    assert out["auction"]["mode"] == "full" and calls(agents, "bid")["large"] == 1
+    assert Context(agents=pool()).resolved_auction() == "full"  # no fit: the paper's
+    path.write_text(json.dumps({"cost": 1.0, "entropy": 0.0, "jury": {},
+                                "defaults": {"auction": "cheap"}}))
+    with pytest.raises(PoolConfigError, match="defaults.auction"):
+        Context(weights=str(path)).resolved_auction()
+
+
 def test_reserve_knob_overrides_every_agent(memory):
     agents = pool()
     cheap = run("t", staged(agents, memory, staged=policy(small=0.9, mid=0.9), reserve=0.0))

@@ -116,7 +116,8 @@ def fit_command(args: argparse.Namespace) -> int:
         finally:
             bank.close()
     save_weights(result.weights, args.output, staged=staged,
-                 execute_plan=staged_report.get("execute_plan"))
+                 execute_plan=staged_report.get("execute_plan"),
+                 defaults={"auction": args.auction} if args.auction else None)
     summary = {k: v for k, v in result.to_dict().items() if k != "selected"}
     summary["staged"] = staged_report
     print(json.dumps(summary, indent=2, sort_keys=True))
@@ -221,6 +222,13 @@ def add_bench_commands(subparsers: Any) -> None:
         action="store_true",
         help="also fit w_m, the weight of memory's verified success estimate (for memories "
         "that hold outcomes: Context(refine_from='outcomes') or recorded feedback)",
+    )
+    fit.add_argument(
+        "--auction",
+        choices=["full", "staged"],
+        default=None,
+        help="the auction mode the pool defaults to (Context(auction=None)): the one the "
+        "benchmark measured best on it",
     )
     fit.add_argument(
         "--lam",

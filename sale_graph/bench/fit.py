@@ -407,6 +407,7 @@ def save_weights(
     path: str | Path,
     staged: Mapping[str, Any] | None = None,
     execute_plan: Mapping[str, bool] | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> None:
     """Write ``{"cost", "entropy", "jury": {agent: w}[, "memory"]}`` (and the staged policy)."""
     data: dict[str, Any] = {
@@ -420,6 +421,8 @@ def save_weights(
         data["staged"] = dict(staged)
     if execute_plan is not None:  # read by Context.resolved_execute_plan
         data["execute_plan"] = {str(k): bool(v) for k, v in execute_plan.items()}
+    if defaults:  # read by Context.resolved_auction: what the benchmark measured best
+        data["defaults"] = dict(defaults)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -326,9 +326,11 @@ def test_fit_with_memory_gives_each_bid_its_leave_one_out_estimate(tmp_path, mon
     assert "memory" not in plain.weights
     bank.close()
     out = tmp_path / "w.json"
-    assert main(["fit", "--run-dir", str(run_dir), "--memory", "-o", str(out)]) == 0
+    assert main(["fit", "--run-dir", str(run_dir), "--memory", "--auction", "staged",
+                 "-o", str(out)]) == 0
     weights = Context(weights=str(out)).resolved_weights()
     assert weights.memory == pytest.approx(result.weights["memory"])
+    assert Context(weights=str(out)).resolved_auction() == "staged"
 
 
 def test_fit_refuses_incomplete_training_data(tmp_path) -> None:

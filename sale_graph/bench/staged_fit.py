@@ -7,9 +7,10 @@ expected vote on it and that vote's price, memory's success estimate for the age
 with them would give), and the graded outcome of the agent executing its plan or
 answering directly. The dearest agent's row is its direct answer.
 
-1. **Assessment**: per agent, an L2-regularised logistic regression of "passes"
-   on a feature set (bias only; memory; entropy + length; both; each with one
-   juror's vote). Predictions used below are leave-one-out, so the reserve is not
+1. **Assessment**: per agent, an L2-regularised logistic regression of "passes" on
+   a feature set (bias only; memory; entropy + length; both; each with one juror's
+   vote), fitted on standardised features so that the penalty does not depend on a
+   signal's unit. Predictions used below are leave-one-out, so the reserve is not
    tuned on answers the model has already seen.
 2. **Reserves**: coordinate descent over a grid of thresholds, simulating the
    staged auction on every training task (cheapest first, first accepted bid wins,
@@ -97,6 +98,25 @@ def logistic(x: np.ndarray, y: np.ndarray, l2: float = L2, iters: int = 50) -> n
     return w
 
 
+def logistic_scaled(x: np.ndarray, y: np.ndarray, l2: float = L2) -> np.ndarray:
+    """``logistic`` on standardised features, returned on the raw scale.
+
+    The penalty should not depend on a feature's unit: memory's ``p - prior`` spans a
+    few tenths where entropy spans nats, so an unscaled L2 shrank the memory term to
+    almost nothing beside the others. Each column (bias excepted) is z-scored, the
+    model fitted, and the weights mapped back, since the run time reads raw signals.
+    """
+    mean = x[:, 1:].mean(axis=0)
+    sd = x[:, 1:].std(axis=0)
+    sd = np.where(sd > 1e-12, sd, 1.0)  # a constant column stays as it is (weight ~0)
+    z = np.column_stack([x[:, :1], (x[:, 1:] - mean) / sd])
+    w = logistic(z, y, l2)
+    raw = np.empty_like(w)
+    raw[1:] = w[1:] / sd
+    raw[0] = w[0] - float(np.sum(w[1:] * mean / sd))
+    return raw
+
+
 def _design(rows: Sequence[StagedRow], names: Sequence[str], juror: str | None) -> np.ndarray:
     return np.asarray([[1.0, *features(r, names, juror)] for r in rows], dtype=np.float64)
 
@@ -114,7 +134,7 @@ def loo_predictions(
     out = np.empty(len(rows))
     for i in range(len(rows)):
         keep = np.arange(len(rows)) != i
-        w = logistic(x[keep], y[keep])
+        w = logistic_scaled(x[keep], y[keep])
         out[i] = _sigmoid(x[i] @ w)
     return out
 
@@ -252,7 +272,7 @@ def fit_staged(
         agent_rows = [rows[(t, a)] for t in tasks]
         x = _design(agent_rows, names, juror)
         y = np.asarray([1.0 if r.outcome(with_plan[a])[0] else 0.0 for r in agent_rows])
-        w = logistic(x, y)
+        w = logistic_scaled(x, y)
         coef = dict(zip(("bias", *names), (float(v) for v in w), strict=True))
         agents[a] = AgentPolicy(
             bias=coef["bias"], entropy=coef.get("entropy", 0.0), length=coef.get("length", 0.0),

@@ -103,3 +103,21 @@ def test_memory_remembers_each_agent_the_way_it_executes_on_winning():
                    ("a", "large"): True, ("b", "large"): False}
     # without direct answers, the plan's outcomes
     assert remembered_outcomes(tasks, ["small", "large"], outcomes, {})[("b", "small")] is False
+
+
+def test_standardised_fit_predicts_like_the_raw_one_but_shrinks_fairly():
+    from sale_graph.bench.staged_fit import logistic, logistic_scaled
+
+    rng = np.random.default_rng(0)
+    n = 200
+    small = rng.normal(0, 0.1, n)  # a signal in tenths (like memory's p - prior)
+    big = rng.normal(0, 2.0, n)  # one in nats, pure noise
+    y = (small + rng.normal(0, 0.05, n) > 0).astype(float)
+    x = np.column_stack([np.ones(n), small, big])
+    raw = logistic(x, y)
+    scaled = logistic_scaled(x, y)
+    acc = lambda w: float(np.mean(((x @ w) > 0) == (y > 0)))  # noqa: E731
+    # the unscaled penalty crushes the small-unit signal; standardised, it carries the model
+    assert abs(scaled[1]) * 0.1 > 5 * abs(raw[1]) * 0.1
+    assert acc(scaled) > 0.85 and acc(scaled) >= acc(raw)
+    assert abs(scaled[2]) * 2.0 < abs(scaled[1]) * 0.1

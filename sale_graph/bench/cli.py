@@ -242,8 +242,8 @@ def add_bench_commands(subparsers: Any) -> None:
     compare = subparsers.add_parser(
         "compare", help="pools side by side: runs of different pools on the same test tasks"
     )
-    compare.add_argument("run_dirs", nargs="+", help="`sale bench` run directories; the "
-                         "first one's largest agent is the reference")
+    compare.add_argument("run_dirs", nargs="+", help="`sale bench` run directories (one "
+                         "gives its own verdict); the first one's largest agent is the reference")
     compare.add_argument("-o", "--output", required=True, help="Markdown file to write "
                          "(its .json twin is written beside it)")
     compare.set_defaults(handler=compare_command)

@@ -8,9 +8,10 @@ every other row (auctions, routers, the oracle) is suffixed with its pool, e.g.
 agent, answering directly and planning, on the same resampled tasks
 (``metrics.paired_comparisons``).
 
-The verdict the README's preset choice rests on: among each pool's rows whose pass@1
-is not below the largest agent answering directly (paired interval), the cheapest;
-a pool with no such row is reported as such. Nothing here loads a model.
+The verdict the README's preset choice rests on: among each pool's auction rows (the
+configurations a preset can default to) whose pass@1 is not below the largest agent
+answering directly (paired interval), the cheapest; a pool with no such row is
+reported as such. One run alone gives its own verdict. Nothing here loads a model.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
     across task sets would pair nothing) or name the same pool twice.
     """
     dirs = [Path(d) for d in run_dirs]
-    if len(dirs) < 2:
-        raise ValueError("compare needs at least two run directories")
+    if not dirs:
+        raise ValueError("compare needs at least one run directory")
     runs = [_load(d) for d in dirs]
     pools = [_pool(data, d) for data, d in zip(runs, dirs, strict=True)]
     if len(set(pools)) != len(pools):
@@ -65,6 +66,7 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
     references = [f"single: {largest} (direct)", f"single: {largest}"]
     records: list[Record] = []
     rows: dict[str, list[str]] = {}
+    auctions: set[str] = set()
     for i, (data, pool) in enumerate(zip(runs, pools, strict=True)):
         names: list[str] = []
         for raw in data["records"]:
@@ -77,6 +79,8 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
                 name = f"{method} [{pool}]"
             if name not in names:
                 names.append(name)
+            if raw.get("tokens_auction"):
+                auctions.add(name)
             records.append(Record.from_dict({**raw, "method": name}))
         rows[pool] = names
     references = [r for r in references if any(rec.method == r for rec in records)]
@@ -85,6 +89,7 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
         "largest": largest,
         "references": references,
         "rows": rows,
+        "auctions": sorted(auctions),
         "intervals": intervals(records),
         "paired": paired_comparisons(records, references),
         "n_tasks": len(tasks),
@@ -92,14 +97,14 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
 
 
 def pool_verdicts(comparison: Mapping[str, Any]) -> dict[str, dict[str, Any] | None]:
-    """Per pool: its cheapest row not below the largest agent answering directly."""
+    """Per pool: its cheapest auction row not below the largest agent answering directly."""
     ref = comparison["references"][0] if comparison["references"] else None
     paired = comparison["paired"].get(ref, {}) if ref else {}
     out: dict[str, dict[str, Any] | None] = {}
     for pool, names in comparison["rows"].items():
         fine = [
             (paired[m]["cost_ratio"]["estimate"], m) for m in names
-            if m in paired and not m.startswith(("single: ", "oracle"))
+            if m in paired and m in comparison["auctions"]
             and paired[m]["pass_diff"]["hi"] >= 0.0
         ]
         if not fine:
@@ -149,11 +154,12 @@ def comparison_markdown(comparison: Mapping[str, Any]) -> str:
             row += (f" {100 * d['estimate']:+.1f} | {_ci(d, 100, '+.1f')} "
                     f"| {r['estimate']:.2f} | {_ci(r, 1, '.2f')} |")
         lines.append(row)
-    lines += ["", "## Per pool: the cheapest row not below the largest agent answering directly",
-              ""]
+    lines += ["", "## Per pool: the cheapest auction row not below the largest agent "
+              "answering directly", ""]
     for pool, v in pool_verdicts(comparison).items():
         if v is None:
-            lines.append(f"- {pool}: no row whose pass@1 interval reaches the largest agent's.")
+            lines.append(f"- {pool}: no auction row whose pass@1 interval reaches the "
+                         "largest agent's.")
             continue
         d, r = v["pass_diff"], v["cost_ratio"]
         lines.append(

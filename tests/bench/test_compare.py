@@ -13,8 +13,10 @@ TASKS = [f"t{i}" for i in range(20)]
 
 
 def _rec(method: str, task: str, passed: bool, cost: float, agent: str = "large") -> dict:
+    auction = 0 if method.startswith(("single: ", "kNN", "oracle")) else 50
     return Record(method=method, task_id=task, domain="coding", bin="easy", agent=agent,
-                  passed=passed, tokens_auction=0, tokens_execution=100, seconds_auction=0.0,
+                  passed=passed, tokens_auction=auction, tokens_execution=100,
+                  seconds_auction=0.0,
                   seconds_execution=1.0, cost_auction=0.0, cost_execution=cost,
                   tried=(agent,)).to_dict()
 
@@ -37,19 +39,23 @@ def _singles(n_direct: int = 15) -> dict:
 def test_each_pool_gets_its_cheapest_row_that_keeps_the_largest_agents_quality(tmp_path):
     a = _run(tmp_path, "a", "local", {**_singles(), "staged": (15, 0.5), "SALE": (15, 3.0)})
     b = _run(tmp_path, "b", "local-coder",
-             {**_singles(), "staged": (8, 0.3), "kNN": (15, 0.8)})
+             {**_singles(), "staged": (8, 0.3), "kNN": (15, 0.5), "staged reserve 0.7": (15, 0.8)})
     comparison = compare_runs([a, b])
     assert comparison["references"] == ["single: large (direct)", "single: large"]
-    assert comparison["rows"]["local-coder"] == ["staged [local-coder]", "kNN [local-coder]"]
+    assert comparison["rows"]["local-coder"] == [
+        "staged [local-coder]", "kNN [local-coder]", "staged reserve 0.7 [local-coder]"]
     paired = comparison["paired"]["single: large (direct)"]
     assert paired["staged [local]"]["cost_ratio"]["estimate"] == pytest.approx(0.5)
     assert paired["staged [local-coder]"]["pass_diff"]["hi"] < 0  # 7 tasks worse: not noise
     verdicts = pool_verdicts(comparison)
     assert verdicts["local"]["method"] == "staged [local]"
-    assert verdicts["local-coder"]["method"] == "kNN [local-coder]"
+    # the router is cheaper, but a preset defaults to an auction configuration
+    assert verdicts["local-coder"]["method"] == "staged reserve 0.7 [local-coder]"
     md = comparison_markdown(comparison)
     assert "| staged [local-coder] | 40.0 |" in md
-    assert "- local-coder: kNN [local-coder], 0.80x the cost" in md
+    assert "- local-coder: staged reserve 0.7 [local-coder], 0.80x the cost" in md
+    alone = pool_verdicts(compare_runs([a]))  # one run: its own verdict
+    assert alone == {"local": verdicts["local"]}
 
 
 def test_a_pool_without_any_row_at_the_largest_agents_quality_says_so(tmp_path):
@@ -79,5 +85,5 @@ def test_sale_compare_writes_markdown_and_json(tmp_path, capsys):
     assert main(["compare", a, b, "-o", str(out)]) == 0
     assert "staged [local-coder]" in out.read_text()
     assert json.loads(out.with_suffix(".json").read_text())["verdicts"]["local-coder"]
-    assert main(["compare", a, "-o", str(out)]) == 2
-    assert "at least two" in capsys.readouterr().err
+    assert main(["compare", a, str(tmp_path / "nowhere"), "-o", str(out)]) == 2
+    assert "no results.json" in capsys.readouterr().err

@@ -136,8 +136,47 @@ cells = [
         "    # a coding task's signature says more than its instructions; else the first line\n"
         "    head = next((x for x in lines if x.lstrip().startswith('def ')), lines[0])[:100]\n"
         "    print(f\"  {auction_id:12} {task['id']:28} won by {past['audit']['winner']:20} \"\n"
-        "          f\"passed={past['record']['passed']!s:5} | {head.strip()}\")\n"
+        "          f\"passed={past['record']['passed']!s:5} | {head.strip()}\")"
+    ),
+    nbf.v4.new_markdown_cell(
+        "## One staged auction\nThe staged auction offers the task cheapest first and stops "
+        "at the first bid whose assessed chance of passing clears the agent's reserve. Its "
+        "audit says who was asked, in what order, each assessment with its signals "
+        "(memory's success estimate and its evidence, entropy, length), and why it stopped. "
+        "Runs made before the staged auction existed have none."
+    ),
+    nbf.v4.new_code_cell(
+        "staged = [r for r in rows if r['audit'].get('mode') == 'staged']\n"
+        "if not staged:\n"
+        "    print('no staged auctions in', RUN_DIR)\n"
+        "else:\n"
+        "    # one where a cheaper agent was assessed, if any: that is where the mechanism acts\n"
+        "    row = next((r for r in staged if r['audit'].get('assessments')), staged[0])\n"
+        "    audit, record = row['audit'], row['record']\n"
+        "    print(f\"{record['method']}, order {record['order']}, position {record['position']}: \"\n"
+        "          f\"{record['task_id']} -> {audit['winner']}, passed={record['passed']}\")\n"
+        "    print('offered:', audit['offered'])\n"
+        "    for a in audit['assessments']:\n"
+        "        print(f\"  {a['agent']:20} p(pass) {a['p_pass']:.2f} reserve {a['reserve']:.2f} \"\n"
+        "              f\"accepted={a['accepted']} signals={a['signals']}\")\n"
+        "    print('estimates:', audit.get('estimates'))\n"
+        "    print('stop:', audit['stop'])\n"
         "bank.close()"
+    ),
+    nbf.v4.new_markdown_cell(
+        "## Pools side by side\n`sale compare` sets runs of different pools on the same "
+        "tasks against the first run's largest agent (`benchmarks/results/pools.json`, once "
+        "the two-agent run is committed)."
+    ),
+    nbf.v4.new_code_cell(
+        "pools = Path(RUN_DIR).parent / 'pools.json'\n"
+        "if pools.exists():\n"
+        "    comparison = json.loads(pools.read_text())\n"
+        "    for pool, verdict in comparison['verdicts'].items():\n"
+        "        print(pool, '->', verdict and (verdict['method'],\n"
+        "                                       round(verdict['cost_ratio']['estimate'], 2)))\n"
+        "else:\n"
+        "    print('no pool comparison committed yet')"
     ),
 ]
 

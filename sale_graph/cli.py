@@ -34,7 +34,7 @@ def _context(args: argparse.Namespace) -> Context:
         remember=not args.no_remember,
         k=args.k,
         jury=args.jury,
-        auction=getattr(args, "auction", "full"),
+        auction=getattr(args, "auction", None),
         reserve=getattr(args, "reserve", None),
     )
     context.resolved_weights()
@@ -120,7 +120,9 @@ def _staged_table(audit: dict[str, Any]) -> str:
     for b in audit["bids"]:
         a = assessed.get(b["agent"])
         est = estimates.get(b["agent"])
-        decision = ("answers directly" if b.get("direct") else
+        decision = ("accepted on memory alone, answers directly"
+                    if b.get("direct") and a and a.get("without_bid") else
+                    "answers directly" if b.get("direct") else
                     "accepted (explored)" if a and a["explored"] else
                     "accepted" if a and a["accepted"] else "declined" if a else "-")
         rows.append((
@@ -133,7 +135,7 @@ def _staged_table(audit: dict[str, Any]) -> str:
     return _columns(head, rows)
 
 
-def _columns(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+def _columns(head: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -219,7 +221,8 @@ def _add_serve_command(sub: Any) -> None:
     """``sale serve``: flags override the deployer's environment (``deployed_context``)."""
     p = sub.add_parser("serve", help="serve the auction as an OpenAI-compatible model")
     p.add_argument("--pool", default=None,
-                   help="'local', 'local-small' or a pool file (default: $SALE_POOL, else local)")
+                   help="'local', 'local-small', 'local-coder' or a pool file "
+                        "(default: $SALE_POOL, else local)")
     p.add_argument("--memory", default=None,
                    help="directory of the embedded auction memory (default: $SALE_MEMORY_PATH)")
     p.add_argument("--memory-url", default=None, help="Chroma server URL (http://host:port)")
@@ -271,7 +274,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pool", default="local",
-                   help="'local', 'local-small' or a JSON/TOML pool file (default: local)")
+                   help="'local', 'local-small', 'local-coder' or a JSON/TOML pool file "
+                        "(default: local)")
     p.add_argument("--memory", default=default_memory_path(),
                    help="directory of the embedded auction memory")
     p.add_argument("--memory-url", default=None, help="Chroma server URL (http://host:port)")
@@ -281,8 +285,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jury", default="all", choices=["all", "self", "peers", "none"])
     p.add_argument("--no-refine", action="store_true", help="skip memory refinement")
     p.add_argument("--no-remember", action="store_true", help="do not store this auction")
-    p.add_argument("--auction", default="full", choices=["full", "staged"],
-                   help="full: the paper's auction; staged: cheapest first (default: full)")
+    p.add_argument("--auction", default=None, choices=["full", "staged"],
+                   help="full: the paper's auction; staged: cheapest first (default: what "
+                        "the pool's weights name, else full)")
     p.add_argument("--reserve", type=float, default=None,
                    help="staged: assessed pass chance a bid needs (0..1; higher = dearer)")
 

@@ -61,6 +61,14 @@ def _check_url(url: Any) -> None:
         raise ContextError(f"memory_url has an invalid port: {url!r}") from exc
 
 
+def _check_execute_plan(value: Any, error: type[Exception]) -> bool | Mapping[str, bool]:
+    if not isinstance(value, (bool, Mapping)) or (
+        isinstance(value, Mapping) and not all(isinstance(v, bool) for v in value.values())
+    ):
+        raise error("execute_plan must be true, false or a dict {agent: bool}")
+    return value
+
+
 def default_memory_path() -> str:
     """Where the embedded auction memory lives unless told otherwise."""
     return os.environ.get("SALE_MEMORY_PATH", str(Path.home() / ".sale_graph" / "memory"))
@@ -73,8 +81,8 @@ class Context:
     pool: str = field(
         default_factory=lambda: os.environ.get("SALE_POOL") or "local",
         metadata={"description": "Agent pool: 'local' (3 embedded GGUF models), 'local-small' "
-                  "(the two smallest), or a path to a JSON/TOML pool file (default: "
-                  "$SALE_POOL, else 'local')."},
+                  "(the two smallest), 'local-coder' (the two coder models), or a path to "
+                  "a JSON/TOML pool file (default: $SALE_POOL, else 'local')."},
     )
     agents: Any = field(
         default=None,
@@ -151,12 +159,14 @@ class Context:
                   "'listwise': one call per juror rating every bid of the round (one digit "
                   "per bid), which reads the task once instead of once per bid."},
     )
-    auction: AuctionMode = field(
-        default="full",
+    auction: AuctionMode | None = field(
+        default=None,
         metadata={"description": "'full': the paper's auction (every agent bids, the jury "
                   "judges every bid, cheaper agents refine). 'staged': agents are offered "
                   "the task cheapest first and the first bid whose assessment clears its "
-                  "reserve wins; the dearest agent, if reached, answers directly."},
+                  "reserve wins; the dearest agent, if reached, answers directly. Unset: "
+                  "the mode measured best for the pool (the weights file's or preset's "
+                  "'defaults'), else 'full'."},
     )
     reserve: float | None = field(
         default=None,
@@ -184,9 +194,11 @@ class Context:
                   "nobody refines without a nearby verified success)."},
     )
     execute_plan: Any = field(
-        default=True,
+        default=None,
         metadata={"description": "Whether the winner executes its plan (True, the paper) or "
-                  "answers directly (False); a dict {agent: bool} decides per agent."},
+                  "answers directly (False); a dict {agent: bool} decides per agent. Unset: "
+                  "what `sale fit` measured for the pool (the weights file's or the "
+                  "preset's 'execute_plan'), else True."},
     )
 
     def __post_init__(self) -> None:
@@ -230,7 +242,7 @@ class Context:
         if self.jury_format not in ("per_bid", "listwise"):
             raise ContextError(
                 f"jury_format must be per_bid or listwise, got {self.jury_format!r}")
-        if self.auction not in ("full", "staged"):
+        if self.auction not in (None, "full", "staged"):
             raise ContextError(f"auction must be full or staged, got {self.auction!r}")
         if self.refine_from not in ("votes", "outcomes"):
             raise ContextError(f"refine_from must be votes or outcomes, got {self.refine_from!r}")
@@ -239,11 +251,8 @@ class Context:
             or not 0.0 <= self.reserve <= 1.0
         ):
             raise ContextError(f"reserve must be a number in [0, 1], got {self.reserve!r}")
-        if not isinstance(self.execute_plan, (bool, Mapping)) or (
-            isinstance(self.execute_plan, Mapping)
-            and not all(isinstance(v, bool) for v in self.execute_plan.values())
-        ):
-            raise ContextError("execute_plan must be true, false or a dict {agent: bool}")
+        if self.execute_plan is not None:
+            _check_execute_plan(self.execute_plan, ContextError)
         if self.agents is not None:
             validate_pool(self.agents)
 
@@ -318,6 +327,48 @@ class Context:
             return _preset_weights(self.pool)
         return Weights.coerce(self.weights)
 
+    def _fitted_file(self) -> Mapping[str, Any] | None:
+        """The weights file's content (``self.weights``, else the preset's), if a file or dict."""
+        source: Any = self.weights
+        if source is None and self.agents is None and self.pool in PRESET_WEIGHTS:
+            source = Path(__file__).with_name("data") / PRESET_WEIGHTS[self.pool]
+        if isinstance(source, (str, Path)):
+            try:
+                source = json.loads(Path(source).read_text())
+            except (OSError, ValueError) as exc:
+                raise PoolConfigError(f"cannot read weights file {source}: {exc}") from exc
+        return source if isinstance(source, Mapping) else None
+
+    def resolved_auction(self) -> str:
+        """The auction mode: as given, else the pool's measured default, else the paper's.
+
+        A weights file (and so a preset) may name the mode its benchmark measured best
+        (``"defaults": {"auction": ...}``, written by ``sale fit --auction``); a pool
+        without one runs the paper's full auction.
+        """
+        if self.auction is not None:
+            return self.auction
+        defaults = (self._fitted_file() or {}).get("defaults") or {}
+        mode = defaults.get("auction", "full") if isinstance(defaults, Mapping) else None
+        if mode not in ("full", "staged"):
+            raise PoolConfigError(f"weights file: defaults.auction must be full or staged, "
+                                  f"got {mode!r}")
+        return str(mode)
+
+    def resolved_execute_plan(self) -> bool | Mapping[str, bool]:
+        """Plan or direct answer per winner: as given, else as fitted for the pool, else plan.
+
+        ``sale fit`` measures per agent whether executing its plan passes more training
+        tasks than answering directly and writes the choice beside the weights; the
+        paper's behaviour (always the plan) is what a pool without a fit gets.
+        """
+        if self.execute_plan is not None:
+            return self.execute_plan
+        fitted = (self._fitted_file() or {}).get("execute_plan")
+        if fitted is None:
+            return True
+        return _check_execute_plan(fitted, PoolConfigError)
+
     def resolved_staged(self) -> Any:
         """The staged auction's policy: as given, else from the weights, else the preset's.
 
@@ -329,15 +380,8 @@ class Context:
 
         if self.staged is not None:
             return StagedPolicy.coerce(self.staged)
-        source: Any = self.weights
-        if source is None and self.agents is None and self.pool in PRESET_WEIGHTS:
-            source = Path(__file__).with_name("data") / PRESET_WEIGHTS[self.pool]
-        if isinstance(source, (str, Path)):
-            try:
-                source = json.loads(Path(source).read_text())
-            except (OSError, ValueError) as exc:
-                raise PoolConfigError(f"cannot read weights file {source}: {exc}") from exc
-        if isinstance(source, Mapping) and source.get("staged") is not None:
+        source = self._fitted_file()
+        if source is not None and source.get("staged") is not None:
             return StagedPolicy.coerce(source["staged"])
         return StagedPolicy()
 
@@ -374,7 +418,7 @@ _LOCK = threading.Lock()
 _POOLS: dict[tuple[str, float], tuple[Agent, ...]] = {}
 _MEMORIES: dict[tuple[str, str, str], Any] = {}
 
-PRESETS = ("local", "local-small")
+PRESETS = ("local", "local-small", "local-coder")
 # Presets with weights fitted on them (file names under sale_graph/data/).
 PRESET_WEIGHTS = {"local": "local_weights.json"}
 

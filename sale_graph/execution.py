@@ -159,7 +159,8 @@ async def execute_winner(state: Mapping[str, Any], runtime: Any, bound: Any) -> 
     ctx = run_context(runtime, bound)
     winning = next(b for b in state["bids"] if b["id"] == state["winning_bid"])
     agent = (await pool_of(ctx))[winning["agent"]]
-    with_plan = not winning.get("direct") and follows_plan(ctx.execute_plan, agent.name)
+    execute_plan = await asyncio.to_thread(ctx.resolved_execute_plan)
+    with_plan = not winning.get("direct") and follows_plan(execute_plan, agent.name)
     result = await execute(
         agent, ctx.executor, task=state["task"],
         strategy=winning["strategy"] if with_plan else "",

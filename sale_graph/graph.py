@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast, get_args, get_origin, get_type_hints
 
@@ -49,7 +49,7 @@ from sale_graph.context import Context
 from sale_graph.opening import auction_id_for, validate_task
 from sale_graph.state import AuctionInput, AuctionOutput, AuctionState, BidRequest, VoteRequest
 
-Node = Callable[[Any, Any, Context | None], Awaitable[Any]]
+Node = Callable[[Any, Any, Context | None], Coroutine[Any, Any, Any]]
 
 
 def build_graph(
@@ -122,8 +122,12 @@ def _sync_and_async(name: str, node: Node, bound: Context | None) -> RunnableLam
     def run(state: Any) -> Any:
         coroutine = node(state, get_runtime(Context), bound)
         context = contextvars.copy_context()
+
+        def in_thread() -> Any:
+            return context.run(asyncio.run, coroutine)
+
         with ThreadPoolExecutor(1, thread_name_prefix=f"sale-{name}") as pool:
-            return pool.submit(context.run, asyncio.run, coroutine).result()
+            return pool.submit(in_thread).result()
 
     async def arun(state: Any) -> Any:
         return await node(state, get_runtime(Context), bound)

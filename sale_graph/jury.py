@@ -116,12 +116,13 @@ def _digit_probs_from_logprobs(logprobs: Any) -> dict[int, float]:
 
 def vote_value(vote: Vote, reading: str = "expected") -> float | None:
     """What a vote adds to the jury term: its expected value if asked and known, else its digit."""
-    if vote.get("score") is None:
+    score = vote.get("score")
+    if score is None:
         return None
     expected = vote.get("expected")
     if reading == "expected" and expected is not None:
         return float(expected)
-    return float(vote["score"])
+    return float(score)
 
 
 def jurors_for(bid_agent: str, agents: Sequence[str], mode: str) -> list[str]:

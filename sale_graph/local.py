@@ -57,6 +57,9 @@ PAPER_TOP_PARAMS = 32e9
 PRESETS: dict[str, tuple[str, ...]] = {
     "local": ("smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"),
     "local-small": ("smollm2-135m", "qwen2.5-coder-0.5b"),
+    # the two coder models: the benchmark's two-agent pool, run on the same tasks as
+    # "local" to measure whether the 135M agent earns its place (benchmarks/README.md)
+    "local-coder": ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"),
 }
 
 _CALL_OPTIONS = frozenset({"max_tokens", "grammar", "temperature", "seed", "choices"})
@@ -566,8 +569,9 @@ def price_for_params(params: float) -> float:
 def default_pool(preset: str = "local", **model_options: Any) -> list[Agent]:
     """Agents backed by the local GGUF models that ship in PyPI packages.
 
-    Presets: ``"local"`` (SmolLM2-135M, Qwen2.5-Coder-0.5B and -1.5B) and
-    ``"local-small"`` (the first two; about half the memory and much faster).
+    Presets: ``"local"`` (SmolLM2-135M, Qwen2.5-Coder-0.5B and -1.5B),
+    ``"local-small"`` (the first two; about half the memory and much faster) and
+    ``"local-coder"`` (the two Qwen2.5-Coder models).
 
     Price rule: proportional to parameter count on the paper's ladder, whose
     largest agent (Qwen3 32B) costs $0.36 per Mtok, i.e. $0.01125 per billion

@@ -573,10 +573,11 @@ class AuctionMemory:
             metadata = dict((found.get("metadatas") or [{}])[0] or {})
             metadata.update(fields)
             embeddings = found.get("embeddings")
+            vectors: Any = [list(embeddings[0])] if embeddings is not None else None
             col.upsert(
                 ids=[auction_id],
                 documents=[(found.get("documents") or [""])[0]],
-                embeddings=[list(embeddings[0])] if embeddings is not None else None,
+                embeddings=vectors,
                 metadatas=[metadata],
             )
         past = _to_past(auction_id, (found.get("documents") or [""])[0], metadata, None)

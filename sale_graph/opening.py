@@ -77,7 +77,8 @@ async def open_auction(
     task = validate_task(state.get("task"), ctx.max_task_chars)
     agents = await asyncio.to_thread(ctx.resolved_agents)
     weights = await asyncio.to_thread(ctx.resolved_weights)
-    if ctx.refine or ctx.remember or ctx.auction == "staged" or weights.memory:
+    mode = await asyncio.to_thread(ctx.resolved_auction)
+    if ctx.refine or ctx.remember or mode == "staged" or weights.memory:
         memory = await asyncio.to_thread(ctx.resolved_memory)
         await asyncio.to_thread(memory.ping)
     update = {
@@ -85,9 +86,9 @@ async def open_auction(
         "auction_id": auction_id_for(state),
         "started": time.time(),
         "round": 0,
-        "mode": ctx.auction,
+        "mode": mode,
         "weights": weights.to_dict(),
     }
-    if ctx.auction == "staged" or weights.memory:
+    if mode == "staged" or weights.memory:
         return Command(update=update, goto="estimate")
     return Command(update=update, goto=bid_sends(task, agents))

@@ -90,7 +90,8 @@ def outcome_pairs(past_auctions: Sequence[Any], agent: str, max_pairs: int) -> l
     positive example, a failed one a negative. The refiner's own failures come first.
     Without a verified success there is nothing to learn from: no pairs.
     """
-    passed, failed = [], []
+    passed: list[Any] = []
+    failed: list[Any] = []
     for past in past_auctions:
         outcome = getattr(past, "outcome", None)
         if not outcome or past.similarity is None:

@@ -104,7 +104,8 @@ class Weights:
         if isinstance(value, Mapping):
             known = {"cost", "entropy", "jury", "jury_default", "memory"}
             # a weights file may also carry the staged auction's policy (``staged``)
-            unknown = set(value) - known - {"staged"}
+            # and the fitted plan-or-direct choice per agent (``execute_plan``)
+            unknown = set(value) - known - {"staged", "execute_plan", "defaults"}
             if unknown:
                 raise SaleError(
                     f"unknown weight fields {sorted(unknown)}; expected {sorted(known)}"

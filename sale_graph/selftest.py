@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sale_graph.native_build import REBUILD_HINT
 
@@ -48,7 +49,7 @@ def _child(name: str) -> int:
     model = LlamaCppChatModel(model_path=str(model_path(name)), model_name=name,
                               max_tokens=TOKENS, temperature=0.0)
     reply = model.invoke([HumanMessage(_PROMPT)])
-    usage = reply.usage_metadata or {}
+    usage: dict[str, Any] = dict(reply.usage_metadata or {})
     print(json.dumps({"tokens": usage.get("output_tokens", 0), "text": reply.content,
                       "seconds": round(time.time() - started, 2)}))
     return 0

@@ -9,13 +9,15 @@ cannot point the server at a directory, a URL, a pool file or an executor.
 
 from __future__ import annotations
 
+from typing import Any
+
 from langgraph.graph.state import CompiledStateGraph
 
 from sale_graph.context import RemoteContext
 from sale_graph.graph import build_graph
 
 
-def build_server_graph() -> CompiledStateGraph:
+def build_server_graph() -> CompiledStateGraph[Any, Any, Any, Any]:
     """Compile the auction for a server: no checkpointer or store (the server brings them)."""
     builder = build_graph()
     builder.context_schema = RemoteContext  # type: ignore[assignment]

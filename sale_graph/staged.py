@@ -8,6 +8,9 @@ on the bids it needs: the cheapest agent bids first; its bid is *assessed* from
 cheap signals; if the assessment clears the agent's *reserve* the bid wins and the
 dearer agents are never called. Otherwise the next agent bids. The dearest agent,
 if reached, is the last resort: it answers directly, without a bid and without a jury.
+An agent whose fitted assessment reads nothing from a bid (memory's estimate alone)
+is judged before bidding: ruled out, it is not asked; accepted while it answers
+without a plan, it answers at once. A bid is paid for only where it can matter.
 
 The assessment is a predicted probability that the bidder passes the task: per
 agent, a logistic model over
@@ -49,6 +52,7 @@ from sale_graph.agents import Agent
 from sale_graph.bidding import write_bid
 from sale_graph.calls import describe_error
 from sale_graph.errors import NoBidsError, SaleError
+from sale_graph.execution import follows_plan
 from sale_graph.jury import cast_vote, vote_value
 from sale_graph.opening import bid_sends
 from sale_graph.outcomes import DEFAULT_PRIOR, success_estimates
@@ -230,7 +234,7 @@ async def estimate(
 
 
 def _direct_bid(agent: Agent) -> Bid:
-    """The last resort's entry: no plan was asked for, it answers the task directly."""
+    """The entry of an agent that answers without a bid (the last resort, or accepted on memory)."""
     now = time.time()
     return Bid(id=f"{agent.name}#direct", agent=agent.name, round=0, strategy="",
                price=agent.price, tokens=0, input_tokens=0, entropy=None,
@@ -244,6 +248,7 @@ async def offer(
     ctx = run_context(runtime, bound)
     agents = await pool_of(ctx)
     policy = await asyncio.to_thread(ctx.resolved_staged)
+    execute_plan = await asyncio.to_thread(ctx.resolved_execute_plan)
     asked = list(state.get("offered") or [])
     order = offer_order(list(agents.values()))
     # an agent the policy never accepts is not asked to bid (its bid would be paid for
@@ -252,13 +257,25 @@ async def offer(
                  and (name == order[-1] or policy.for_agent(name).offered)]
     if not remaining:  # cannot happen: the last agent is never asked to bid
         raise NoBidsError("the staged auction ran out of agents")
-    # an agent whose assessment does not depend on its bid, and whom memory alone
-    # rules out, is passed over without paying for a bid it could not win with
-    skipped = []
+    # an agent whose assessment does not depend on its bid is judged on memory alone:
+    # ruled out, it is passed over without paying for a bid it could not win with;
+    # accepted while it answers without a plan, it answers without bidding
+    skipped: list[dict[str, Any]] = []
     while len(remaining) > 1:
-        verdict = _without_bid(policy, remaining[0], state, ctx.reserve)
+        direct = not follows_plan(execute_plan, remaining[0])
+        verdict = _without_bid(policy, remaining[0], state, ctx.reserve, direct)
         if verdict is None:
             break
+        if verdict["accepted"]:
+            entry = _direct_bid(agents[remaining[0]])
+            how = "exploring it" if verdict["explored"] else (
+                f"p={verdict['p_pass']:.2f} >= reserve {verdict['reserve']:.2f}")
+            return Command(update={
+                "offered": [*(v["agent"] for v in skipped), remaining[0]],
+                "assessments": [*skipped, verdict], "bids": [entry], "winning_bid": entry["id"],
+                "stop": f"memory alone accepts {remaining[0]} ({how}); it answers directly "
+                        "(no bid: its assessment does not read one)",
+            }, goto="approve")
         skipped.append(verdict)
         remaining.pop(0)
     passed_over = {"offered": [s["agent"] for s in skipped], "assessments": skipped}
@@ -282,27 +299,41 @@ async def offer(
                            "assessments": skipped, "bids": [new]}, goto="assess")
 
 
-def _without_bid(
-    policy: StagedPolicy, name: str, state: Mapping[str, Any], override: float | None
-) -> dict[str, Any] | None:
-    """The assessment of an agent that memory alone rules out, or None if its bid could count.
+def bid_free(policy: StagedPolicy, name: str) -> bool:
+    """Whether the agent's assessment reads nothing from its bid (memory and bias only).
 
-    A bid can only change the verdict through its entropy, its length or a juror's
-    vote; with none of those in the agent's model, the memory estimate decides, and a
-    bid that cannot win is not worth paying for (unless the agent is being explored).
+    A bid can change the verdict only through its entropy, its length or a juror's
+    vote; without any of them the verdict is known before the bid is written.
     """
     model = policy.for_agent(name)
-    if model.entropy or model.length or (model.jury and policy.juror):
+    return not (model.entropy or model.length or (model.jury and policy.juror))
+
+
+def _without_bid(
+    policy: StagedPolicy, name: str, state: Mapping[str, Any], override: float | None,
+    answers_directly: bool,
+) -> dict[str, Any] | None:
+    """The verdict on an agent reached without its bid, or None if the bid is needed.
+
+    With a bid-free assessment, memory's estimate decides: a rejected agent is not
+    asked to bid (``skipped``); an accepted one that answers directly (its winning
+    plan would not be executed) is not asked either. An accepted agent that executes
+    its plan still bids: the plan is what it will carry out.
+    """
+    if not bid_free(policy, name):
         return None
     est = (state.get("estimates") or {}).get(name) or {}
     signals = Signals(entropy=None, tokens=0, memory_p=float(est.get("p", DEFAULT_PRIOR)),
                       memory_n=float(est.get("n", 0.0)), prior=DEFAULT_PRIOR)
     p = policy.assess(name, signals)
     reserve = policy.reserve(name, override)
-    if p >= reserve or policy.explores(state["auction_id"], name, signals.memory_n):
+    explored = p < reserve and policy.explores(state["auction_id"], name, signals.memory_n)
+    accepted = p >= reserve or explored
+    if accepted and not answers_directly:
         return None
     return {"agent": name, "bid_id": None, "p_pass": round(p, 4), "reserve": reserve,
-            "accepted": False, "explored": False, "skipped": True,
+            "accepted": accepted, "explored": explored, "skipped": not accepted,
+            "without_bid": True,
             "signals": {"memory_p": round(signals.memory_p, 4), "memory_n": signals.memory_n}}
 
 

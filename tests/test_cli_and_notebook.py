@@ -74,6 +74,9 @@ def test_explore_notebook_rebuilds_a_committed_run_without_models(tmp_path, monk
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outputs)
     assert "run:" in text and "retrieved:" in text and "winner:" in text
+    # the staged walkthrough shows a staged audit, or says the run has none
+    assert "offered:" in text or "no staged auctions in" in text
+    assert "no pool comparison committed yet" in text or " -> " in text
     assert any("image/png" in o.get("data", {}) for o in outputs)
     shown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
     assert "| method | against | pass@1 diff (points)" in shown

@@ -376,6 +376,8 @@ def test_default_pool_prices_follow_parameter_count():
     small = default_pool("local-small", max_tokens=64)
     assert [a.name for a in small] == [SMOL, QWEN05]
     assert all(a.model.max_tokens == 64 for a in small)
+    coder = default_pool("local-coder")  # the benchmark's two-agent pool, same prices
+    assert [(a.name, a.price) for a in coder] == [(a.name, a.price) for a in pool[1:]]
 
 
 def test_default_pool_rejects_bad_input():

@@ -111,6 +111,70 @@ def test_an_agent_memory_rules_out_is_not_asked_to_bid(memory):
     assert taken["accepted"]
 
 
+def test_an_agent_memory_accepts_answers_directly_without_a_bid(memory):
+    agents = pool()
+    memory_only = StagedPolicy(agents={"small": AgentPolicy(bias=0.0, memory=6.0, reserve=0.4),
+                                       "mid": AgentPolicy(bias=0.0, memory=6.0, reserve=0.4)},
+                               fitted=True)
+    out = run("t", staged(agents, memory, staged=memory_only, execute_plan={"small": False}))
+    audit = out["auction"]
+    assert out["winner"] == "small" and out["answer"] == "direct answer from small"
+    assert calls(agents, "bid") == {"small": 0, "mid": 0, "large": 0}
+    assert audit["offered"] == ["small"] and audit["execution"]["with_plan"] is False
+    (verdict,) = audit["assessments"]
+    assert verdict["accepted"] and verdict["without_bid"] and not verdict["skipped"]
+    assert audit["stop"].startswith("memory alone accepts small (p=0.50 >= reserve 0.40)")
+    # an agent that would execute its plan still bids: the plan is what it carries out
+    agents = pool()
+    out = run("t", staged(agents, memory, staged=memory_only, execute_plan=True))
+    assert out["winner"] == "small" and out["answer"] == "answer from small"
+    assert calls(agents, "bid") == {"small": 1, "mid": 0, "large": 0}
+
+
+def test_the_fitted_plan_or_direct_choice_comes_with_the_weights_file(memory, tmp_path):
+    import json
+
+    from sale_graph.errors import PoolConfigError
+
+    path = tmp_path / "weights.json"
+    path.write_text(json.dumps({"cost": 1.0, "entropy": 0.0, "jury": {},
+                                "execute_plan": {"small": False, "large": False}}))
+    assert Context(weights=str(path)).resolved_execute_plan() == {"small": False,
+                                                                  "large": False}
+    assert Context(weights=str(path), execute_plan=True).resolved_execute_plan() is True
+    assert Context(agents=pool()).resolved_execute_plan() is True  # no fit: the paper's plan
+    agents = pool()
+    out = run("t", staged(agents, memory, staged=policy(small=0.4), weights=str(path)))
+    assert out["winner"] == "small" and out["answer"] == "direct answer from small"
+    path.write_text(json.dumps({"cost": 1.0, "entropy": 0.0, "jury": {},
+                                "execute_plan": {"small": "no"}}))
+    with pytest.raises(PoolConfigError, match="execute_plan"):
+        Context(weights=str(path)).resolved_execute_plan()
+
+
+def test_a_pool_defaults_to_the_auction_mode_its_weights_name(memory, tmp_path):
+    import json
+
+    from sale_graph.errors import PoolConfigError
+
+    path = tmp_path / "weights.json"
+    path.write_text(json.dumps({"cost": 1.0, "entropy": 0.0, "jury": {},
+                                "staged": policy(small=0.4).to_dict(),
+                                "defaults": {"auction": "staged"}}))
+    agents = pool()
+    out = run("t", Context(agents=agents, memory=memory, weights=str(path)))
+    assert out["auction"]["mode"] == "staged" and out["winner"] == "small"
+    assert calls(agents, "vote") == {"small": 0, "mid": 0, "large": 0}
+    agents = pool()  # an explicit mode wins over the measured default
+    out = run("t", Context(agents=agents, memory=memory, weights=str(path), auction="full"))
+    assert out["auction"]["mode"] == "full" and calls(agents, "bid")["large"] == 1
+    assert Context(agents=pool()).resolved_auction() == "full"  # no fit: the paper's
+    path.write_text(json.dumps({"cost": 1.0, "entropy": 0.0, "jury": {},
+                                "defaults": {"auction": "cheap"}}))
+    with pytest.raises(PoolConfigError, match="defaults.auction"):
+        Context(weights=str(path)).resolved_auction()
+
+
 def test_reserve_knob_overrides_every_agent(memory):
     agents = pool()
     cheap = run("t", staged(agents, memory, staged=policy(small=0.9, mid=0.9), reserve=0.0))

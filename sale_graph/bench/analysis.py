@@ -57,8 +57,15 @@ def _outcome_table(
     return table
 
 
-def fit_from_bank(bank: OutcomeBank, objective: str = "minmax", lam: float = FIT_LAM) -> Any:
-    """Fit the weights on the training auctions and outcomes stored in ``bank``."""
+def fit_from_bank(
+    bank: OutcomeBank, objective: str = "minmax", lam: float = FIT_LAM, *, memory: bool = False
+) -> Any:
+    """Fit the weights on the training auctions and outcomes stored in ``bank``.
+
+    ``memory``: fit ``w_m`` too, each training bid carrying memory's success estimate
+    for its agent, leave-one-out over the other training tasks' verified outcomes
+    (what a memory seeded with them gives; the same estimate the staged fit uses).
+    """
     from sale_graph.bench.fit import fit_weights, training_bids
 
     meta = bank.get("meta", "tasks")
@@ -70,7 +77,8 @@ def fit_from_bank(bank: OutcomeBank, objective: str = "minmax", lam: float = FIT
     audits = bank.records("train_audit")
     if table is None or any(t not in audits for t in train_ids):
         raise ValueError("the training outcomes and auctions are incomplete; resume the run first")
-    rows = {t: training_bids(audits[t]["audit"], table[t]) for t in train_ids}
+    estimates = _loo_memory(bank, train_ids, agents, table) if memory else {}
+    rows = {t: training_bids(audits[t]["audit"], table[t], estimates.get(t)) for t in train_ids}
     if objective not in ("minmax", "mean"):
         raise ValueError(f"objective must be minmax or mean, got {objective!r}")
     juror_costs = {
@@ -85,6 +93,35 @@ def fit_from_bank(bank: OutcomeBank, objective: str = "minmax", lam: float = FIT
         tie_order=agents,
         juror_costs=juror_costs,
     )
+
+
+def _loo_memory(
+    bank: OutcomeBank,
+    train_ids: Sequence[str],
+    agents: Sequence[str],
+    table: Mapping[str, Mapping[str, Outcome]],
+) -> dict[str, dict[str, float]]:
+    """``estimate[task][agent]``: memory's success estimate with this task left out."""
+    import numpy as np
+
+    from sale_graph.bench.staged_fit import memory_estimate
+    from sale_graph.outcomes import DEFAULT_PRIOR
+
+    vectors = {}
+    for t in train_ids:
+        stored = bank.get("embedding", t)
+        if stored is None:
+            raise ValueError(f"no embedding stored for {t}")
+        vectors[t] = np.asarray(stored["vector"], dtype=np.float64)
+    passed = {(t, a): table[t][a].passed for t in train_ids for a in agents}
+    from sale_graph.context import Context
+
+    k = int(Context.__dataclass_fields__["k"].default)  # type: ignore[arg-type] # Context.k
+    return {
+        t: {a: memory_estimate(t, a, [u for u in train_ids if u != t], passed, vectors, k,
+                               DEFAULT_PRIOR) for a in agents}
+        for t in train_ids
+    }
 
 
 def _router_loss(
@@ -284,7 +321,8 @@ def report_from_bank(
 
         staged = bank.get("fit", "staged")
         save_weights(fit["weights"], out / "weights.json",
-                     staged=staged["policy"] if staged else None)
+                     staged=staged["policy"] if staged else None,
+                     execute_plan=staged["execute_plan"] if staged else None)
     meta = {
         "config": config.to_dict(),
         "agents": [{"name": a, "price_usd_per_mtok": prices[a]} for a in agents],
@@ -294,6 +332,8 @@ def report_from_bank(
             "test_by_domain": dict(Counter(domains[t] for t in test_ids)),
         },
         "fit": fit,
+        # only once fitted, so runs without it rebuild byte-identical
+        **({"fit_with_memory": fm} if (fm := bank.get("fit", "minmax-outcomes")) else {}),
         "router_knobs": knobs,
         "sale_progress": progress,
         "sale_model_calls": sale_calls,
@@ -313,6 +353,7 @@ def report_from_bank(
         progress,
         has_baselines=bool(knobs),
         outcomes_done=len(bank.records("outcome")),
+        fit_outcomes=bank.get("fit", "minmax-outcomes"),
     )
     order = [m.name for m in methods_for(config)]
     for a in agents[::-1]:
@@ -344,6 +385,7 @@ def _preamble(
     progress: Mapping[str, str],
     has_baselines: bool,
     outcomes_done: int = 0,
+    fit_outcomes: Mapping[str, Any] | None = None,
 ) -> str:
     by_domain = Counter(domains[t] for t in test_ids)
     pool = ", ".join(f"{a} (${prices[a]:.5f}/Mtok)" for a in agents)
@@ -373,6 +415,15 @@ def _preamble(
             f"{100 * fit['train_pass_rate']:.1f}%. Jurors weighted 0 are not asked (the fit "
             "charges each heeded juror its votes' price). Ablations zero one term of these "
             "weights (or change the jury); 'SALE default weights' uses the package defaults."
+        )
+    if fit_outcomes:
+        w = fit_outcomes["weights"]
+        jury = ", ".join(f"{j} {v:.3g}" for j, v in sorted(w["jury"].items()))
+        lines.append(
+            f"- SALE with verified outcomes in memory fits w_m too (each training bid carries "
+            f"memory's leave-one-out success estimate for its agent): cost {w['cost']:.3g}, "
+            f"entropy {w['entropy']:.3g}, memory {w.get('memory', 0.0):.3g}, jury {{{jury}}}; "
+            f"training pass@1 {100 * fit_outcomes['train_pass_rate']:.1f}%."
         )
     if has_baselines:
         lines.append(

@@ -108,14 +108,16 @@ def fit_command(args: argparse.Namespace) -> int:
             )
             return 2
         try:
-            result = runner.fit_from_bank(bank, args.objective, args.lam)
+            result = runner.fit_from_bank(bank, args.objective, args.lam, memory=args.memory)
             staged, staged_report = _staged_fit(bank, args.lam)
         except ValueError as exc:
             print(f"sale fit: {exc}", file=sys.stderr)
             return 2
         finally:
             bank.close()
-    save_weights(result.weights, args.output, staged=staged)
+    save_weights(result.weights, args.output, staged=staged,
+                 execute_plan=staged_report.get("execute_plan"),
+                 defaults={"auction": args.auction} if args.auction else None)
     summary = {k: v for k, v in result.to_dict().items() if k != "selected"}
     summary["staged"] = staged_report
     print(json.dumps(summary, indent=2, sort_keys=True))
@@ -134,14 +136,28 @@ def _staged_fit(bank: Any, lam: float) -> tuple[Any, dict[str, Any]]:
     return policy.to_dict(), {"chosen": report["chosen"], "execute_plan": report["execute_plan"]}
 
 
+def compare_command(args: argparse.Namespace) -> int:
+    """Compare runs of different pools on the same tasks; print and write the table."""
+    from sale_graph.bench.compare import write_comparison
+
+    try:
+        path = write_comparison(args.run_dirs, args.output)
+    except ValueError as exc:
+        print(f"sale compare: {exc}", file=sys.stderr)
+        return 2
+    print(path.read_text(encoding="utf-8"))
+    print(f"wrote {path} and {path.with_suffix('.json')}", file=sys.stderr)
+    return 0
+
+
 def add_bench_commands(subparsers: Any) -> None:
-    """Register ``bench`` and ``fit`` on the ``sale`` command's subparsers."""
+    """Register ``bench``, ``fit`` and ``compare`` on the ``sale`` command's subparsers."""
     bench = subparsers.add_parser(
         "bench", help="benchmark SALE against baselines (resumable; see benchmarks/README.md)"
     )
     bench.add_argument(
         "--pool",
-        choices=["local", "local-small"],
+        choices=["local", "local-small", "local-coder"],
         default=None,
         help="agent pool (default: local; --smoke: local-small)",
     )
@@ -202,6 +218,19 @@ def add_bench_commands(subparsers: Any) -> None:
     fit.add_argument("--run-dir", required=True, help="a `sale bench` run directory")
     fit.add_argument("--objective", choices=["minmax", "mean"], default="minmax")
     fit.add_argument(
+        "--memory",
+        action="store_true",
+        help="also fit w_m, the weight of memory's verified success estimate (for memories "
+        "that hold outcomes: Context(refine_from='outcomes') or recorded feedback)",
+    )
+    fit.add_argument(
+        "--auction",
+        choices=["full", "staged"],
+        default=None,
+        help="the auction mode the pool defaults to (Context(auction=None)): the one the "
+        "benchmark measured best on it",
+    )
+    fit.add_argument(
         "--lam",
         type=float,
         default=0.1,
@@ -209,3 +238,12 @@ def add_bench_commands(subparsers: Any) -> None:
     )
     fit.add_argument("-o", "--output", required=True, help="weights JSON to write")
     fit.set_defaults(handler=fit_command)
+
+    compare = subparsers.add_parser(
+        "compare", help="pools side by side: runs of different pools on the same test tasks"
+    )
+    compare.add_argument("run_dirs", nargs="+", help="`sale bench` run directories (one "
+                         "gives its own verdict); the first one's largest agent is the reference")
+    compare.add_argument("-o", "--output", required=True, help="Markdown file to write "
+                         "(its .json twin is written beside it)")
+    compare.set_defaults(handler=compare_command)

@@ -2,7 +2,11 @@
 
 Score of agent i's bid on task t (lower wins), linear in the weights w:
 
-    S_ti = w_c * c_ti - (w_h * H_ti + sum_j w_j * g_tij)      c = price x bid tokens
+    S_ti = w_c * c_ti - (w_h * H_ti + sum_j w_j * g_tij + w_m * p_ti)    c = price x bid tokens
+
+(p_ti, memory's verified success estimate for agent i on task t, enters only when the
+bids carry one: ``fit_from_bank(memory=True)`` gives each training bid the estimate a
+memory holding the *other* training tasks' verified outcomes would give.)
 
 Per training task, binaries x_ti (sum_i x_ti = 1) must pick exactly the bid the
 auction would pick for the chosen w. With big-M (M = 1e4 unless the feature range
@@ -82,6 +86,7 @@ DEFAULT_BOUNDS: dict[str, tuple[float, float]] = {
     "cost": (0.0, 1.0),
     "entropy": (0.0, 10.0),
     "jury": (0.0, 10.0),
+    "memory": (0.0, 10.0),
 }
 
 
@@ -96,6 +101,7 @@ class TrainingBid:
     votes: Mapping[str, float]
     passed: bool
     execution_cost: float
+    memory_p: float | None = None  # memory's success estimate for this agent on this task
 
     @property
     def cost_feature(self) -> float:
@@ -136,11 +142,16 @@ class FitResult:
         }
 
 
-def training_bids(audit: Mapping[str, Any], outcomes: Mapping[str, Outcome]) -> list[TrainingBid]:
+def training_bids(
+    audit: Mapping[str, Any],
+    outcomes: Mapping[str, Outcome],
+    memory_p: Mapping[str, float] | None = None,
+) -> list[TrainingBid]:
     """One training task's rows: every agent's initial bid joined with its own execution.
 
     ``outcomes[agent]`` must be the graded result of that agent executing its own
-    round-0 strategy; agents without an outcome are left out.
+    round-0 strategy; agents without an outcome are left out. ``memory_p[agent]``:
+    memory's success estimate for the agent on this task (None: no memory term).
     """
     rows = []
     for b in bids_from_audit(audit):
@@ -156,6 +167,7 @@ def training_bids(audit: Mapping[str, Any], outcomes: Mapping[str, Outcome]) -> 
                 votes=dict(b.votes),
                 passed=o.passed,
                 execution_cost=o.cost,
+                memory_p=None if memory_p is None else float(memory_p[b.agent]),
             )
         )
     return rows
@@ -166,7 +178,7 @@ def score(bid: TrainingBid, weights: Mapping[str, Any]) -> float:
     jury = weights.get("jury") or {}
     value = float(weights["entropy"]) * float(bid.entropy or 0.0) + sum(
         float(w) * float(bid.votes.get(j, 0.0)) for j, w in jury.items()
-    )
+    ) + float(weights.get("memory", 0.0)) * float(bid.memory_p or 0.0)
     return float(weights["cost"]) * bid.cost_feature - value
 
 
@@ -238,18 +250,24 @@ def fit_weights(
     rank = {a: r for r, a in enumerate(order)}
     started = time.monotonic()
 
-    # Decision vector: [w_c, w_h, w_j..., z_j..., x_ti..., Q]
-    n_w = 2 + len(jurors)
+    # with memory estimates on the bids, w_m is fitted too (its column comes last)
+    with_memory = any(b.memory_p is not None for t in task_ids for b in tasks[t])
+    # Decision vector: [w_c, w_h, w_j..., (w_m), z_j..., x_ti..., Q]
+    n_w = 2 + len(jurors) + int(with_memory)
     n_z = len(jurors)
-    w_lo = np.array([box["cost"][0], box["entropy"][0]] + [box["jury"][0]] * len(jurors))
-    w_hi = np.array([box["cost"][1], box["entropy"][1]] + [box["jury"][1]] * len(jurors))
+    extra = ["memory"] if with_memory else []
+    w_lo = np.array([box["cost"][0], box["entropy"][0]] + [box["jury"][0]] * len(jurors)
+                    + [box[e][0] for e in extra])
+    w_hi = np.array([box["cost"][1], box["entropy"][1]] + [box["jury"][1]] * len(jurors)
+                    + [box[e][1] for e in extra])
     w_abs = np.maximum(np.abs(w_lo), np.abs(w_hi))
 
     def features(b: TrainingBid) -> np.ndarray:
-        """S = w . f, with f = (c, -H, -g_1, ..., -g_J)."""
+        """S = w . f, with f = (c, -H, -g_1, ..., -g_J[, -p])."""
         return np.array(
             [b.cost_feature, -float(b.entropy or 0.0)]
             + [-float(b.votes.get(j, 0.0)) for j in jurors]
+            + ([-float(b.memory_p or 0.0)] if with_memory else [])
         )
 
     x_index: dict[tuple[str, int], int] = {}
@@ -342,12 +360,14 @@ def fit_weights(
 
     w = np.clip(res.x[:n_w], w_lo, w_hi)  # HiGHS may step outside a box by ~1e-12
     heeded = [j for r, j in enumerate(jurors) if res.x[n_w + r] > 0.5]
-    weights = {
+    weights: dict[str, Any] = {
         "cost": float(w[0]),
         "entropy": float(w[1]),
         # exactly 0 for an unheeded juror, so the auction skips its votes
         "jury": {j: float(w[2 + r]) if j in heeded else 0.0 for r, j in enumerate(jurors)},
     }
+    if with_memory:
+        weights["memory"] = float(w[-1])
     # Judge the weights by the auction's own argmin, not by the solver's binaries.
     selected: dict[str, str] = {}
     realised: list[float] = []  # routing loss per task (what the min-max bounds)
@@ -383,29 +403,42 @@ def fit_weights(
 
 
 def save_weights(
-    weights: Mapping[str, Any], path: str | Path, staged: Mapping[str, Any] | None = None
+    weights: Mapping[str, Any],
+    path: str | Path,
+    staged: Mapping[str, Any] | None = None,
+    execute_plan: Mapping[str, bool] | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write ``{"cost", "entropy", "jury": {agent: w}}`` (and the staged policy) as JSON."""
+    """Write ``{"cost", "entropy", "jury": {agent: w}[, "memory"]}`` (and the staged policy)."""
     data: dict[str, Any] = {
         "cost": float(weights["cost"]),
         "entropy": float(weights["entropy"]),
         "jury": {str(k): float(v) for k, v in (weights.get("jury") or {}).items()},
     }
+    if weights.get("memory"):
+        data["memory"] = float(weights["memory"])
     if staged is not None:
         data["staged"] = dict(staged)
+    if execute_plan is not None:  # read by Context.resolved_execute_plan
+        data["execute_plan"] = {str(k): bool(v) for k, v in execute_plan.items()}
+    if defaults:  # read by Context.resolved_auction: what the benchmark measured best
+        data["defaults"] = dict(defaults)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def load_weights(path: str | Path) -> dict[str, Any]:
-    """Read weights written by ``save_weights`` (checks the three keys)."""
+    """Read weights written by ``save_weights`` (checks the three keys; ``memory`` is optional)."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     missing = {"cost", "entropy", "jury"} - set(data)
     if missing:
         raise ValueError(f"{path}: weights file lacks {', '.join(sorted(missing))}")
-    return {
+    out = {
         "cost": float(data["cost"]),
         "entropy": float(data["entropy"]),
         "jury": {str(k): float(v) for k, v in data["jury"].items()},
     }
+    if "memory" in data:
+        out["memory"] = float(data["memory"])
+    return out

@@ -390,7 +390,8 @@ def _plot_pareto(summary: Mapping[str, Mapping[str, Any]], path: Path) -> None:
         for m, s in summary.items()
     }
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    colours = plt.get_cmap("tab20").colors
+    tab20 = plt.get_cmap("tab20")
+    colours = [tab20(i) for i in range(20)]
     markers = "osD^vP*Xh<>"
     for n, (m, s) in enumerate(summary.items()):
         o = s["overall"]

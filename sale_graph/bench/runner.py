@@ -160,33 +160,27 @@ async def _run(
             bank.put("embedding", t.id, {"vector": v})
 
     # 2. every agent on every training task, planning then executing and (config.direct)
-    # answering directly; 3. the training auctions; then the same outcomes on the test
-    # split. Training first: the fit needs only the training split, so it (and the
-    # defaults it decides) is ready a third of the way into a long run.
+    # answering directly; 3. the training auctions and the fits; then the same outcomes
+    # on the test split. Training first: the fits need only the training split, so they
+    # (and the defaults they decide) are ready a third of the way into a long run.
     await _outcomes(r, progress, train, stored)
     await _train_auctions(r, progress, train, audits)
+    fits = _fits(bank, methods, progress)
+    r.refresh_report()
     await _outcomes(r, progress, test, stored)
-    fit = bank.get("fit", "minmax")
-    if fit is None:
-        try:
-            fit = fit_from_bank(bank, "minmax").to_dict()
-        except ValueError as exc:
-            progress.note(f"no fit, so no SALE yet: {exc}")
-            r.maybe_export(force=True)
-            return
-        bank.put("fit", "minmax", fit)
-    progress.note(
-        f"fitted weights (min-max, train pass {fit['train_pass_rate']:.0%}): "
-        f"{json.dumps(fit['weights'], sort_keys=True)}"
-    )
-    staged_fits = _staged_fits(bank, methods, progress)
+    if fits is None:
+        r.maybe_export(force=True)
+        return
+    fit, fit_outcomes, staged_fits = fits
     r.refresh_report()
 
     # 4. SALE and ablations on the test split
     for method in _schedule(methods):
         m, k = method
         order = orders[k]
-        weights = _weights_for(m, fit["weights"])
+        # SALE with verified outcomes in memory scores with w_m, fitted with it
+        fitted = fit_outcomes if m.outcomes and m.auction == "full" else fit
+        weights = _weights_for(m, fitted["weights"])
         staged = staged_fits.get(m.staged_fit) if m.auction == "staged" else None
         if m.auction == "staged" and staged is None:
             continue  # its policy could not be fitted (noted above)
@@ -302,6 +296,41 @@ def _schedule(methods: Sequence[Method]) -> list[tuple[Method, int]]:
     plan += [(first, k) for k in range(1, first.orders)]
     plan += [(m, 0) for m in rest if m.refine]
     return plan
+
+
+def _fits(
+    bank: OutcomeBank, methods: Sequence[Method], progress: Progress
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]]] | None:
+    """The fits the test split's auctions use, made once on the training split and stored.
+
+    Returns the min-max weights, the same with memory's term (for SALE with verified
+    outcomes) and the staged policies; None while the training split is incomplete:
+    the test outcomes still run, the auctions wait for a resume.
+    """
+    fit = bank.get("fit", "minmax")
+    if fit is None:
+        try:
+            fit = fit_from_bank(bank, "minmax").to_dict()
+        except ValueError as exc:
+            progress.note(f"no fit, so no SALE yet: {exc}")
+            return None
+        bank.put("fit", "minmax", fit)
+    progress.note(
+        f"fitted weights (min-max, train pass {fit['train_pass_rate']:.0%}): "
+        f"{json.dumps(fit['weights'], sort_keys=True)}"
+    )
+    staged_fits = _staged_fits(bank, methods, progress)
+    fit_outcomes = fit
+    if any(m.outcomes and m.auction == "full" for m in methods):
+        fit_outcomes = bank.get("fit", "minmax-outcomes")
+        if fit_outcomes is None:
+            fit_outcomes = fit_from_bank(bank, "minmax", memory=True).to_dict()
+            bank.put("fit", "minmax-outcomes", fit_outcomes)
+        progress.note(
+            f"fitted weights with memory's success estimates (for SALE with verified "
+            f"outcomes): {json.dumps(fit_outcomes['weights'], sort_keys=True)}"
+        )
+    return fit, fit_outcomes, staged_fits
 
 
 def _staged_fits(

@@ -441,7 +441,7 @@ def run_python(
             stdout = _tail(out, tail_chars)
             stderr = _tail(err, tail_chars)
         report = _read_report(report_r)
-        mode = report.get("mode")
+        mode = str(report.get("mode") or "")
         isolation = {"root": "namespaces", "user": "user-namespace"}.get(mode, "none")
         error = report.get("error")
         if error:

@@ -7,9 +7,10 @@ expected vote on it and that vote's price, memory's success estimate for the age
 with them would give), and the graded outcome of the agent executing its plan or
 answering directly. The dearest agent's row is its direct answer.
 
-1. **Assessment**: per agent, an L2-regularised logistic regression of "passes"
-   on a feature set (bias only; memory; entropy + length; both; each with one
-   juror's vote). Predictions used below are leave-one-out, so the reserve is not
+1. **Assessment**: per agent, an L2-regularised logistic regression of "passes" on
+   a feature set (bias only; memory; entropy + length; both; each with one juror's
+   vote), fitted on standardised features so that the penalty does not depend on a
+   signal's unit. Predictions used below are leave-one-out, so the reserve is not
    tuned on answers the model has already seen.
 2. **Reserves**: coordinate descent over a grid of thresholds, simulating the
    staged auction on every training task (cheapest first, first accepted bid wins,
@@ -97,6 +98,25 @@ def logistic(x: np.ndarray, y: np.ndarray, l2: float = L2, iters: int = 50) -> n
     return w
 
 
+def logistic_scaled(x: np.ndarray, y: np.ndarray, l2: float = L2) -> np.ndarray:
+    """``logistic`` on standardised features, returned on the raw scale.
+
+    The penalty should not depend on a feature's unit: memory's ``p - prior`` spans a
+    few tenths where entropy spans nats, so an unscaled L2 shrank the memory term to
+    almost nothing beside the others. Each column (bias excepted) is z-scored, the
+    model fitted, and the weights mapped back, since the run time reads raw signals.
+    """
+    mean = x[:, 1:].mean(axis=0)
+    sd = x[:, 1:].std(axis=0)
+    sd = np.where(sd > 1e-12, sd, 1.0)  # a constant column stays as it is (weight ~0)
+    z = np.column_stack([x[:, :1], (x[:, 1:] - mean) / sd])
+    w = logistic(z, y, l2)
+    raw = np.empty_like(w)
+    raw[1:] = w[1:] / sd
+    raw[0] = w[0] - float(np.sum(w[1:] * mean / sd))
+    return raw
+
+
 def _design(rows: Sequence[StagedRow], names: Sequence[str], juror: str | None) -> np.ndarray:
     return np.asarray([[1.0, *features(r, names, juror)] for r in rows], dtype=np.float64)
 
@@ -114,7 +134,7 @@ def loo_predictions(
     out = np.empty(len(rows))
     for i in range(len(rows)):
         keep = np.arange(len(rows)) != i
-        w = logistic(x[keep], y[keep])
+        w = logistic_scaled(x[keep], y[keep])
         out[i] = _sigmoid(x[i] @ w)
     return out
 
@@ -127,8 +147,14 @@ def simulate(
     reserves: Mapping[str, float],
     with_plan: Mapping[str, bool],
     juror: str | None,
+    bid_free: bool = False,
 ) -> list[dict[str, Any]]:
-    """The staged auction replayed on each task: who won, passed, and the whole cost."""
+    """The staged auction replayed on each task: who won, passed, and the whole cost.
+
+    ``bid_free``: the assessment reads nothing from a bid (memory and bias only), so,
+    as at run time (``staged.offer``), a rejected agent is not asked to bid and an
+    accepted one that answers directly does not bid either.
+    """
     results = []
     last = order[-1]
     for t in tasks:
@@ -138,9 +164,13 @@ def simulate(
             if reserves[a] > 1.0:  # never accepted: not offered, so its bid costs nothing
                 continue
             row = rows[(t, a)]
+            accepted = probs[(t, a)] >= reserves[a]
+            if bid_free and not accepted:
+                continue  # ruled out before bidding
             asked.append(a)
-            cost += row.bid_cost + (row.vote_costs.get(juror, 0.0) if juror else 0.0)
-            if probs[(t, a)] >= reserves[a]:
+            if not (bid_free and not with_plan[a]):
+                cost += row.bid_cost + (row.vote_costs.get(juror, 0.0) if juror else 0.0)
+            if accepted:
                 winner = a
                 break
         if winner == last:
@@ -167,17 +197,19 @@ def tune_reserves(
     lam: float,
     scale: float,
     sweeps: int = 4,
+    bid_free: bool = False,
 ) -> tuple[dict[str, float], float]:
     """Coordinate descent over the reserve grid, starting from 'never accept'."""
     reserves = {a: GRID[-1] for a in order[:-1]}
-    best = _loss(simulate(tasks, order, rows, probs, reserves, with_plan, juror), lam, scale)
+    best = _loss(simulate(tasks, order, rows, probs, reserves, with_plan, juror, bid_free),
+                 lam, scale)
     for _ in range(sweeps):
         improved = False
         for a in order[:-1]:
             for r in GRID:
                 trial = {**reserves, a: r}
-                loss = _loss(simulate(tasks, order, rows, probs, trial, with_plan, juror),
-                             lam, scale)
+                loss = _loss(simulate(tasks, order, rows, probs, trial, with_plan, juror,
+                                      bid_free), lam, scale)
                 if loss < best - 1e-12:
                     best, reserves, improved = loss, trial, True
         if not improved:
@@ -223,8 +255,10 @@ def fit_staged(
             for t, p in zip(tasks, loo_predictions(agent_rows, names, juror, with_plan[a]),
                             strict=True):
                 probs[(t, a)] = float(p)
-        reserves, loss = tune_reserves(tasks, order, rows, probs, with_plan, juror, lam, scale)
-        sim = simulate(tasks, order, rows, probs, reserves, with_plan, juror)
+        free = not juror and not {"entropy", "length"} & set(names)
+        reserves, loss = tune_reserves(tasks, order, rows, probs, with_plan, juror, lam, scale,
+                                       bid_free=free)
+        sim = simulate(tasks, order, rows, probs, reserves, with_plan, juror, free)
         entry = {"features": list(names), "juror": juror, "loss": loss, "reserves": reserves,
                  "train_pass": float(np.mean([r["passed"] for r in sim])),
                  "train_cost_ratio": float(np.mean([r["cost"] for r in sim])) / scale}
@@ -238,7 +272,7 @@ def fit_staged(
         agent_rows = [rows[(t, a)] for t in tasks]
         x = _design(agent_rows, names, juror)
         y = np.asarray([1.0 if r.outcome(with_plan[a])[0] else 0.0 for r in agent_rows])
-        w = logistic(x, y)
+        w = logistic_scaled(x, y)
         coef = dict(zip(("bias", *names), (float(v) for v in w), strict=True))
         agents[a] = AgentPolicy(
             bias=coef["bias"], entropy=coef.get("entropy", 0.0), length=coef.get("length", 0.0),
@@ -271,6 +305,29 @@ def memory_estimate(
     return (strength * prior + hits) / (strength + w) if math.isfinite(w) else prior
 
 
+def remembered_outcomes(
+    tasks: Sequence[str],
+    order: Sequence[str],
+    outcomes: Mapping[tuple[str, str], Mapping[str, Any]],
+    direct: Mapping[tuple[str, str], Mapping[str, Any]],
+) -> dict[tuple[str, str], bool]:
+    """Pass/fail per (task, agent) as the agent would execute on winning.
+
+    The dearest agent answers directly (the staged auction's last resort); a cheaper
+    one executes its plan unless answering directly passed more of these tasks (the
+    rule ``fit_staged`` decides by). Where a direct answer is missing, the plan's.
+    """
+    out = {}
+    for i, a in enumerate(order):
+        has_direct = all((t, a) in direct for t in tasks)
+        plan_passes = sum(bool(outcomes[(t, a)]["passed"]) for t in tasks)
+        direct_passes = sum(bool(direct[(t, a)]["passed"]) for t in tasks) if has_direct else -1
+        use_direct = has_direct and (i == len(order) - 1 or direct_passes > plan_passes)
+        for t in tasks:
+            out[(t, a)] = bool((direct if use_direct else outcomes)[(t, a)]["passed"])
+    return out
+
+
 def rows_from_records(
     tasks: Sequence[str],
     order: Sequence[str],
@@ -290,9 +347,11 @@ def rows_from_records(
     ``outcomes``/``direct``: graded outcome records by (task, agent), with the plan
     then executed, and answered directly. A plan outcome's cost includes its bid, so
     the execution's own cost is the outcome's minus the bid's. Memory's estimate is
-    leave-one-out over the other training tasks' plan outcomes, by agent.
+    leave-one-out over the other training tasks' outcomes, by agent, each agent's
+    outcomes taken the way it executes when it wins (``remembered_outcomes``): that
+    is what a memory seeded with the training split holds at run time.
     """
-    passed = {(t, a): bool(outcomes[(t, a)]["passed"]) for t in tasks for a in order}
+    passed = remembered_outcomes(tasks, order, outcomes, direct)
     rows: dict[tuple[str, str], StagedRow] = {}
     for t in tasks:
         audit = audits[t]

@@ -251,3 +251,32 @@ def test_weights_file_carries_the_staged_policy(tmp_path) -> None:
     assert ctx.resolved_weights().jury == {"small": 0.5}
     loaded = ctx.resolved_staged()
     assert loaded == policy and loaded.for_agent("mid").offered is False
+
+
+def test_memory_term_is_fitted_when_bids_carry_success_estimates(tmp_path) -> None:
+    # Votes are noise; memory's estimate is high exactly for the bids that pass. Without
+    # the estimate the fit cannot find the passing bid; with it, w_m carries the choice.
+    from sale_graph.scoring import Weights, best, score_bid
+
+    rng = random.Random(3)
+    tasks = _synthetic(16, 7, lambda ok, rng: {"noisy": float(rng.randint(0, 5))}, 0.0)
+    blind = fit_weights(tasks, lam=0.0)
+    assert "memory" not in blind.weights and blind.train_pass_rate < 1.0
+    with_memory = {
+        t: [TrainingBid(**{**b.__dict__, "memory_p": (0.7 if b.passed else 0.2)
+                           + rng.uniform(-0.05, 0.05)}) for b in bids]
+        for t, bids in tasks.items()
+    }
+    fit = fit_weights(with_memory, lam=0.0)
+    assert fit.weights["memory"] > 0 and fit.train_pass_rate == 1.0
+    weights = Weights.coerce(fit.weights)  # the runtime scorer agrees with the fit
+    for t, bids in with_memory.items():
+        scored = [{"agent": b.agent, "price": b.price, "round": 0,
+                   "score": score_bid(price=b.price, tokens=b.tokens, entropy=b.entropy,
+                                      votes=dict(b.votes), weights=weights,
+                                      memory_p=b.memory_p).score} for b in bids]
+        assert best(scored)["agent"] == fit.selected[t]
+    path = tmp_path / "weights.json"
+    save_weights(fit.weights, path)
+    assert load_weights(path) == fit.weights
+    assert Weights.coerce(str(path)).memory == pytest.approx(fit.weights["memory"])

@@ -297,6 +297,42 @@ def test_fit_from_bank_and_sale_fit_write_weights_context_reads(tmp_path) -> Non
     assert weights.to_dict()["cost"] == pytest.approx(result.weights["cost"])
 
 
+def test_fit_with_memory_gives_each_bid_its_leave_one_out_estimate(tmp_path, monkeypatch) -> None:
+    from sale_graph.bench import fit as fit_module
+    from sale_graph.bench.staged_fit import memory_estimate
+    from sale_graph.cli import main
+    from sale_graph.context import Context
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    bank = _synthetic_bank(run_dir / runner.BANK_DB, orders_done=0)
+    seen = {}
+    real = fit_module.fit_weights
+
+    def spy(tasks, **kw):
+        seen.update(tasks)
+        return real(tasks, **kw)
+
+    monkeypatch.setattr(fit_module, "fit_weights", spy)
+    result = runner.fit_from_bank(bank, memory=True)
+    assert "memory" in result.weights and result.train_pass_rate == 1.0
+    vectors = {t: np.asarray(bank.get("embedding", t)["vector"]) for t in ("t0", "t1", "t2", "t3")}
+    passed = {(t, a): a == "large" or int(t[1]) % 2 == 0
+              for t in vectors for a in ("small", "large")}
+    small_t0 = next(b for b in seen["t0"] if b.agent == "small")
+    assert small_t0.memory_p == pytest.approx(
+        memory_estimate("t0", "small", ["t1", "t2", "t3"], passed, vectors, 8, 0.4))
+    plain = runner.fit_from_bank(bank)
+    assert "memory" not in plain.weights
+    bank.close()
+    out = tmp_path / "w.json"
+    assert main(["fit", "--run-dir", str(run_dir), "--memory", "--auction", "staged",
+                 "-o", str(out)]) == 0
+    weights = Context(weights=str(out)).resolved_weights()
+    assert weights.memory == pytest.approx(result.weights["memory"])
+    assert Context(weights=str(out)).resolved_auction() == "staged"
+
+
 def test_fit_refuses_incomplete_training_data(tmp_path) -> None:
     bank = _synthetic_bank(tmp_path / "bank.sqlite", orders_done=0)
     bank.clear_records("train_audit")

@@ -102,17 +102,10 @@ def _loo_memory(
     table: Mapping[str, Mapping[str, Outcome]],
 ) -> dict[str, dict[str, float]]:
     """``estimate[task][agent]``: memory's success estimate with this task left out."""
-    import numpy as np
-
-    from sale_graph.bench.staged_fit import memory_estimate
+    from sale_graph.bench.staged_fit import memory_estimate, stored_embeddings
     from sale_graph.outcomes import DEFAULT_PRIOR
 
-    vectors = {}
-    for t in train_ids:
-        stored = bank.get("embedding", t)
-        if stored is None:
-            raise ValueError(f"no embedding stored for {t}")
-        vectors[t] = np.asarray(stored["vector"], dtype=np.float64)
+    vectors = stored_embeddings(bank, train_ids)
     passed = {(t, a): table[t][a].passed for t in train_ids for a in agents}
     from sale_graph.context import Context
 
@@ -406,24 +399,20 @@ def _preamble(
         "summed over calls; sandbox runs are not counted.",
     ]
     if fit:
-        w = fit["weights"]
-        jury = ", ".join(f"{j} {v:.3g}" for j, v in sorted(w["jury"].items()))
         lines.append(
             f"- SALE weights: min-max MILP on the training split (loss = failure + "
-            f"{FIT_LAM} x normalised cost): cost {w['cost']:.3g}, entropy {w['entropy']:.3g}, "
-            f"jury {{{jury}}}; training pass@1 of the selection "
+            f"{FIT_LAM} x normalised cost): {_weights_text(fit['weights'])}; training pass@1 "
+            f"of the selection "
             f"{100 * fit['train_pass_rate']:.1f}%. Jurors weighted 0 are not asked (the fit "
             "charges each heeded juror its votes' price). Ablations zero one term of these "
             "weights (or change the jury); 'SALE default weights' uses the package defaults."
         )
     if fit_outcomes:
-        w = fit_outcomes["weights"]
-        jury = ", ".join(f"{j} {v:.3g}" for j, v in sorted(w["jury"].items()))
         lines.append(
             f"- SALE with verified outcomes in memory fits w_m too (each training bid carries "
-            f"memory's leave-one-out success estimate for its agent): cost {w['cost']:.3g}, "
-            f"entropy {w['entropy']:.3g}, memory {w.get('memory', 0.0):.3g}, jury {{{jury}}}; "
-            f"training pass@1 {100 * fit_outcomes['train_pass_rate']:.1f}%."
+            f"memory's leave-one-out success estimate for its agent): "
+            f"{_weights_text(fit_outcomes['weights'])}; training pass@1 "
+            f"{100 * fit_outcomes['train_pass_rate']:.1f}%."
         )
     if has_baselines:
         lines.append(
@@ -455,6 +444,12 @@ def _preamble(
 
 
 # --------------------------------------------------------------------------- from an export
+
+
+def _weights_text(w: Mapping[str, Any]) -> str:
+    jury = ", ".join(f"{j} {v:.3g}" for j, v in sorted(w["jury"].items()))
+    memory = f", memory {w['memory']:.3g}" if "memory" in w else ""
+    return f"cost {w['cost']:.3g}, entropy {w['entropy']:.3g}{memory}, jury {{{jury}}}"
 
 
 def report_from_export(

@@ -379,6 +379,17 @@ def rows_from_records(
     return rows
 
 
+def stored_embeddings(bank: Any, task_ids: Sequence[str]) -> dict[str, np.ndarray]:
+    """The task embeddings a benchmark bank stored (the kNN memory's view of each task)."""
+    out = {}
+    for t in task_ids:
+        stored = bank.get("embedding", t)
+        if stored is None:
+            raise ValueError(f"no embedding stored for {t}")
+        out[t] = np.asarray(stored["vector"], dtype=np.float64)
+    return out
+
+
 def fit_staged_from_bank(
     bank: Any, *, lam: float, use_memory: bool = True, k: int = 8
 ) -> tuple[StagedPolicy, dict[str, Any]]:
@@ -405,12 +416,7 @@ def fit_staged_from_bank(
     outcomes = {(t, a): outcome_rows[key(t, a)] for t in train for a in order}
     direct = {(t, a): direct_rows[key(t, a) + "|direct"] for t in train for a in order
               if key(t, a) + "|direct" in direct_rows}
-    embeddings = {}
-    for t in train:
-        stored = bank.get("embedding", t)
-        if stored is None:
-            raise ValueError(f"no embedding stored for {t}")
-        embeddings[t] = np.asarray(stored["vector"], dtype=np.float64)
+    embeddings = stored_embeddings(bank, train)
     rows = rows_from_records(train, order, prices, {t: audits[t]["audit"] for t in train},
                              outcomes, direct, embeddings, k=k, use_memory=use_memory)
     policy, report = fit_staged(train, order, rows, lam=lam, jurors=order, use_memory=use_memory)

@@ -74,7 +74,9 @@ class AgentPolicy:
     memory: float = 6.0  # per unit of (memory estimate - prior)
     jury: float = 0.0  # per unit of (vote / 5 - 0.5)
     reserve: float = DEFAULT_RESERVE
-    offered: bool = True  # False: never worth its bid on this pool; skipped, not paid
+    # False: never worth its bid at the fitted reserve; skipped, not paid (an explicit
+    # Context.reserve offers it again: the user chose another quality/cost point)
+    offered: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.offered, bool):
@@ -251,10 +253,11 @@ async def offer(
     execute_plan = await asyncio.to_thread(ctx.resolved_execute_plan)
     asked = list(state.get("offered") or [])
     order = offer_order(list(agents.values()))
-    # an agent the policy never accepts is not asked to bid (its bid would be paid for
-    # nothing); the dearest agent is always there as the last resort
-    remaining = [name for name in order if name not in asked
-                 and (name == order[-1] or policy.for_agent(name).offered)]
+    # an agent the policy never accepts at its fitted reserve is not asked to bid (its
+    # bid would be paid for nothing), unless the user sets the reserve; the dearest
+    # agent is always there as the last resort
+    remaining = [name for name in order if name not in asked and (
+        name == order[-1] or policy.for_agent(name).offered or ctx.reserve is not None)]
     if not remaining:  # cannot happen: the last agent is never asked to bid
         raise NoBidsError("the staged auction ran out of agents")
     # an agent whose assessment does not depend on its bid is judged on memory alone:

@@ -175,6 +175,18 @@ def test_a_pool_defaults_to_the_auction_mode_its_weights_name(memory, tmp_path):
         Context(weights=str(path)).resolved_auction()
 
 
+def test_an_explicit_reserve_offers_again_an_agent_the_fit_skipped(memory):
+    skipped = StagedPolicy(agents={"small": AgentPolicy(bias=-0.5, entropy=1.0, reserve=1.0,
+                                                        offered=False),
+                                   "mid": AgentPolicy(bias=-0.5, entropy=1.0, reserve=1.0,
+                                                      offered=False)}, fitted=True)
+    agents = pool()
+    assert run("t", staged(agents, memory, staged=skipped))["winner"] == "large"
+    assert calls(agents, "bid") == {"small": 0, "mid": 0, "large": 0}
+    agents = pool()  # the user's knob: a bid assessed at 0.5 now clears 0.4
+    assert run("t", staged(agents, memory, staged=skipped, reserve=0.4))["winner"] == "small"
+
+
 def test_reserve_knob_overrides_every_agent(memory):
     agents = pool()
     cheap = run("t", staged(agents, memory, staged=policy(small=0.9, mid=0.9), reserve=0.0))

@@ -17,8 +17,11 @@ answering directly. The dearest agent's row is its direct answer.
    the dearest answers directly) and minimising the benchmark's loss: failure +
    ``lam`` x cost / (the dearest agent's mean direct cost). Cost counts every bid,
    every juror vote and the execution.
-3. The feature set (and juror) with the lowest loss wins; plan or direct per agent
-   is chosen before, by which passed more training tasks.
+3. The feature set (and juror) with the lowest loss wins; on a tie (typically: every
+   candidate hands everything to the dearest agent), the one with the cheapest signals
+   (none read from a bid, then the bid's own, then a juror's vote), then the lowest
+   leave-one-out log-loss. Plan or direct per agent is chosen before, by which passed
+   more training tasks.
 
 Pure numpy; nothing here calls a model.
 """
@@ -182,6 +185,24 @@ def simulate(
     return results
 
 
+def _log_loss(
+    tasks: Sequence[str],
+    cheap: Sequence[str],
+    rows: Mapping[tuple[str, str], StagedRow],
+    probs: Mapping[tuple[str, str], float],
+    with_plan: Mapping[str, bool],
+) -> float:
+    """Mean leave-one-out log-loss of the assessments over the cheaper agents' rows."""
+    eps = 1e-6
+    losses = []
+    for a in cheap:
+        for t in tasks:
+            p = min(1.0 - eps, max(eps, probs[(t, a)]))
+            y = rows[(t, a)].outcome(with_plan[a])[0]
+            losses.append(-math.log(p if y else 1.0 - p))
+    return float(np.mean(losses)) if losses else 0.0
+
+
 def _loss(results: Sequence[Mapping[str, Any]], lam: float, scale: float) -> float:
     return float(np.mean([(0.0 if r["passed"] else 1.0) + lam * r["cost"] / scale
                           for r in results])) if results else 0.0
@@ -245,7 +266,7 @@ def fit_staged(
     candidates: list[tuple[tuple[str, ...], str | None]] = [(tuple(f), None) for f in feature_sets]
     candidates += [((*f, "jury"), j) for f in feature_sets for j in jurors]
     report: dict[str, Any] = {"with_plan": with_plan, "scale": scale, "candidates": []}
-    best: tuple[float, Any] | None = None
+    best: tuple[tuple[float, int, float], Any] | None = None
     for names, juror in candidates:
         if juror and any(juror not in rows[(t, a)].votes for t in tasks for a in cheap):
             continue  # no votes of this juror on every training bid
@@ -259,12 +280,20 @@ def fit_staged(
         reserves, loss = tune_reserves(tasks, order, rows, probs, with_plan, juror, lam, scale,
                                        bid_free=free)
         sim = simulate(tasks, order, rows, probs, reserves, with_plan, juror, free)
+        logloss = _log_loss(tasks, cheap, rows, probs, with_plan)
         entry = {"features": list(names), "juror": juror, "loss": loss, "reserves": reserves,
+                 "log_loss": logloss,
                  "train_pass": float(np.mean([r["passed"] for r in sim])),
                  "train_cost_ratio": float(np.mean([r["cost"] for r in sim])) / scale}
         report["candidates"].append(entry)
-        if best is None or loss < best[0] - 1e-12:
-            best = (loss, (names, juror, reserves))
+        # Equal routing loss (e.g. every candidate sends everything to the dearest agent)
+        # says nothing about paying for signals: keep the cheapest signals (none read
+        # from a bid, then the bid's own, then a juror's vote), then the better
+        # predictor, so that the reserve knob has something free to act on.
+        paid = 2 if juror else 1 if {"entropy", "length"} & set(names) else 0
+        key = (round(loss, 12), paid, logloss)
+        if best is None or key < best[0]:
+            best = (key, (names, juror, reserves))
     assert best is not None
     names, juror, reserves = best[1]
     agents = {}
@@ -282,7 +311,8 @@ def fit_staged(
         if reserves[a] > 1.0:  # never accepted: not offered at all
             agents[a] = AgentPolicy(**{**agents[a].__dict__, "reserve": 1.0, "offered": False})
     policy = StagedPolicy(agents=agents, juror=juror, explore=0.0, fitted=True)
-    report.update(chosen={"features": list(names), "juror": juror, "loss": best[0]},
+    report.update(chosen={"features": list(names), "juror": juror, "loss": best[0][0],
+                          "log_loss": best[0][2]},
                   execute_plan={**with_plan, order[-1]: False})
     return policy, report
 

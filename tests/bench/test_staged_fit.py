@@ -57,11 +57,12 @@ def _training(n=40, seed=0):
 def test_fit_finds_the_signal_and_skips_an_agent_never_worth_its_bid():
     tasks, rows = _training()
     policy, report = fit_staged(tasks, ORDER, rows, lam=0.1)
-    assert report["chosen"]["features"] == ["entropy", "length"]
+    assert "entropy" in report["chosen"]["features"] and report["chosen"]["juror"] is None
     small, mid = policy.for_agent("small"), policy.for_agent("mid")
     assert small.offered and small.entropy < 0 and 0.0 < small.reserve <= 1.0
     assert not mid.offered  # never passes: not even asked
-    best = next(c for c in report["candidates"] if c["features"] == ["entropy", "length"])
+    best = next(c for c in report["candidates"]
+                if c["features"] == report["chosen"]["features"] and c["juror"] is None)
     assert best["train_pass"] == 1.0 and best["train_cost_ratio"] < 0.7
     low = Signals(entropy=0.2, tokens=100, memory_p=0.4, memory_n=0.0, prior=0.4)
     high = Signals(entropy=1.8, tokens=100, memory_p=0.4, memory_n=0.0, prior=0.4)
@@ -121,3 +122,19 @@ def test_standardised_fit_predicts_like_the_raw_one_but_shrinks_fairly():
     assert abs(scaled[1]) * 0.1 > 5 * abs(raw[1]) * 0.1
     assert acc(scaled) > 0.85 and acc(scaled) >= acc(raw)
     assert abs(scaled[2]) * 2.0 < abs(scaled[1]) * 0.1
+
+
+def test_a_tie_keeps_the_free_signal_that_predicts_best():
+    # the cheaper agents' bids cost more than anything they could save, so every
+    # candidate hands every task to the dearest agent; memory still predicts small
+    tasks, rows = _training(30)
+    for i, t in enumerate(tasks):
+        ok = i % 3 == 0
+        rows[(t, "small")] = _row(t, "small", passed=ok, memory_p=0.8 if ok else 0.1,
+                                  bid_cost=50.0, cost=1.0)
+        rows[(t, "mid")] = _row(t, "mid", passed=False, bid_cost=50.0, cost=3.0)
+    policy, report = fit_staged(tasks, ORDER, rows, lam=0.1)
+    assert all(abs(c["loss"] - report["chosen"]["loss"]) < 1e-9 for c in report["candidates"])
+    assert report["chosen"]["features"] == ["memory"] and report["chosen"]["juror"] is None
+    assert not policy.for_agent("small").offered and policy.for_agent("small").memory > 0
+    assert bid_free(policy, "small")

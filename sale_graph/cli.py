@@ -47,7 +47,9 @@ def _progress(update: dict[str, Any], t0: float) -> str | None:
     data = data or {}
     when = f"[{time.time() - t0:6.1f}s]"
     if node == "open_auction":
-        return f"{when} auction opened; agents are writing bids"
+        mode = data.get("mode")
+        return f"{when} auction opened" + ("" if mode == "staged" else
+                                           "; agents are writing bids")
     if node in ("bid", "refine"):
         for b in data.get("bids", []):
             kind = "refined bid" if node == "refine" else "bid"
@@ -66,8 +68,8 @@ def _progress(update: dict[str, Any], t0: float) -> str | None:
         return f"{when} memory's success estimates: {shown or 'none'}"
     if node == "offer":
         for b in data.get("bids", []):
-            if b.get("direct"):
-                return f"{when} last resort: {b['agent']} answers directly"
+            if b.get("direct"):  # the last resort, or an agent memory alone accepts
+                return f"{when} {data.get('stop') or b['agent'] + ' answers directly'}"
             return f"{when} bid from {b['agent']}: {b['tokens']} tokens"
         for e in data.get("events", []):
             return f"{when} {e['agent']} dropped out ({e['detail']})"
@@ -80,7 +82,9 @@ def _progress(update: dict[str, Any], t0: float) -> str | None:
         n = (data.get("retrieved") or {}).get("count", 0)
         return f"{when} memory: {n} similar past auctions retrieved"
     if node == "execute":
-        return f"{when} {data.get('winner')} executed its plan"
+        how = ("executed its plan" if (data.get("execution") or {}).get("with_plan", True)
+               else "answered directly")
+        return f"{when} {data.get('winner')} {how}"
     if node == "remember":
         return f"{when} auction stored in memory"
     return None

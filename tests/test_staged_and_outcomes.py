@@ -376,3 +376,16 @@ def test_cli_table_shows_the_staged_decisions(memory):
     out = run("t", staged(pool(), memory, staged=StagedPolicy(explore=0.0)))
     lines = format_table(out["auction"]).splitlines()
     assert "not asked" in lines[2] and "not asked" in lines[3]
+
+
+def test_progress_lines_say_what_the_staged_auction_did():
+    from sale_graph.cli import _progress
+
+    stop = "memory alone accepts mid (p=0.50 >= reserve 0.40); it answers directly"
+    line = _progress({"offer": {"bids": [{"agent": "mid", "direct": True}], "stop": stop}}, 0)
+    assert line is not None and line.endswith(stop)
+    line = _progress({"execute": {"winner": "mid", "execution": {"with_plan": False}}}, 0)
+    assert line is not None and line.endswith("mid answered directly")
+    line = _progress({"execute": {"winner": "mid", "execution": {"with_plan": True}}}, 0)
+    assert line is not None and line.endswith("mid executed its plan")
+    assert _progress({"open_auction": {"mode": "staged"}}, 0).endswith("auction opened")

@@ -30,7 +30,7 @@ from sale_graph.calls import (
     message_text,
 )
 from sale_graph.prompts import execute_messages
-from sale_graph.runtime import pool_of, run_context
+from sale_graph.runtime import auction_execute_plan, pool_of, run_context
 from sale_graph.state import Event
 
 
@@ -159,7 +159,7 @@ async def execute_winner(state: Mapping[str, Any], runtime: Any, bound: Any) -> 
     ctx = run_context(runtime, bound)
     winning = next(b for b in state["bids"] if b["id"] == state["winning_bid"])
     agent = (await pool_of(ctx))[winning["agent"]]
-    execute_plan = await asyncio.to_thread(ctx.resolved_execute_plan)
+    execute_plan = await auction_execute_plan(state, ctx)
     with_plan = not winning.get("direct") and follows_plan(execute_plan, agent.name)
     result = await execute(
         agent, ctx.executor, task=state["task"],

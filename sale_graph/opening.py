@@ -81,14 +81,19 @@ async def open_auction(
     if ctx.refine or ctx.remember or mode == "staged" or weights.memory:
         memory = await asyncio.to_thread(ctx.resolved_memory)
         await asyncio.to_thread(memory.ping)
-    update = {
+    update: dict[str, Any] = {
         "task": task,
         "auction_id": auction_id_for(state),
         "started": time.time(),
         "round": 0,
         "mode": mode,
         "weights": weights.to_dict(),
+        # resolved once (a weights file is read here, not in every later node)
+        "execute_plan": await asyncio.to_thread(ctx.resolved_execute_plan),
     }
+    if mode == "staged":
+        policy = await asyncio.to_thread(ctx.resolved_staged)
+        update["staged_policy"] = policy.to_dict()
     if mode == "staged" or weights.memory:
         return Command(update=update, goto="estimate")
     return Command(update=update, goto=bid_sends(task, agents))

@@ -53,3 +53,21 @@ async def auction_weights(state: Mapping[str, Any], ctx: Context) -> Weights:
     if snapshot is None:
         return await asyncio.to_thread(ctx.resolved_weights)  # may read a file
     return Weights.coerce(snapshot)
+
+
+async def auction_execute_plan(state: Mapping[str, Any], ctx: Context) -> Any:
+    """Plan or direct answer, as resolved when the auction opened (as ``auction_weights``)."""
+    snapshot = state.get("execute_plan")
+    if snapshot is None:
+        return await asyncio.to_thread(ctx.resolved_execute_plan)
+    return snapshot
+
+
+async def auction_policy(state: Mapping[str, Any], ctx: Context) -> Any:
+    """The staged policy the auction opened with (as ``auction_weights``)."""
+    from sale_graph.staged import StagedPolicy
+
+    snapshot = state.get("staged_policy")
+    if snapshot is None:
+        return await asyncio.to_thread(ctx.resolved_staged)
+    return StagedPolicy.coerce(snapshot)

@@ -41,7 +41,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -57,7 +57,7 @@ from sale_graph.jury import cast_vote, vote_value
 from sale_graph.opening import bid_sends
 from sale_graph.outcomes import DEFAULT_PRIOR, success_estimates
 from sale_graph.prompts import bid_messages
-from sale_graph.runtime import pool_of, run_context
+from sale_graph.runtime import auction_execute_plan, auction_policy, pool_of, run_context
 from sale_graph.state import Bid, Event
 
 DEFAULT_RESERVE = 0.5
@@ -249,8 +249,8 @@ async def offer(
     """Graph node: the next agent, cheapest first, writes its bid; the dearest answers."""
     ctx = run_context(runtime, bound)
     agents = await pool_of(ctx)
-    policy = await asyncio.to_thread(ctx.resolved_staged)
-    execute_plan = await asyncio.to_thread(ctx.resolved_execute_plan)
+    policy = await auction_policy(state, ctx)
+    execute_plan = await auction_execute_plan(state, ctx)
     asked = list(state.get("offered") or [])
     order = offer_order(list(agents.values()))
     # an agent the policy never accepts at its fitted reserve is not asked to bid (its
@@ -302,6 +302,15 @@ async def offer(
                            "assessments": skipped, "bids": [new]}, goto="assess")
 
 
+# the signals that come with (or from) a bid; memory's estimate and the bias do not
+BID_SIGNALS = frozenset({"entropy", "length", "jury"})
+
+
+def reads_bid(features: Iterable[str]) -> bool:
+    """Whether an assessment over these signals needs the bid written first."""
+    return bool(BID_SIGNALS & set(features))
+
+
 def bid_free(policy: StagedPolicy, name: str) -> bool:
     """Whether the agent's assessment reads nothing from its bid (memory and bias only).
 
@@ -309,7 +318,8 @@ def bid_free(policy: StagedPolicy, name: str) -> bool:
     vote; without any of them the verdict is known before the bid is written.
     """
     model = policy.for_agent(name)
-    return not (model.entropy or model.length or (model.jury and policy.juror))
+    used = [s for s in BID_SIGNALS if getattr(model, s) and (s != "jury" or policy.juror)]
+    return not reads_bid(used)
 
 
 def _without_bid(
@@ -345,7 +355,7 @@ async def assess(
 ) -> Command[Literal["offer", "approve"]]:
     """Graph node: accept the newest bid if its assessment clears the reserve, else go on."""
     ctx = run_context(runtime, bound)
-    policy = await asyncio.to_thread(ctx.resolved_staged)
+    policy = await auction_policy(state, ctx)
     name = state["offered"][-1]  # the agent whose bid just arrived
     bid = next(b for b in state["bids"] if b["agent"] == name and b["round"] == 0)
     model = policy.for_agent(name)

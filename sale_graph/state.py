@@ -96,6 +96,8 @@ class AuctionState(TypedDict, total=False):
     scores: Annotated[dict[str, dict[str, Any]], merge_dicts]
     round: int
     weights: dict[str, Any]  # snapshot taken when the auction opened
+    execute_plan: Any  # snapshot: plan or direct answer (True, False or {agent: bool})
+    staged_policy: dict[str, Any]  # snapshot of the staged auction's policy
     provisional_winner: str | None  # bid id
     winning_bid: str | None  # bid id
     refiners: list[str]

@@ -23,6 +23,7 @@ from typing import Any
 
 from sale_graph.bench.metrics import LEVEL, N_BOOT, intervals, paired_comparisons
 from sale_graph.bench.records import Record
+from sale_graph.bench.report import _ci
 
 __all__ = ["compare_runs", "pool_verdicts"]
 
@@ -114,10 +115,6 @@ def pool_verdicts(comparison: Mapping[str, Any]) -> dict[str, dict[str, Any] | N
         out[pool] = {"method": method, "cost_ratio": paired[method]["cost_ratio"],
                      "pass_diff": paired[method]["pass_diff"], "against": ref}
     return out
-
-
-def _ci(stat: Mapping[str, float], scale: float, spec: str) -> str:
-    return f"[{scale * stat['lo']:{spec}}, {scale * stat['hi']:{spec}}]"
 
 
 def comparison_markdown(comparison: Mapping[str, Any]) -> str:

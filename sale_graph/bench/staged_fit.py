@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from sale_graph.staged import AgentPolicy, StagedPolicy
+from sale_graph.staged import AgentPolicy, StagedPolicy, reads_bid
 
 FEATURES = ("entropy", "length", "memory", "jury")
 # reserves tried per agent; 1.01 = never accept, so the agent is not even offered the task
@@ -276,7 +276,7 @@ def fit_staged(
             for t, p in zip(tasks, loo_predictions(agent_rows, names, juror, with_plan[a]),
                             strict=True):
                 probs[(t, a)] = float(p)
-        free = not juror and not {"entropy", "length"} & set(names)
+        free = not reads_bid(names)  # a juror candidate has "jury" among its names
         reserves, loss = tune_reserves(tasks, order, rows, probs, with_plan, juror, lam, scale,
                                        bid_free=free)
         sim = simulate(tasks, order, rows, probs, reserves, with_plan, juror, free)
@@ -290,7 +290,7 @@ def fit_staged(
         # says nothing about paying for signals: keep the cheapest signals (none read
         # from a bid, then the bid's own, then a juror's vote), then the better
         # predictor, so that the reserve knob has something free to act on.
-        paid = 2 if juror else 1 if {"entropy", "length"} & set(names) else 0
+        paid = 2 if juror else 1 if reads_bid(names) else 0
         key = (round(loss, 12), paid, logloss)
         if best is None or key < best[0]:
             best = (key, (names, juror, reserves))

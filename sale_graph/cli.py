@@ -76,7 +76,7 @@ def _progress(update: dict[str, Any], t0: float) -> str | None:
     if node == "assess":
         for a in data.get("assessments", []):
             verdict = "accepted" if a["accepted"] else "declined"
-            return (f"{when} {a['agent']}'s bid: p(pass)={a['p_pass']:.2f} vs reserve "
+            return (f"{when} {a['agent']}'s bid: {_assessed(a)} vs reserve "
                     f"{a['reserve']:.2f}: {verdict}")
     if node == "memory_retrieve":
         n = (data.get("retrieved") or {}).get("count", 0)
@@ -108,6 +108,16 @@ def format_table(audit: dict[str, Any]) -> str:
     return _columns(head, rows)
 
 
+def _assessed(a: dict[str, Any], short: bool = False) -> str:
+    """An assessment: p(pass), and against the dearest agent the chance of no loss."""
+    if "p_dearest" not in a:
+        return f"{a['p_pass']:.2f}" if short else f"p(pass)={a['p_pass']:.2f}"
+    if short:
+        return f"{a['p_pass']:.2f} (no loss {a['assessed']:.2f})"
+    return (f"p(pass)={a['p_pass']:.2f}, dearest's {a['p_dearest']:.2f}, "
+            f"p(no loss)={a['assessed']:.2f}")
+
+
 def _staged_table(audit: dict[str, Any]) -> str:
     """The staged auction, in the order agents were offered the task."""
     head = ("agent", "$/Mtok", "tokens", "entropy", "memory p (n)", "p(pass)", "reserve",
@@ -120,7 +130,7 @@ def _staged_table(audit: dict[str, Any]) -> str:
             est = estimates.get(a["agent"]) or {}
             rows.append((a["agent"], "-", "-", "-",
                          f"{est.get('p', 0):.2f} ({est.get('n', 0):.1f})",
-                         f"{a['p_pass']:.2f}", f"{a['reserve']:.2f}", "not asked"))
+                         _assessed(a, short=True), f"{a['reserve']:.2f}", "not asked"))
     for b in audit["bids"]:
         a = assessed.get(b["agent"])
         est = estimates.get(b["agent"])
@@ -133,7 +143,8 @@ def _staged_table(audit: dict[str, Any]) -> str:
             b["agent"], f"{b['price']:.4f}", str(b["tokens"]),
             "-" if b["entropy"] is None else f"{b['entropy']:.3f}",
             "-" if not est else f"{est['p']:.2f} ({est['n']:.1f})",
-            "-" if not a else f"{a['p_pass']:.2f}", "-" if not a else f"{a['reserve']:.2f}",
+            "-" if not a else _assessed(a, short=True),
+            "-" if not a else f"{a['reserve']:.2f}",
             decision + (" <==" if b["id"] == audit["winning_bid"] else ""),
         ))
     return _columns(head, rows)

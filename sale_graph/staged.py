@@ -20,6 +20,14 @@ agent, a logistic model over
   ``p - prior``, so that no evidence contributes nothing,
 * optionally one juror's expected 0-5 vote, as ``vote / 5 - 0.5`` (one call).
 
+Against the dearest agent (``StagedPolicy.dearest``, a memory-only model of the
+dearest agent's success): the assessment becomes the chance that taking the bid
+*loses nothing* against the dearest agent's direct answer, ``1 - p_d (1 - p_a)``
+(the two outcomes taken as independent given the signals). Escalating pays only
+where the dearest agent is likely to pass and the bidder to fail; a task that memory
+says the dearest agent fails too goes to the cheapest agent, which fails as well
+but for less. The reserve keeps its meaning: higher = closer to the dearest agent.
+
 ``sale fit`` fits the coefficients and each agent's reserve on a training split
 (``sale_graph.bench.staged_fit``). The reserve is the user's quality/cost knob, like
 a router's threshold: ``Context(reserve=0.8)`` makes every agent's bid need an
@@ -102,6 +110,7 @@ class Signals:
     memory_n: float  # similarity-weighted evidence behind memory_p
     prior: float
     vote: float | None = None  # expected 0-5 vote of the policy's juror, if asked
+    dearest_memory_p: float | None = None  # memory's estimate for the dearest agent
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,19 +124,34 @@ class StagedPolicy:
     juror: str | None = None
     explore: float = DEFAULT_EXPLORE
     fitted: bool = False
+    # memory-only model of the dearest agent's success; set, bids are assessed against it
+    dearest: AgentPolicy | None = None
 
     def for_agent(self, name: str) -> AgentPolicy:
         """The agent's fitted model, else the memory-only fallback."""
         return self.agents.get(name, self.fallback)
 
-    def assess(self, agent: str, signals: Signals) -> float:
+    def pass_probability(self, agent: str, signals: Signals) -> float:
         """Predicted probability that this bid's agent passes the task."""
         p = self.for_agent(agent)
         z = p.bias + p.entropy * (signals.entropy or 0.0) + p.length * signals.tokens / 100.0
         z += p.memory * (signals.memory_p - signals.prior)
         if signals.vote is not None:
             z += p.jury * (signals.vote / 5.0 - 0.5)
-        return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
+        return _sigmoid(z)
+
+    def dearest_pass(self, signals: Signals) -> float | None:
+        """The dearest agent's predicted success, when bids are assessed against it."""
+        if self.dearest is None or signals.dearest_memory_p is None:
+            return None
+        d = self.dearest
+        return _sigmoid(d.bias + d.memory * (signals.dearest_memory_p - signals.prior))
+
+    def assess(self, agent: str, signals: Signals) -> float:
+        """The value compared with the reserve: p(pass), or p(no loss against the dearest)."""
+        p = self.pass_probability(agent, signals)
+        p_dearest = self.dearest_pass(signals)
+        return p if p_dearest is None else no_loss(p, p_dearest)
 
     def reserve(self, agent: str, override: float | None = None) -> float:
         """The assessment a bid of this agent must reach (``override`` = the user's knob)."""
@@ -142,13 +166,16 @@ class StagedPolicy:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (the ``staged`` section of a weights file)."""
-        return {
+        out: dict[str, Any] = {
             "agents": {k: asdict(v) for k, v in self.agents.items()},
             "fallback": asdict(self.fallback),
             "juror": self.juror,
             "explore": self.explore,
             "fitted": self.fitted,
         }
+        if self.dearest is not None:
+            out["dearest"] = asdict(self.dearest)
+        return out
 
     @classmethod
     def coerce(cls, value: StagedPolicy | Mapping[str, Any] | str | Path | None) -> StagedPolicy:
@@ -165,7 +192,7 @@ class StagedPolicy:
             return cls.coerce(data.get("staged") if isinstance(data, Mapping) else data)
         if not isinstance(value, Mapping):
             raise SaleError(f"staged policy must be a dict or a path, got {type(value).__name__}")
-        unknown = set(value) - {"agents", "fallback", "juror", "explore", "fitted"}
+        unknown = set(value) - {"agents", "fallback", "juror", "explore", "fitted", "dearest"}
         if unknown:
             raise SaleError(f"unknown staged policy fields {sorted(unknown)}")
         agents = value.get("agents") or {}
@@ -174,6 +201,7 @@ class StagedPolicy:
         try:
             parsed = {str(k): AgentPolicy(**dict(v)) for k, v in agents.items()}
             fallback = AgentPolicy(**dict(value["fallback"])) if value.get("fallback") else None
+            dearest = AgentPolicy(**dict(value["dearest"])) if value.get("dearest") else None
         except TypeError as exc:
             raise SaleError(f"bad staged policy entry: {exc}") from exc
         juror = value.get("juror")
@@ -185,8 +213,21 @@ class StagedPolicy:
         ):
             raise SaleError("staged policy 'explore' must lie in [0, 1]")
         policy = cls(agents=parsed, juror=juror, explore=float(explore),
-                     fitted=bool(value.get("fitted", bool(parsed))))
+                     fitted=bool(value.get("fitted", bool(parsed))), dearest=dearest)
         return replace(policy, fallback=fallback) if fallback else policy
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
+
+
+def no_loss(p_agent: float, p_dearest: float) -> float:
+    """Chance that taking the agent loses nothing against the dearest agent.
+
+    A loss is the dearest agent passing where this one fails; with the two outcomes
+    independent given the signals, that is ``p_dearest * (1 - p_agent)``.
+    """
+    return 1.0 - p_dearest * (1.0 - p_agent)
 
 
 def offer_order(agents: Sequence[Agent]) -> list[str]:
@@ -266,13 +307,12 @@ async def offer(
     skipped: list[dict[str, Any]] = []
     while len(remaining) > 1:
         direct = not follows_plan(execute_plan, remaining[0])
-        verdict = _without_bid(policy, remaining[0], state, ctx.reserve, direct)
+        verdict = _without_bid(policy, remaining[0], state, ctx.reserve, direct, order[-1])
         if verdict is None:
             break
         if verdict["accepted"]:
             entry = _direct_bid(agents[remaining[0]])
-            how = "exploring it" if verdict["explored"] else (
-                f"p={verdict['p_pass']:.2f} >= reserve {verdict['reserve']:.2f}")
+            how = "exploring it" if verdict["explored"] else _why(verdict, order[-1])
             return Command(update={
                 "offered": [*(v["agent"] for v in skipped), remaining[0]],
                 "assessments": [*skipped, verdict], "bids": [entry], "winning_bid": entry["id"],
@@ -324,7 +364,7 @@ def bid_free(policy: StagedPolicy, name: str) -> bool:
 
 def _without_bid(
     policy: StagedPolicy, name: str, state: Mapping[str, Any], override: float | None,
-    answers_directly: bool,
+    answers_directly: bool, dearest: str,
 ) -> dict[str, Any] | None:
     """The verdict on an agent reached without its bid, or None if the bid is needed.
 
@@ -335,19 +375,57 @@ def _without_bid(
     """
     if not bid_free(policy, name):
         return None
-    est = (state.get("estimates") or {}).get(name) or {}
-    signals = Signals(entropy=None, tokens=0, memory_p=float(est.get("p", DEFAULT_PRIOR)),
-                      memory_n=float(est.get("n", 0.0)), prior=DEFAULT_PRIOR)
-    p = policy.assess(name, signals)
-    reserve = policy.reserve(name, override)
-    explored = p < reserve and policy.explores(state["auction_id"], name, signals.memory_n)
-    accepted = p >= reserve or explored
-    if accepted and not answers_directly:
+    signals = _memory_signals(state, name, dearest if policy.dearest else None)
+    verdict = _verdict(policy, name, signals, state["auction_id"], override)
+    if verdict["accepted"] and not answers_directly:
         return None
-    return {"agent": name, "bid_id": None, "p_pass": round(p, 4), "reserve": reserve,
-            "accepted": accepted, "explored": explored, "skipped": not accepted,
-            "without_bid": True,
-            "signals": {"memory_p": round(signals.memory_p, 4), "memory_n": signals.memory_n}}
+    return {"agent": name, "bid_id": None, **verdict, "skipped": not verdict["accepted"],
+            "without_bid": True, "signals": _signal_record(signals)}
+
+
+def _memory_signals(
+    state: Mapping[str, Any], name: str, dearest: str | None, **bid: Any
+) -> Signals:
+    """The agent's signals: its bid's, memory's estimate, and the dearest's if assessed against."""
+    estimates = state.get("estimates") or {}
+    own = estimates.get(name) or {}
+    top = (estimates.get(dearest) or {}) if dearest else None
+    return Signals(entropy=bid.get("entropy"), tokens=int(bid.get("tokens") or 0),
+                   memory_p=float(own.get("p", DEFAULT_PRIOR)),
+                   memory_n=float(own.get("n", 0.0)), prior=DEFAULT_PRIOR,
+                   vote=bid.get("vote"),
+                   dearest_memory_p=None if top is None else float(top.get("p", DEFAULT_PRIOR)))
+
+
+def _verdict(
+    policy: StagedPolicy, name: str, signals: Signals, auction_id: str, override: float | None
+) -> dict[str, Any]:
+    """Assessment against the reserve, with what it was made of (for the audit)."""
+    p = policy.pass_probability(name, signals)
+    p_dearest = policy.dearest_pass(signals)
+    assessed = p if p_dearest is None else no_loss(p, p_dearest)
+    reserve = policy.reserve(name, override)
+    explored = assessed < reserve and policy.explores(auction_id, name, signals.memory_n)
+    out = {"p_pass": round(p, 4), "assessed": round(assessed, 4), "reserve": reserve,
+           "accepted": assessed >= reserve or explored, "explored": explored}
+    if p_dearest is not None:
+        out["p_dearest"] = round(p_dearest, 4)
+    return out
+
+
+def _signal_record(signals: Signals) -> dict[str, Any]:
+    out: dict[str, Any] = {"memory_p": round(signals.memory_p, 4), "memory_n": signals.memory_n}
+    if signals.dearest_memory_p is not None:
+        out["dearest_memory_p"] = round(signals.dearest_memory_p, 4)
+    return out
+
+
+def _why(verdict: Mapping[str, Any], dearest: str) -> str:
+    """How the assessment cleared the reserve, in words."""
+    if "p_dearest" in verdict:
+        return (f"p(no loss against {dearest})={verdict['assessed']:.2f} >= reserve "
+                f"{verdict['reserve']:.2f}")
+    return f"p={verdict['assessed']:.2f} >= reserve {verdict['reserve']:.2f}"
 
 
 async def assess(
@@ -356,14 +434,14 @@ async def assess(
     """Graph node: accept the newest bid if its assessment clears the reserve, else go on."""
     ctx = run_context(runtime, bound)
     policy = await auction_policy(state, ctx)
+    agents = await pool_of(ctx)
+    dearest = offer_order(list(agents.values()))[-1]
     name = state["offered"][-1]  # the agent whose bid just arrived
     bid = next(b for b in state["bids"] if b["agent"] == name and b["round"] == 0)
     model = policy.for_agent(name)
-    estimate_ = (state.get("estimates") or {}).get(name) or {}
     update: dict[str, Any] = {}
     vote = None
     if policy.juror and model.jury:
-        agents = await pool_of(ctx)
         if policy.juror in agents:
             cast = await cast_vote(agents[policy.juror], state["task"], bid,
                                    timeout=ctx.call_timeout)
@@ -372,22 +450,17 @@ async def assess(
             if cast["score"] is None:
                 update["events"] = [Event(kind="vote_dropped", agent=policy.juror,
                                           detail=f"on {bid['id']}: {cast['error']}")]
-    signals = Signals(entropy=bid.get("entropy"), tokens=int(bid.get("tokens") or 0),
-                      memory_p=float(estimate_.get("p", DEFAULT_PRIOR)),
-                      memory_n=float(estimate_.get("n", 0.0)), prior=DEFAULT_PRIOR, vote=vote)
-    p = policy.assess(name, signals)
-    reserve = policy.reserve(name, ctx.reserve)
-    explored = p < reserve and policy.explores(state["auction_id"], name, signals.memory_n)
-    accepted = p >= reserve or explored
+    signals = _memory_signals(state, name, dearest if policy.dearest else None,
+                              entropy=bid.get("entropy"), tokens=bid.get("tokens"), vote=vote)
+    verdict = _verdict(policy, name, signals, state["auction_id"], ctx.reserve)
     update["assessments"] = [{
-        "agent": name, "bid_id": bid["id"], "p_pass": round(p, 4), "reserve": reserve,
-        "accepted": accepted, "explored": explored,
+        "agent": name, "bid_id": bid["id"], **verdict,
         "signals": {"entropy": signals.entropy, "tokens": signals.tokens,
-                    "memory_p": round(signals.memory_p, 4), "memory_n": signals.memory_n,
+                    **_signal_record(signals),
                     "vote": vote, "juror": policy.juror if vote is not None else None},
     }]
-    if not accepted:
+    if not verdict["accepted"]:
         return Command(update=update, goto="offer")
-    why = (f"exploring {name} (no evidence yet)" if explored
-           else f"{name}'s bid assessed p={p:.2f} >= reserve {reserve:.2f}")
+    why = (f"exploring {name} (no evidence yet)" if verdict["explored"]
+           else f"{name}'s bid assessed {_why(verdict, dearest)}")
     return Command(update={**update, "winning_bid": bid["id"], "stop": why}, goto="approve")

@@ -389,3 +389,35 @@ def test_progress_lines_say_what_the_staged_auction_did():
     line = _progress({"execute": {"winner": "mid", "execution": {"with_plan": True}}}, 0)
     assert line is not None and line.endswith("mid executed its plan")
     assert _progress({"open_auction": {"mode": "staged"}}, 0).endswith("auction opened")
+
+
+def test_against_the_dearest_a_likely_futile_task_stays_with_the_cheapest(memory):
+    def against(bias: float) -> StagedPolicy:
+        # small's own p(pass) is 0.5 (scripted entropy 0.5); the dearest's comes from bias
+        return StagedPolicy(agents={"small": AgentPolicy(bias=-0.5, entropy=1.0, reserve=0.9),
+                                    "mid": AgentPolicy(bias=-0.5, entropy=1.0, reserve=0.9)},
+                            dearest=AgentPolicy(bias=bias, memory=0.0), fitted=True)
+
+    agents = pool()
+    out = run("t", staged(agents, memory, staged=against(-3.0)))  # the dearest: p = 0.05
+    audit = out["auction"]
+    (verdict,) = audit["assessments"]
+    assert out["winner"] == "small" and calls(agents, "bid")["large"] == 0
+    assert verdict["p_pass"] == 0.5 and verdict["p_dearest"] == pytest.approx(0.0474, abs=1e-4)
+    assert verdict["assessed"] == pytest.approx(1 - 0.0474 * 0.5, abs=1e-3)
+    assert "dearest_memory_p" in verdict["signals"]
+    assert audit["stop"].startswith("small's bid assessed p(no loss against large)=0.98")
+    agents = pool()  # the dearest likely passes: losing it is likely, so up it goes
+    out = run("t", staged(agents, memory, staged=against(3.0)))
+    assert out["winner"] == "large"
+    assert [a["accepted"] for a in out["auction"]["assessments"]] == [False, False]
+    # the plain assessment (no dearest model) reads the same bids as p(pass) alone
+    plain = StagedPolicy(agents=against(-3.0).agents, fitted=True)
+    assert run("t", staged(pool(), memory, staged=plain))["winner"] == "large"
+    # the table and the progress line show what was weighed
+    from sale_graph.cli import _progress, format_table
+
+    out = run("t", staged(pool(), memory, staged=against(-3.0)))
+    assert "0.50 (no loss 0.98)" in format_table(out["auction"])
+    line = _progress({"assess": {"assessments": out["auction"]["assessments"]}}, 0)
+    assert line is not None and "p(no loss)=0.98 vs reserve 0.90: accepted" in line

@@ -113,7 +113,7 @@ class Method:
     # memory of verified outcomes: seeded with the training split's graded outcomes,
     # and each test auction's own outcome (the task's verifier) added as it runs
     outcomes: bool = False
-    staged_fit: str = "staged"  # which fitted policy: "staged" or "staged-nomem"
+    staged_fit: str = "staged"  # which fitted policy: a key of STAGED_FITS
     reserve: float | None = None  # the staged auction's knob; None: fitted reserves
     refine_from: str = "votes"
 
@@ -153,6 +153,16 @@ def methods_for(config: BenchConfig) -> list[Method]:
 # the staged auction's knob, swept on the test split: a staged row replays nearly every
 # call (bids and executions are the outcomes'), so each point costs minutes, not hours
 RESERVE_SWEEP = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+# against the dearest agent the assessment is a chance of no loss, high wherever the
+# dearest agent is likely to fail too: its knob's useful range lies higher
+NO_LOSS_SWEEP = (0.6, 0.7, 0.8)
+
+# the staged policies a run fits on its training split (staged_fit.fit_staged_from_bank)
+STAGED_FITS: dict[str, dict[str, Any]] = {
+    "staged": {},  # the fit's own choice among every candidate, as `sale fit` makes it
+    "staged-nomem": {"use_memory": False},
+    "staged-dearest": {"against_dearest": (True,)},
+}
 
 
 def _staged_suite(config: BenchConfig) -> list[Method]:
@@ -168,6 +178,10 @@ def _staged_suite(config: BenchConfig) -> list[Method]:
                staged_fit="staged-nomem"),
         *[Method(f"staged reserve {r}", auction="staged", outcomes=True, refine=False,
                  reserve=r) for r in RESERVE_SWEEP],
+        Method("staged against the dearest", auction="staged", outcomes=True, refine=False,
+               staged_fit="staged-dearest"),
+        *[Method(f"staged against the dearest, reserve {r}", auction="staged", outcomes=True,
+                 refine=False, staged_fit="staged-dearest", reserve=r) for r in NO_LOSS_SWEEP],
         Method("SALE w/o memory", refine=False),
         Method("SALE listwise jury", jury_format="listwise"),
         Method("SALE outcome refinement", outcomes=True, refine_from="outcomes"),

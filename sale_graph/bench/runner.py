@@ -49,6 +49,7 @@ from sale_graph.bench.config import (
     FIT_LAM,
     RESULTS_LOG,
     SMOKE,
+    STAGED_FITS,
     BenchConfig,
     Method,
     _direct_key,
@@ -345,7 +346,7 @@ def _staged_fits(
         if stored is None:
             try:
                 policy, report = fit_staged_from_bank(
-                    bank, lam=FIT_LAM, use_memory=name != "staged-nomem")
+                    bank, lam=FIT_LAM, **STAGED_FITS[name])
             except ValueError as exc:
                 progress.note(f"no {name} policy, so no staged rows yet: {exc}")
                 continue
@@ -355,7 +356,8 @@ def _staged_fits(
         chosen = stored["chosen"]
         reserves = {a: p["reserve"] if p.get("offered", True) else "skip"
                     for a, p in stored["policy"]["agents"].items()}
-        progress.note(f"{name} policy: features {chosen['features']}, juror {chosen['juror']}, "
+        against = ", against the dearest" if chosen.get("against_dearest") else ""
+        progress.note(f"{name} policy: features {chosen['features']}{against}, juror {chosen['juror']}, "
                       f"reserves {json.dumps(reserves)}")
         fits[name] = stored
     return fits

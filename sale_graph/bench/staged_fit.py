@@ -17,11 +17,16 @@ answering directly. The dearest agent's row is its direct answer.
    the dearest answers directly) and minimising the benchmark's loss: failure +
    ``lam`` x cost / (the dearest agent's mean direct cost). Cost counts every bid,
    every juror vote and the execution.
-3. The feature set (and juror) with the lowest loss wins; on a tie (typically: every
-   candidate hands everything to the dearest agent), the one with the cheapest signals
-   (none read from a bid, then the bid's own, then a juror's vote), then the lowest
-   leave-one-out log-loss. Plan or direct per agent is chosen before, by which passed
-   more training tasks.
+3. Each candidate is also tried *against the dearest agent*: a memory-only model of
+   the dearest agent's direct success (leave-one-out too) turns each assessment into
+   the chance of no loss, ``1 - p_d (1 - p_a)`` (``staged.no_loss``), so that tasks
+   the dearest agent fails as well can stay with the cheapest.
+4. The candidate with the lowest loss wins; on a tie (typically: every candidate
+   hands everything to the dearest agent), the one with the cheapest signals (none
+   read from a bid, then the bid's own, then a juror's vote), then the plain
+   assessment over the one against the dearest, then the lowest leave-one-out
+   log-loss. Plan or direct per agent is chosen before, by which passed more
+   training tasks.
 
 Pure numpy; nothing here calls a model.
 """
@@ -35,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from sale_graph.staged import AgentPolicy, StagedPolicy, reads_bid
+from sale_graph.staged import AgentPolicy, StagedPolicy, no_loss, reads_bid
 
 FEATURES = ("entropy", "length", "memory", "jury")
 # reserves tried per agent; 1.01 = never accept, so the agent is not even offered the task
@@ -247,8 +252,13 @@ def fit_staged(
     jurors: Sequence[str] = (),
     feature_sets: Sequence[Sequence[str]] | None = None,
     use_memory: bool = True,
+    against_dearest: Sequence[bool] = (False, True),
 ) -> tuple[StagedPolicy, dict[str, Any]]:
-    """Fit the policy on training rows; returns it and a report of every candidate."""
+    """Fit the policy on training rows; returns it and a report of every candidate.
+
+    ``against_dearest``: which kinds of assessment to try (plain p(pass), and/or the
+    chance of no loss against the dearest agent); the latter needs memory.
+    """
     if len(order) < 2:
         raise ValueError("a staged auction needs at least two agents")
     cheap = list(order[:-1])
@@ -263,11 +273,17 @@ def fit_staged(
         if use_memory:
             base += [("memory",), ("entropy", "length", "memory")]
         feature_sets = base
-    candidates: list[tuple[tuple[str, ...], str | None]] = [(tuple(f), None) for f in feature_sets]
-    candidates += [((*f, "jury"), j) for f in feature_sets for j in jurors]
+    kinds = [k for k in dict.fromkeys(against_dearest) if use_memory or not k]
+    if not kinds:
+        raise ValueError("an assessment against the dearest agent needs memory")
+    top_rows = [rows[(t, order[-1])] for t in tasks]
+    top_loo = dict(zip(tasks, loo_predictions(top_rows, ("memory",), None, False), strict=True))
+    pairs: list[tuple[tuple[str, ...], str | None]] = [(tuple(f), None) for f in feature_sets]
+    pairs += [((*f, "jury"), j) for f in feature_sets for j in jurors]
+    candidates = [(names, juror, rel) for names, juror in pairs for rel in kinds]
     report: dict[str, Any] = {"with_plan": with_plan, "scale": scale, "candidates": []}
-    best: tuple[tuple[float, int, float], Any] | None = None
-    for names, juror in candidates:
+    best: tuple[tuple[float, int, bool, float], Any] | None = None
+    for names, juror, rel in candidates:
         if juror and any(juror not in rows[(t, a)].votes for t in tasks for a in cheap):
             continue  # no votes of this juror on every training bid
         probs = {}
@@ -275,14 +291,14 @@ def fit_staged(
             agent_rows = [rows[(t, a)] for t in tasks]
             for t, p in zip(tasks, loo_predictions(agent_rows, names, juror, with_plan[a]),
                             strict=True):
-                probs[(t, a)] = float(p)
+                probs[(t, a)] = no_loss(float(p), float(top_loo[t])) if rel else float(p)
         free = not reads_bid(names)  # a juror candidate has "jury" among its names
         reserves, loss = tune_reserves(tasks, order, rows, probs, with_plan, juror, lam, scale,
                                        bid_free=free)
         sim = simulate(tasks, order, rows, probs, reserves, with_plan, juror, free)
         logloss = _log_loss(tasks, cheap, rows, probs, with_plan)
-        entry = {"features": list(names), "juror": juror, "loss": loss, "reserves": reserves,
-                 "log_loss": logloss,
+        entry = {"features": list(names), "juror": juror, "against_dearest": rel,
+                 "loss": loss, "reserves": reserves, "log_loss": logloss,
                  "train_pass": float(np.mean([r["passed"] for r in sim])),
                  "train_cost_ratio": float(np.mean([r["cost"] for r in sim])) / scale}
         report["candidates"].append(entry)
@@ -291,11 +307,11 @@ def fit_staged(
         # from a bid, then the bid's own, then a juror's vote), then the better
         # predictor, so that the reserve knob has something free to act on.
         paid = 2 if juror else 1 if reads_bid(names) else 0
-        key = (round(loss, 12), paid, logloss)
+        key = (round(loss, 12), paid, rel, logloss)
         if best is None or key < best[0]:
-            best = (key, (names, juror, reserves))
+            best = (key, (names, juror, rel, reserves))
     assert best is not None
-    names, juror, reserves = best[1]
+    names, juror, rel, reserves = best[1]
     agents = {}
     for a in cheap:
         agent_rows = [rows[(t, a)] for t in tasks]
@@ -310,9 +326,14 @@ def fit_staged(
         )
         if reserves[a] > 1.0:  # never accepted: not offered at all
             agents[a] = AgentPolicy(**{**agents[a].__dict__, "reserve": 1.0, "offered": False})
-    policy = StagedPolicy(agents=agents, juror=juror, explore=0.0, fitted=True)
-    report.update(chosen={"features": list(names), "juror": juror, "loss": best[0][0],
-                          "log_loss": best[0][2]},
+    dearest = None
+    if rel:
+        w = logistic_scaled(_design(top_rows, ("memory",), None),
+                            np.asarray([1.0 if r.outcome(False)[0] else 0.0 for r in top_rows]))
+        dearest = AgentPolicy(bias=float(w[0]), memory=float(w[1]), reserve=1.0)
+    policy = StagedPolicy(agents=agents, juror=juror, explore=0.0, fitted=True, dearest=dearest)
+    report.update(chosen={"features": list(names), "juror": juror, "against_dearest": rel,
+                          "loss": best[0][0], "log_loss": best[0][3]},
                   execute_plan={**with_plan, order[-1]: False})
     return policy, report
 
@@ -421,7 +442,8 @@ def stored_embeddings(bank: Any, task_ids: Sequence[str]) -> dict[str, np.ndarra
 
 
 def fit_staged_from_bank(
-    bank: Any, *, lam: float, use_memory: bool = True, k: int = 8
+    bank: Any, *, lam: float, use_memory: bool = True, k: int = 8,
+    against_dearest: Sequence[bool] = (False, True),
 ) -> tuple[StagedPolicy, dict[str, Any]]:
     """Fit the staged policy from a benchmark bank's training split (no model call)."""
     meta = bank.get("meta", "tasks")
@@ -449,6 +471,7 @@ def fit_staged_from_bank(
     embeddings = stored_embeddings(bank, train)
     rows = rows_from_records(train, order, prices, {t: audits[t]["audit"] for t in train},
                              outcomes, direct, embeddings, k=k, use_memory=use_memory)
-    policy, report = fit_staged(train, order, rows, lam=lam, jurors=order, use_memory=use_memory)
+    policy, report = fit_staged(train, order, rows, lam=lam, jurors=order, use_memory=use_memory,
+                                against_dearest=against_dearest if use_memory else (False,))
     report["train_tasks"] = len(train)
     return policy, report

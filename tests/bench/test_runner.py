@@ -139,6 +139,10 @@ def test_staged_suite_runs_the_cheap_staged_rows_first() -> None:
     assert names[: len(staged)] == staged and ("staged", 2) in staged
     assert names[len(staged)] == ("SALE", 0) and len(set(names)) == len(names)
     assert {m.name for m in methods_for(BenchConfig(ablations=False))} == {"SALE", "staged"}
+    from sale_graph.bench.config import STAGED_FITS
+
+    fits = {m.staged_fit for m, _ in plan if m.auction == "staged"}
+    assert fits == set(STAGED_FITS)  # every staged row names a fit the runner makes
 
 
 def test_config_stored_before_the_staged_rows_reads_as_the_paper_suite() -> None:

@@ -138,3 +138,38 @@ def test_a_tie_keeps_the_free_signal_that_predicts_best():
     assert report["chosen"]["features"] == ["memory"] and report["chosen"]["juror"] is None
     assert not policy.for_agent("small").offered and policy.for_agent("small").memory > 0
     assert bid_free(policy, "small")
+
+
+def test_against_the_dearest_the_cheapest_keeps_what_the_dearest_fails_too():
+    # half the tasks nobody passes (memory knows the dearest fails them), half only the
+    # dearest passes; small never passes, so a plain assessment never accepts it
+    tasks, rows = [], {}
+    for i in range(30):
+        t, hard = f"t{i}", i % 2 == 0
+        tasks.append(t)
+        rows[(t, "small")] = _row(t, "small", passed=False, bid_cost=0.1, cost=1.0)
+        rows[(t, "mid")] = _row(t, "mid", passed=False, bid_cost=0.3, cost=3.0)
+        rows[(t, "large")] = _row(t, "large", passed=not hard, memory_p=0.05 if hard else 0.9,
+                                  cost=10.0)
+    plain, plain_report = fit_staged(tasks, ORDER, rows, lam=0.1, against_dearest=(False,))
+    assert plain.dearest is None and not plain.for_agent("small").offered
+    policy, report = fit_staged(tasks, ORDER, rows, lam=0.1)
+    assert report["chosen"]["against_dearest"] and policy.dearest is not None
+    assert policy.dearest.memory > 0  # memory's estimate predicts the dearest agent
+    best = next(c for c in report["candidates"] if c["against_dearest"]
+                and c["features"] == report["chosen"]["features"] and c["juror"] is None)
+    # nothing lost against the dearest, at a little over half its cost
+    assert best["train_pass"] == 0.5 and best["train_cost_ratio"] < 0.6
+    assert report["chosen"]["loss"] < plain_report["chosen"]["loss"]
+    # at run time: the hard task goes to small, the easy one up to large
+    sig = dict(entropy=1.0, tokens=100, memory_p=0.4, memory_n=0.0, prior=0.4)
+    small = policy.for_agent("small")
+    assert policy.assess("small", Signals(**sig, dearest_memory_p=0.05)) >= small.reserve
+    assert policy.assess("small", Signals(**sig, dearest_memory_p=0.9)) < small.reserve
+    # the policy survives its JSON form
+    from sale_graph.staged import StagedPolicy
+
+    again = StagedPolicy.coerce(policy.to_dict())
+    assert again.dearest == policy.dearest and again == policy
+    with pytest.raises(ValueError, match="needs memory"):
+        fit_staged(tasks, ORDER, rows, lam=0.1, use_memory=False, against_dearest=(True,))

@@ -178,8 +178,8 @@ class Context:
     staged: Any = field(
         default=None,
         metadata={"description": "Staged auction policy: a StagedPolicy, its dict, or a "
-                  "weights file with a 'staged' section (`sale fit`). Unset: the preset's "
-                  "fitted policy, else memory-only assessment."},
+                  "weights file with a 'staged' section (`sale fit`). Unset: the weights "
+                  "file's policy, if any, else memory-only assessment."},
     )
     verifier: Any = field(
         default=None,
@@ -372,9 +372,10 @@ class Context:
     def resolved_staged(self) -> Any:
         """The staged auction's policy: as given, else from the weights, else the preset's.
 
-        A weights file written by ``sale fit`` may carry a ``staged`` section; the
-        ``local`` preset ships one fitted on its training split. Without any, every
-        agent is assessed on memory's verified outcomes alone (``StagedPolicy()``).
+        A weights file written by ``sale fit`` may carry a ``staged`` section (a
+        preset's shipped weights file too, once a benchmark has fitted one). Without
+        any, every agent is assessed on memory's verified outcomes alone
+        (``StagedPolicy()``).
         """
         from sale_graph.staged import StagedPolicy
 

@@ -171,13 +171,13 @@ def add_bench_commands(subparsers: Any) -> None:
         "--limit",
         type=int,
         default=None,
-        help="tasks per domain, spread evenly over bins (default: 36)",
+        help="tasks per domain, spread evenly over bins (default: 90)",
     )
     bench.add_argument(
         "--test-fraction",
         type=float,
         default=None,
-        help="share of tasks in the test split (default: 0.5)",
+        help="share of tasks in the test split (default: 2/3)",
     )
     bench.add_argument(
         "--orders", type=int, default=None, help="seeded task orders SALE runs over (default: 5)"

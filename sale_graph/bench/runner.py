@@ -357,8 +357,8 @@ def _staged_fits(
         reserves = {a: p["reserve"] if p.get("offered", True) else "skip"
                     for a, p in stored["policy"]["agents"].items()}
         against = ", against the dearest" if chosen.get("against_dearest") else ""
-        progress.note(f"{name} policy: features {chosen['features']}{against}, juror {chosen['juror']}, "
-                      f"reserves {json.dumps(reserves)}")
+        progress.note(f"{name} policy: features {chosen['features']}{against}, "
+                      f"juror {chosen['juror']}, reserves {json.dumps(reserves)}")
         fits[name] = stored
     return fits
 

@@ -157,6 +157,16 @@ class StagedPolicy:
         """The assessment a bid of this agent must reach (``override`` = the user's knob)."""
         return float(override) if override is not None else self.for_agent(agent).reserve
 
+    def with_reserve(self, reserve: float) -> StagedPolicy:
+        """The policy with every agent at one reserve, as ``Context(reserve=...)`` runs it.
+
+        Agents the fit skipped are offered again, as the knob does: this is how a
+        point of the benchmark's reserve sweep becomes a pool's shipped default.
+        """
+        agents = {k: replace(v, reserve=float(reserve), offered=True)
+                  for k, v in self.agents.items()}
+        return replace(self, agents=agents)
+
     def explores(self, auction_id: str, agent: str, evidence: float) -> bool:
         """Try an agent without evidence on a fixed share of auctions (seeded by id)."""
         if self.fitted or evidence >= 1.0 or self.explore <= 0.0:

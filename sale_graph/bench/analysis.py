@@ -28,6 +28,8 @@ from sale_graph.bench.records import Outcome, Record
 __all__ = ["fit_from_bank", "report_from_bank", "report_from_export"]
 
 KNN_K = (3, 5, 10, 20, 50)  # neighbour counts the kNN routers are tuned over
+# the ceiling of cheapest-first acceptance (routers.perfect_accept)
+PERFECT_ACCEPT = "perfect accept (staged ceiling)"
 
 
 # --------------------------------------------------------------------------- fit and report
@@ -207,6 +209,9 @@ def _baseline_records(
         records += routers.routes_to_records(name, rs, table, domains, bins)
     knn = routers.knn_threshold(train_ids, test_ids, answers, emb, prices, tau, k=k_knn)
     records += routers.routes_to_records("kNN on verified outcomes", knn, answers, domains, bins)
+    # on the answers the staged auction's accepted agents give (direct, where run)
+    ceiling = routers.perfect_accept(test_ids, answers, prices)
+    records += routers.routes_to_records(PERFECT_ACCEPT, ceiling, answers, domains, bins)
     direct = _outcome_table(bank, test_ids, agents, direct=True)
     if direct:
         records = [r for r in records if r.method != "oracle"]
@@ -351,8 +356,8 @@ def report_from_bank(
     order = [m.name for m in methods_for(config)]
     for a in agents[::-1]:
         order += [f"single: {a}", f"single: {a} (direct)"]
-    order += ["random", "oracle", "WTP", "CARROT", "kNN on verified outcomes", "cascade",
-              "cascade (fitted)"]
+    order += ["random", "oracle", PERFECT_ACCEPT, "WTP", "CARROT", "kNN on verified outcomes",
+              "cascade", "cascade (fitted)"]
     return write_report(
         records,
         out,
@@ -422,6 +427,13 @@ def _preamble(
             f"k = {knobs['carrot_k']}; 'cascade' stops when the coding examples pass, "
             "'cascade (fitted)' uses per-agent thresholds fitted for 90% training precision. "
             "Reasoning answers carry no self-check, so cascades always escalate there."
+        )
+        lines.append(
+            f"- '{PERFECT_ACCEPT}' takes the cheapest agent that passes, else the largest, "
+            "on the answers the staged auction's agents give (direct where run), paying for "
+            "nothing it rejects: no staged auction that only decides when to accept a "
+            "cheaper agent can do better; the oracle also sends tasks nobody passes to the "
+            "cheapest agent."
         )
         if knobs.get("direct"):
             lines.append(

@@ -179,3 +179,16 @@ def test_knn_threshold_takes_the_cheapest_agent_its_neighbours_trust() -> None:
     assert [(r.task_id, r.agent) for r in routes] == [("easy", "small"), ("hard", "large")]
     never = knn_threshold(list(table), ["easy"], table, emb, prices, tau=1.01, k=2)
     assert never[0].agent == "large"
+
+
+def test_perfect_accept_falls_back_to_the_dearest_not_the_cheapest() -> None:
+    from sale_graph.bench.routers import perfect_accept
+
+    table, _, _, test = _world()
+    table = dict(table)
+    table["none"] = {a: _outcome(a, False) for a in PRICES}
+    picks = _picks(perfect_accept([*test, "none"], table, PRICES))
+    assert all(picks[t] == "small" for t in test if t.startswith("a"))
+    assert all(picks[t] == "large" for t in test if t.startswith("b"))
+    assert picks["none"] == "large"  # the oracle would take small: nobody passes
+    assert _picks(oracle(["none"], table, PRICES))["none"] == "small"

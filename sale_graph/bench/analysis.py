@@ -209,9 +209,10 @@ def _baseline_records(
         records += routers.routes_to_records(name, rs, table, domains, bins)
     knn = routers.knn_threshold(train_ids, test_ids, answers, emb, prices, tau, k=k_knn)
     records += routers.routes_to_records("kNN on verified outcomes", knn, answers, domains, bins)
-    # on the answers the staged auction's accepted agents give (direct, where run)
-    ceiling = routers.perfect_accept(test_ids, answers, prices)
-    records += routers.routes_to_records(PERFECT_ACCEPT, ceiling, answers, domains, bins)
+    best = _best_modes(test_ids, table, _outcome_table(bank, test_ids, agents, direct=True),
+                       agents[-1])
+    ceiling = routers.perfect_accept(test_ids, best, prices)
+    records += routers.routes_to_records(PERFECT_ACCEPT, ceiling, best, domains, bins)
     direct = _outcome_table(bank, test_ids, agents, direct=True)
     if direct:
         records = [r for r in records if r.method != "oracle"]
@@ -228,6 +229,35 @@ def _baseline_records(
         "direct": bool(direct),
     }
     return records, knobs
+
+
+def _best_modes(
+    test_ids: Sequence[str],
+    plan: Mapping[str, Mapping[str, Outcome]],
+    direct: Mapping[str, Mapping[str, Outcome]] | None,
+    dearest: str,
+) -> dict[str, dict[str, Outcome]]:
+    """Per task, each cheaper agent's better mode; the dearest answers directly.
+
+    A cheaper agent counts as passing where its plan or its direct answer passed
+    (the cheaper such answer is charged), so no choice of plan or direct per agent
+    beats it; the staged auction's last resort answers directly. Without direct
+    answers, the plans.
+    """
+    if direct is None:
+        return {t: dict(plan[t]) for t in test_ids}
+    out: dict[str, dict[str, Outcome]] = {}
+    for t in test_ids:
+        row = {}
+        for a, planned in plan[t].items():
+            answered = direct[t][a]
+            if a == dearest:
+                row[a] = answered
+                continue
+            passing = [o for o in (planned, answered) if o.passed]
+            row[a] = min(passing, key=lambda o: o.cost) if passing else answered
+        out[t] = row
+    return out
 
 
 def _direct_records(
@@ -429,11 +459,11 @@ def _preamble(
             "Reasoning answers carry no self-check, so cascades always escalate there."
         )
         lines.append(
-            f"- '{PERFECT_ACCEPT}' takes the cheapest agent that passes, else the largest, "
-            "on the answers the staged auction's agents give (direct where run), paying for "
-            "nothing it rejects: no staged auction that only decides when to accept a "
-            "cheaper agent can do better; the oracle also sends tasks nobody passes to the "
-            "cheapest agent."
+            f"- '{PERFECT_ACCEPT}' takes the cheapest agent that passes (with its plan or "
+            "directly, whichever passed, the cheaper if both), else the largest answering "
+            "directly, paying for nothing it rejects: no staged auction that only decides "
+            "when to accept a cheaper agent can do better; the oracle also sends tasks "
+            "nobody passes to the cheapest agent."
         )
         if knobs.get("direct"):
             lines.append(

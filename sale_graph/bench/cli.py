@@ -119,7 +119,10 @@ def fit_command(args: argparse.Namespace) -> int:
             return 2
         try:
             result = runner.fit_from_bank(bank, args.objective, args.lam, memory=args.memory)
-            staged, staged_report = _staged_fit(bank, args.lam, args.staged_fit, args.reserve)
+            staged, staged_report = _staged_fit(bank, args.lam, args.staged_fit or "staged",
+                                                args.reserve)
+            if staged is None and (args.staged_fit or args.reserve is not None):
+                raise ValueError(f"no staged policy to write: {staged_report['skipped']}")
         except ValueError as exc:
             print(f"sale fit: {exc}", file=sys.stderr)
             return 2
@@ -138,18 +141,29 @@ def fit_command(args: argparse.Namespace) -> int:
 def _staged_fit(
     bank: Any, lam: float, name: str = "staged", reserve: float | None = None
 ) -> tuple[Any, dict[str, Any]]:
-    """The staged auction's policy, when the bank holds what it needs (else None, why)."""
-    from sale_graph.bench.config import STAGED_FITS
-    from sale_graph.bench.staged_fit import fit_staged_from_bank
+    """The staged auction's policy, when the bank holds what it needs (else None, why).
 
-    try:
-        policy, report = fit_staged_from_bank(bank, lam=lam, **STAGED_FITS[name])
-    except ValueError as exc:
-        return None, {"skipped": str(exc)}
+    A run that stored this fit (the benchmark's rows ran with it) gives the stored one,
+    so that what ships is what was measured, even if the fitting code changed since.
+    """
+    from sale_graph.bench.config import FIT_LAM, STAGED_FITS
+    from sale_graph.bench.staged_fit import fit_staged_from_bank
+    from sale_graph.staged import StagedPolicy
+
+    stored = bank.get("fit", name) if lam == FIT_LAM else None
+    if stored is not None:
+        policy = StagedPolicy.coerce(stored["policy"])
+        report = {**stored, "source": "the run's stored fit, which its rows ran with"}
+    else:
+        try:
+            policy, report = fit_staged_from_bank(bank, lam=lam, **STAGED_FITS[name])
+        except ValueError as exc:
+            return None, {"skipped": str(exc)}
+        report["source"] = "fitted now on the run's training split"
     if reserve is not None:
         policy = policy.with_reserve(reserve)
-    return policy.to_dict(), {"fit": name, "chosen": report["chosen"], "reserve": reserve,
-                              "execute_plan": report["execute_plan"]}
+    return policy.to_dict(), {"fit": name, "source": report["source"], "reserve": reserve,
+                              "chosen": report["chosen"], "execute_plan": report["execute_plan"]}
 
 
 def compare_command(args: argparse.Namespace) -> int:
@@ -257,7 +271,7 @@ def add_bench_commands(subparsers: Any) -> None:
     fit.add_argument(
         "--staged-fit",
         choices=sorted(STAGED_FITS),
-        default="staged",
+        default=None,
         help="which staged policy, named like the benchmark's fits: 'staged' lets the fit "
         "choose, 'staged-dearest' assesses against the dearest agent, 'staged-nomem' "
         "reads no memory (default: staged)",

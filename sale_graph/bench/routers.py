@@ -9,8 +9,9 @@ does the accounting (a cascade pays for every agent it tried).
 * random: a uniformly random agent per task (seeded).
 * oracle: the cheapest agent that passes (an upper bound; if none passes, the
   cheapest agent, which fails at the lowest cost).
-* perfect accept: the cheapest agent that passes, else the *dearest* agent. The
-  ceiling of any cheapest-first auction that only decides whether to accept a
+* perfect accept: the cheapest agent that passes, else the *dearest* agent. On a
+  table where each cheaper agent passes if its plan or its direct answer does, it is
+  the ceiling of any cheapest-first auction that only decides whether to accept a
   cheaper agent (the staged auction's plain assessment), with a free, perfect
   signal; what it leaves to the oracle is the tasks nobody passes.
 * WTP (RouterBench): the k = 50 training tasks nearest by cosine similarity of

@@ -458,11 +458,11 @@ def _preamble(
             "'cascade (fitted)' uses per-agent thresholds fitted for 90% training precision. "
             "Reasoning answers carry no self-check, so cascades always escalate there."
         )
-        how = ("(with its plan or directly, whichever passed, the cheaper if both), else "
+        how = (" (with its plan or directly, whichever passed, the cheaper if both), else "
                "the largest answering directly" if knobs.get("direct") else
-               "else the largest (plans executed: this run has no direct answers)")
+               ", else the largest (plans executed: this run has no direct answers)")
         lines.append(
-            f"- '{PERFECT_ACCEPT}' takes the cheapest agent that passes {how}, paying for "
+            f"- '{PERFECT_ACCEPT}' takes the cheapest agent that passes{how}, paying for "
             "nothing it rejects: no staged auction that only decides when to accept a "
             "cheaper agent can do better; the oracle also sends tasks nobody passes to the "
             "cheapest agent."

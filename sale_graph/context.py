@@ -170,9 +170,10 @@ class Context:
     )
     reserve: float | None = field(
         default=None,
-        metadata={"description": "Staged auction's quality/cost knob: the assessed chance "
-                  "of passing a bid must reach (0..1). Higher = more tasks go to the dearest "
-                  "agent (closer to its quality, at its cost). Unset: each agent's fitted "
+        metadata={"description": "Staged auction's quality/cost knob: the assessment a bid "
+                  "must reach (0..1): its chance of passing, or, against the dearest agent, "
+                  "of losing nothing to it. Higher = more tasks go to the dearest agent "
+                  "(closer to its quality, at its cost). Unset: each agent's fitted "
                   "reserve."},
     )
     staged: Any = field(

@@ -6,9 +6,9 @@ here and chooses the market by model name:
 * ``sale``: the staged auction, each agent with its fitted reserve;
 * ``sale-full``: the paper's full auction;
 * ``sale-staged-<r>`` (``r`` in [0, 1], e.g. ``sale-staged-0.7``): the staged auction
-  where every bid needs an assessed pass chance of ``r`` (the quality/cost knob, like
-  a router's threshold); with model ``sale`` a body field ``"sale": {"reserve": r}``
-  does the same.
+  where every bid's assessment (its pass chance, or its chance of no loss against the
+  dearest agent) must reach ``r`` (the quality/cost knob, like a router's threshold);
+  with model ``sale`` a body field ``"sale": {"reserve": r}`` does the same.
 
 The stack is Starlette on uvicorn: Starlette is the small ASGI toolkit under FastAPI
 and the LangGraph server (already installed with ``langgraph-api``), uvicorn the

@@ -126,6 +126,15 @@ class StagedPolicy:
     fitted: bool = False
     # memory-only model of the dearest agent's success; set, bids are assessed against it
     dearest: AgentPolicy | None = None
+    dearest_agent: str | None = None  # whom it was fitted for; another dearest agent: unused
+
+    def judges_against(self, dearest: str) -> bool:
+        """Whether bids are assessed against this pool's dearest agent.
+
+        Only with a model of that agent: a policy fitted on another pool (a weights
+        file reused with another preset) falls back to the plain assessment.
+        """
+        return self.dearest is not None and self.dearest_agent in (None, dearest)
 
     def for_agent(self, name: str) -> AgentPolicy:
         """The agent's fitted model, else the memory-only fallback."""
@@ -157,6 +166,16 @@ class StagedPolicy:
         """The assessment a bid of this agent must reach (``override`` = the user's knob)."""
         return float(override) if override is not None else self.for_agent(agent).reserve
 
+    def with_reserve(self, reserve: float) -> StagedPolicy:
+        """The policy with every agent at one reserve, as ``Context(reserve=...)`` runs it.
+
+        Agents the fit skipped are offered again, as the knob does: this is how a
+        point of the benchmark's reserve sweep becomes a pool's shipped default.
+        """
+        agents = {k: replace(v, reserve=float(reserve), offered=True)
+                  for k, v in self.agents.items()}
+        return replace(self, agents=agents)
+
     def explores(self, auction_id: str, agent: str, evidence: float) -> bool:
         """Try an agent without evidence on a fixed share of auctions (seeded by id)."""
         if self.fitted or evidence >= 1.0 or self.explore <= 0.0:
@@ -175,6 +194,7 @@ class StagedPolicy:
         }
         if self.dearest is not None:
             out["dearest"] = asdict(self.dearest)
+            out["dearest_agent"] = self.dearest_agent
         return out
 
     @classmethod
@@ -192,18 +212,24 @@ class StagedPolicy:
             return cls.coerce(data.get("staged") if isinstance(data, Mapping) else data)
         if not isinstance(value, Mapping):
             raise SaleError(f"staged policy must be a dict or a path, got {type(value).__name__}")
-        unknown = set(value) - {"agents", "fallback", "juror", "explore", "fitted", "dearest"}
+        unknown = set(value) - {"agents", "fallback", "juror", "explore", "fitted", "dearest",
+                                "dearest_agent"}
         if unknown:
             raise SaleError(f"unknown staged policy fields {sorted(unknown)}")
         agents = value.get("agents") or {}
         if not isinstance(agents, Mapping):
             raise SaleError("staged policy 'agents' must map agent names to models")
         try:
-            parsed = {str(k): AgentPolicy(**dict(v)) for k, v in agents.items()}
-            fallback = AgentPolicy(**dict(value["fallback"])) if value.get("fallback") else None
-            dearest = AgentPolicy(**dict(value["dearest"])) if value.get("dearest") else None
-        except TypeError as exc:
+            parsed = {str(k): _agent_policy(v) for k, v in agents.items()}
+            fallback = _agent_policy(value["fallback"]) if value.get("fallback") else None
+            dearest = _agent_policy(value["dearest"]) if value.get("dearest") else None
+        except (TypeError, ValueError) as exc:
             raise SaleError(f"bad staged policy entry: {exc}") from exc
+        if dearest is not None and (dearest.entropy or dearest.length or dearest.jury):
+            raise SaleError("staged policy 'dearest' reads memory only (bias and memory)")
+        dearest_agent = value.get("dearest_agent")
+        if dearest_agent is not None and not isinstance(dearest_agent, str):
+            raise SaleError("staged policy 'dearest_agent' must be an agent name or null")
         juror = value.get("juror")
         if juror is not None and not isinstance(juror, str):
             raise SaleError("staged policy 'juror' must be an agent name or null")
@@ -213,8 +239,15 @@ class StagedPolicy:
         ):
             raise SaleError("staged policy 'explore' must lie in [0, 1]")
         policy = cls(agents=parsed, juror=juror, explore=float(explore),
-                     fitted=bool(value.get("fitted", bool(parsed))), dearest=dearest)
+                     fitted=bool(value.get("fitted", bool(parsed))), dearest=dearest,
+                     dearest_agent=dearest_agent)
         return replace(policy, fallback=fallback) if fallback else policy
+
+
+def _agent_policy(value: Any) -> AgentPolicy:
+    if not isinstance(value, Mapping):
+        raise SaleError(f"a staged agent model must be a mapping, got {type(value).__name__}")
+    return AgentPolicy(**dict(value))
 
 
 def _sigmoid(z: float) -> float:
@@ -375,7 +408,7 @@ def _without_bid(
     """
     if not bid_free(policy, name):
         return None
-    signals = _memory_signals(state, name, dearest if policy.dearest else None)
+    signals = _memory_signals(state, name, dearest if policy.judges_against(dearest) else None)
     verdict = _verdict(policy, name, signals, state["auction_id"], override)
     if verdict["accepted"] and not answers_directly:
         return None
@@ -450,7 +483,7 @@ async def assess(
             if cast["score"] is None:
                 update["events"] = [Event(kind="vote_dropped", agent=policy.juror,
                                           detail=f"on {bid['id']}: {cast['error']}")]
-    signals = _memory_signals(state, name, dearest if policy.dearest else None,
+    signals = _memory_signals(state, name, dearest if policy.judges_against(dearest) else None,
                               entropy=bid.get("entropy"), tokens=bid.get("tokens"), vote=vote)
     verdict = _verdict(policy, name, signals, state["auction_id"], ctx.reserve)
     update["assessments"] = [{

@@ -421,3 +421,41 @@ def test_against_the_dearest_a_likely_futile_task_stays_with_the_cheapest(memory
     assert "0.50 (no loss 0.98)" in format_table(out["auction"])
     line = _progress({"assess": {"assessments": out["auction"]["assessments"]}}, 0)
     assert line is not None and "p(no loss)=0.98 vs reserve 0.90: accepted" in line
+
+
+def test_the_assessment_reads_the_dearest_agents_own_estimate_and_name():
+    from sale_graph.staged import Signals, _memory_signals
+
+    state = {"estimates": {"small": {"p": 0.9, "n": 2.0}, "large": {"p": 0.1, "n": 3.0}}}
+    signals = _memory_signals(state, "small", "large", entropy=0.5, tokens=40)
+    assert (signals.memory_p, signals.memory_n, signals.dearest_memory_p) == (0.9, 2.0, 0.1)
+    assert _memory_signals(state, "small", None).dearest_memory_p is None
+    fitted = StagedPolicy(agents={"small": AgentPolicy(bias=0.0, memory=0.0)},
+                          dearest=AgentPolicy(bias=0.0, memory=10.0), dearest_agent="large",
+                          fitted=True)
+    # the dearest's estimate (0.1, below the prior) makes its success unlikely
+    p_d = fitted.dearest_pass(signals)
+    assert p_d is not None and p_d < 0.05
+    assert fitted.assess("small", signals) == pytest.approx(1 - p_d * 0.5)
+    assert fitted.judges_against("large") and not fitted.judges_against("huge")
+    assert not StagedPolicy().judges_against("large")
+    assert fitted.dearest_pass(Signals(entropy=None, tokens=0, memory_p=0.4, memory_n=0.0,
+                                       prior=0.4)) is None  # no estimate: plain assessment
+
+
+def test_a_policy_fitted_for_another_dearest_agent_assesses_plainly(memory):
+    foreign = StagedPolicy(agents={"small": AgentPolicy(bias=-0.5, entropy=1.0, reserve=0.9),
+                                   "mid": AgentPolicy(bias=-0.5, entropy=1.0, reserve=0.9)},
+                           dearest=AgentPolicy(bias=-3.0), dearest_agent="huge", fitted=True)
+    out = run("t", staged(pool(), memory, staged=foreign))
+    assert out["winner"] == "large"  # 0.5 < 0.9: the foreign model of "huge" is not used
+    assert all("p_dearest" not in a for a in out["auction"]["assessments"])
+
+
+@pytest.mark.parametrize("bad", [{"dearest": "ab"}, {"dearest": {"bias": 0.0, "entropy": 1.0}},
+                                 {"agents": {"small": 3}}, {"dearest_agent": 3}])
+def test_a_malformed_staged_policy_is_a_clear_error(bad):
+    from sale_graph.errors import SaleError
+
+    with pytest.raises(SaleError):
+        StagedPolicy.coerce(bad)

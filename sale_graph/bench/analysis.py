@@ -28,6 +28,8 @@ from sale_graph.bench.records import Outcome, Record
 __all__ = ["fit_from_bank", "report_from_bank", "report_from_export"]
 
 KNN_K = (3, 5, 10, 20, 50)  # neighbour counts the kNN routers are tuned over
+# the ceiling of cheapest-first acceptance (routers.perfect_accept)
+PERFECT_ACCEPT = "perfect accept (staged ceiling)"
 
 
 # --------------------------------------------------------------------------- fit and report
@@ -207,6 +209,10 @@ def _baseline_records(
         records += routers.routes_to_records(name, rs, table, domains, bins)
     knn = routers.knn_threshold(train_ids, test_ids, answers, emb, prices, tau, k=k_knn)
     records += routers.routes_to_records("kNN on verified outcomes", knn, answers, domains, bins)
+    best = _best_modes(test_ids, table, _outcome_table(bank, test_ids, agents, direct=True),
+                       agents[-1])
+    ceiling = routers.perfect_accept(test_ids, best, prices)
+    records += routers.routes_to_records(PERFECT_ACCEPT, ceiling, best, domains, bins)
     direct = _outcome_table(bank, test_ids, agents, direct=True)
     if direct:
         records = [r for r in records if r.method != "oracle"]
@@ -223,6 +229,35 @@ def _baseline_records(
         "direct": bool(direct),
     }
     return records, knobs
+
+
+def _best_modes(
+    test_ids: Sequence[str],
+    plan: Mapping[str, Mapping[str, Outcome]],
+    direct: Mapping[str, Mapping[str, Outcome]] | None,
+    dearest: str,
+) -> dict[str, dict[str, Outcome]]:
+    """Per task, each cheaper agent's better mode; the dearest answers directly.
+
+    A cheaper agent counts as passing where its plan or its direct answer passed
+    (the cheaper such answer is charged), so no choice of plan or direct per agent
+    beats it; the staged auction's last resort answers directly. Without direct
+    answers, the plans.
+    """
+    if direct is None:
+        return {t: dict(plan[t]) for t in test_ids}
+    out: dict[str, dict[str, Outcome]] = {}
+    for t in test_ids:
+        row = {}
+        for a, planned in plan[t].items():
+            answered = direct[t][a]
+            if a == dearest:
+                row[a] = answered
+                continue
+            passing = [o for o in (planned, answered) if o.passed]
+            row[a] = min(passing, key=lambda o: o.cost) if passing else answered
+        out[t] = row
+    return out
 
 
 def _direct_records(
@@ -351,8 +386,8 @@ def report_from_bank(
     order = [m.name for m in methods_for(config)]
     for a in agents[::-1]:
         order += [f"single: {a}", f"single: {a} (direct)"]
-    order += ["random", "oracle", "WTP", "CARROT", "kNN on verified outcomes", "cascade",
-              "cascade (fitted)"]
+    order += ["random", "oracle", PERFECT_ACCEPT, "WTP", "CARROT", "kNN on verified outcomes",
+              "cascade", "cascade (fitted)"]
     return write_report(
         records,
         out,
@@ -422,6 +457,15 @@ def _preamble(
             f"k = {knobs['carrot_k']}; 'cascade' stops when the coding examples pass, "
             "'cascade (fitted)' uses per-agent thresholds fitted for 90% training precision. "
             "Reasoning answers carry no self-check, so cascades always escalate there."
+        )
+        how = (" (with its plan or directly, whichever passed, the cheaper if both), else "
+               "the largest answering directly" if knobs.get("direct") else
+               ", else the largest (plans executed: this run has no direct answers)")
+        lines.append(
+            f"- '{PERFECT_ACCEPT}' takes the cheapest agent that passes{how}, paying for "
+            "nothing it rejects: no staged auction that only decides when to accept a "
+            "cheaper agent can do better; the oracle also sends tasks nobody passes to the "
+            "cheapest agent."
         )
         if knobs.get("direct"):
             lines.append(

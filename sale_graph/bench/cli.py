@@ -25,6 +25,16 @@ def _domains(text: str) -> tuple[str, ...]:
     return items
 
 
+def _unit_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a reserve lies in [0, 1], got {text!r}")
+    return value
+
+
 def _config(args: argparse.Namespace, stored: Any = None) -> Any:
     """The BenchConfig the flags describe: the stored one (resume) or a preset, then flags."""
     import dataclasses
@@ -109,7 +119,10 @@ def fit_command(args: argparse.Namespace) -> int:
             return 2
         try:
             result = runner.fit_from_bank(bank, args.objective, args.lam, memory=args.memory)
-            staged, staged_report = _staged_fit(bank, args.lam)
+            staged, staged_report = _staged_fit(bank, args.lam, args.staged_fit or "staged",
+                                                args.reserve)
+            if staged is None and (args.staged_fit or args.reserve is not None):
+                raise ValueError(f"no staged policy to write: {staged_report['skipped']}")
         except ValueError as exc:
             print(f"sale fit: {exc}", file=sys.stderr)
             return 2
@@ -125,15 +138,32 @@ def fit_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _staged_fit(bank: Any, lam: float) -> tuple[Any, dict[str, Any]]:
-    """The staged auction's policy, when the bank holds what it needs (else None, why)."""
-    from sale_graph.bench.staged_fit import fit_staged_from_bank
+def _staged_fit(
+    bank: Any, lam: float, name: str = "staged", reserve: float | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """The staged auction's policy, when the bank holds what it needs (else None, why).
 
-    try:
-        policy, report = fit_staged_from_bank(bank, lam=lam)
-    except ValueError as exc:
-        return None, {"skipped": str(exc)}
-    return policy.to_dict(), {"chosen": report["chosen"], "execute_plan": report["execute_plan"]}
+    A run that stored this fit (the benchmark's rows ran with it) gives the stored one,
+    so that what ships is what was measured, even if the fitting code changed since.
+    """
+    from sale_graph.bench.config import FIT_LAM, STAGED_FITS
+    from sale_graph.bench.staged_fit import fit_staged_from_bank
+    from sale_graph.staged import StagedPolicy
+
+    stored = bank.get("fit", name) if lam == FIT_LAM else None
+    if stored is not None:
+        policy = StagedPolicy.coerce(stored["policy"])
+        report = {**stored, "source": "the run's stored fit, which its rows ran with"}
+    else:
+        try:
+            policy, report = fit_staged_from_bank(bank, lam=lam, **STAGED_FITS[name])
+        except ValueError as exc:
+            return None, {"skipped": str(exc)}
+        report["source"] = "fitted now on the run's training split"
+    if reserve is not None:
+        policy = policy.with_reserve(reserve)
+    return policy.to_dict(), {"fit": name, "source": report["source"], "reserve": reserve,
+                              "chosen": report["chosen"], "execute_plan": report["execute_plan"]}
 
 
 def compare_command(args: argparse.Namespace) -> int:
@@ -152,6 +182,8 @@ def compare_command(args: argparse.Namespace) -> int:
 
 def add_bench_commands(subparsers: Any) -> None:
     """Register ``bench``, ``fit`` and ``compare`` on the ``sale`` command's subparsers."""
+    from sale_graph.bench.config import STAGED_FITS
+
     bench = subparsers.add_parser(
         "bench", help="benchmark SALE against baselines (resumable; see benchmarks/README.md)"
     )
@@ -235,6 +267,21 @@ def add_bench_commands(subparsers: Any) -> None:
         type=float,
         default=0.1,
         help="weight of normalised cost in the loss (failure costs 1)",
+    )
+    fit.add_argument(
+        "--staged-fit",
+        choices=sorted(STAGED_FITS),
+        default=None,
+        help="which staged policy, named like the benchmark's fits: 'staged' lets the fit "
+        "choose, 'staged-dearest' assesses against the dearest agent, 'staged-nomem' "
+        "reads no memory (default: staged)",
+    )
+    fit.add_argument(
+        "--reserve",
+        type=_unit_interval,
+        default=None,
+        help="one reserve for every cheaper agent instead of the fitted ones (a point of "
+        "the benchmark's reserve sweep, shipped as the pool's default)",
     )
     fit.add_argument("-o", "--output", required=True, help="weights JSON to write")
     fit.set_defaults(handler=fit_command)

@@ -160,7 +160,7 @@ NO_LOSS_SWEEP = (0.6, 0.7, 0.8)
 # the staged policies a run fits on its training split (staged_fit.fit_staged_from_bank)
 STAGED_FITS: dict[str, dict[str, Any]] = {
     "staged": {},  # the fit's own choice among every candidate, as `sale fit` makes it
-    "staged-nomem": {"use_memory": False},
+    "staged-nomem": {"use_memory": False},  # so plain assessments only
     "staged-dearest": {"against_dearest": (True,)},
 }
 

@@ -9,6 +9,11 @@ does the accounting (a cascade pays for every agent it tried).
 * random: a uniformly random agent per task (seeded).
 * oracle: the cheapest agent that passes (an upper bound; if none passes, the
   cheapest agent, which fails at the lowest cost).
+* perfect accept: the cheapest agent that passes, else the *dearest* agent. On a
+  table where each cheaper agent passes if its plan or its direct answer does, it is
+  the ceiling of any cheapest-first auction that only decides whether to accept a
+  cheaper agent (the staged auction's plain assessment), with a free, perfect
+  signal; what it leaves to the oracle is the tasks nobody passes.
 * WTP (RouterBench): the k = 50 training tasks nearest by cosine similarity of
   embeddings; score_a = lambda * (a's mean success on them) - (a's mean dollar cost
   on them); the highest score wins. ``lambda`` is dollars one would pay per success.
@@ -47,6 +52,7 @@ __all__ = [
     "largest_only",
     "random_router",
     "oracle",
+    "perfect_accept",
     "wtp",
     "carrot",
     "cascade",
@@ -103,6 +109,19 @@ def oracle(
         ranked = sorted(row, key=lambda a: (row[a].cost, prices.get(a, 0.0), a))
         passing = [a for a in ranked if row[a].passed]
         a = passing[0] if passing else ranked[0]
+        out.append(Route(t, a, (a,)))
+    return out
+
+
+def perfect_accept(
+    task_ids: Sequence[str], table: OutcomeTable, prices: Mapping[str, float]
+) -> list[Route]:
+    """Cheapest first, accept the first agent that passes, else the dearest answers."""
+    out = []
+    for t in task_ids:
+        row = table[t]
+        ranked = sorted(row, key=lambda a: (prices.get(a, 0.0), a))
+        a = next((a for a in ranked if row[a].passed), ranked[-1])
         out.append(Route(t, a, (a,)))
     return out
 

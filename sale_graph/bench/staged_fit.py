@@ -196,14 +196,21 @@ def _log_loss(
     rows: Mapping[tuple[str, str], StagedRow],
     probs: Mapping[tuple[str, str], float],
     with_plan: Mapping[str, bool],
+    dearest: str | None = None,
 ) -> float:
-    """Mean leave-one-out log-loss of the assessments over the cheaper agents' rows."""
+    """Mean leave-one-out log-loss of the assessments over the cheaper agents' rows.
+
+    With ``dearest``, the assessments are chances of no loss against that agent, so
+    the label is "passes, or the dearest agent fails too".
+    """
     eps = 1e-6
     losses = []
     for a in cheap:
         for t in tasks:
             p = min(1.0 - eps, max(eps, probs[(t, a)]))
             y = rows[(t, a)].outcome(with_plan[a])[0]
+            if dearest is not None:
+                y = y or not rows[(t, dearest)].outcome(False)[0]
             losses.append(-math.log(p if y else 1.0 - p))
     return float(np.mean(losses)) if losses else 0.0
 
@@ -296,7 +303,7 @@ def fit_staged(
         reserves, loss = tune_reserves(tasks, order, rows, probs, with_plan, juror, lam, scale,
                                        bid_free=free)
         sim = simulate(tasks, order, rows, probs, reserves, with_plan, juror, free)
-        logloss = _log_loss(tasks, cheap, rows, probs, with_plan)
+        logloss = _log_loss(tasks, cheap, rows, probs, with_plan, order[-1] if rel else None)
         entry = {"features": list(names), "juror": juror, "against_dearest": rel,
                  "loss": loss, "reserves": reserves, "log_loss": logloss,
                  "train_pass": float(np.mean([r["passed"] for r in sim])),
@@ -331,7 +338,8 @@ def fit_staged(
         w = logistic_scaled(_design(top_rows, ("memory",), None),
                             np.asarray([1.0 if r.outcome(False)[0] else 0.0 for r in top_rows]))
         dearest = AgentPolicy(bias=float(w[0]), memory=float(w[1]), reserve=1.0)
-    policy = StagedPolicy(agents=agents, juror=juror, explore=0.0, fitted=True, dearest=dearest)
+    policy = StagedPolicy(agents=agents, juror=juror, explore=0.0, fitted=True, dearest=dearest,
+                          dearest_agent=order[-1] if dearest else None)
     report.update(chosen={"features": list(names), "juror": juror, "against_dearest": rel,
                           "loss": best[0][0], "log_loss": best[0][3]},
                   execute_plan={**with_plan, order[-1]: False})
@@ -472,6 +480,6 @@ def fit_staged_from_bank(
     rows = rows_from_records(train, order, prices, {t: audits[t]["audit"] for t in train},
                              outcomes, direct, embeddings, k=k, use_memory=use_memory)
     policy, report = fit_staged(train, order, rows, lam=lam, jurors=order, use_memory=use_memory,
-                                against_dearest=against_dearest if use_memory else (False,))
+                                against_dearest=against_dearest)
     report["train_tasks"] = len(train)
     return policy, report

@@ -179,3 +179,34 @@ def test_knn_threshold_takes_the_cheapest_agent_its_neighbours_trust() -> None:
     assert [(r.task_id, r.agent) for r in routes] == [("easy", "small"), ("hard", "large")]
     never = knn_threshold(list(table), ["easy"], table, emb, prices, tau=1.01, k=2)
     assert never[0].agent == "large"
+
+
+def test_perfect_accept_falls_back_to_the_dearest_not_the_cheapest() -> None:
+    from sale_graph.bench.routers import perfect_accept
+
+    table, _, _, test = _world()
+    table = dict(table)
+    table["none"] = {a: _outcome(a, False) for a in PRICES}
+    picks = _picks(perfect_accept([*test, "none"], table, PRICES))
+    assert all(picks[t] == "small" for t in test if t.startswith("a"))
+    assert all(picks[t] == "large" for t in test if t.startswith("b"))
+    assert picks["none"] == "large"  # the oracle would take small: nobody passes
+    assert _picks(oracle(["none"], table, PRICES))["none"] == "small"
+
+
+def test_the_ceiling_counts_either_mode_of_a_cheaper_agent_and_the_dearest_direct() -> None:
+    from sale_graph.bench.analysis import _best_modes
+    from sale_graph.bench.records import Outcome
+
+    def o(passed, cost):
+        return Outcome(passed=passed, tokens=1, cost=cost, seconds=0.0)
+
+    plan = {"t": {"small": o(True, 5.0), "large": o(True, 9.0)},
+            "u": {"small": o(False, 5.0), "large": o(True, 9.0)}}
+    direct = {"t": {"small": o(True, 2.0), "large": o(False, 3.0)},
+              "u": {"small": o(True, 2.5), "large": o(False, 3.0)}}
+    best = _best_modes(["t", "u"], plan, direct, "large")
+    assert best["t"]["small"].cost == 2.0  # both passed: the cheaper answer is charged
+    assert best["u"]["small"].passed and best["u"]["small"].cost == 2.5  # direct alone passed
+    assert not best["t"]["large"].passed  # the last resort answers directly
+    assert _best_modes(["t"], plan, None, "large")["t"] == plan["t"]

@@ -337,6 +337,57 @@ def test_fit_with_memory_gives_each_bid_its_leave_one_out_estimate(tmp_path, mon
     assert Context(weights=str(out)).resolved_auction() == "staged"
 
 
+def test_fit_ships_a_point_of_the_reserve_sweep_as_the_pools_default(tmp_path) -> None:
+    from sale_graph.cli import main
+    from sale_graph.context import Context
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    _synthetic_bank(run_dir / runner.BANK_DB, orders_done=0).close()
+    out = tmp_path / "w.json"
+    assert main(["fit", "--run-dir", str(run_dir), "--auction", "staged", "--staged-fit",
+                 "staged-dearest", "--reserve", "0.3", "-o", str(out)]) == 0
+    ctx = Context(weights=str(out))
+    policy = ctx.resolved_staged()
+    # every cheaper agent offered at the swept reserve, as Context(reserve=0.3) would run
+    assert policy.dearest is not None and policy.fitted
+    assert {a: (p.reserve, p.offered) for a, p in policy.agents.items()} == {"small": (0.3, True)}
+    assert ctx.resolved_auction() == "staged"
+    fitted = tmp_path / "fitted.json"
+    assert main(["fit", "--run-dir", str(run_dir), "-o", str(fitted)]) == 0
+    plain = Context(weights=str(fitted)).resolved_staged()
+    assert plain.dearest is None  # on a tie the fit keeps the plain assessment
+    with pytest.raises(SystemExit):
+        main(["fit", "--run-dir", str(run_dir), "--reserve", "1.5", "-o", str(out)])
+    # a fit the run stored (its rows ran with it) is what ships, not a refit
+    from sale_graph.staged import AgentPolicy, StagedPolicy
+
+    measured = StagedPolicy(agents={"small": AgentPolicy(bias=1.25, reserve=0.6)}, fitted=True)
+    bank = OutcomeBank(run_dir / runner.BANK_DB)
+    bank.put("fit", "staged", {"policy": measured.to_dict(), "execute_plan": {"small": False},
+                               "chosen": {"features": []}})
+    bank.close()
+    assert main(["fit", "--run-dir", str(run_dir), "-o", str(fitted)]) == 0
+    assert Context(weights=str(fitted)).resolved_staged() == measured
+    assert Context(weights=str(fitted)).resolved_execute_plan() == {"small": False}
+
+
+def test_fit_with_an_explicit_staged_choice_fails_when_there_is_no_staged_fit(
+    tmp_path, capsys
+) -> None:
+    from sale_graph.cli import main
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    bank = _synthetic_bank(run_dir / runner.BANK_DB, orders_done=0)
+    bank.clear_records("embedding")  # the staged fit needs the task embeddings
+    bank.close()
+    out = tmp_path / "w.json"
+    assert main(["fit", "--run-dir", str(run_dir), "-o", str(out)]) == 0  # SALE's weights
+    assert main(["fit", "--run-dir", str(run_dir), "--reserve", "0.3", "-o", str(out)]) == 2
+    assert "no staged policy to write" in capsys.readouterr().err
+
+
 def test_fit_refuses_incomplete_training_data(tmp_path) -> None:
     bank = _synthetic_bank(tmp_path / "bank.sqlite", orders_done=0)
     bank.clear_records("train_audit")

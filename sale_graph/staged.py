@@ -408,7 +408,7 @@ def _without_bid(
     """
     if not bid_free(policy, name):
         return None
-    signals = _memory_signals(state, name, dearest if policy.judges_against(dearest) else None)
+    signals = _memory_signals(state, name, policy, dearest)
     verdict = _verdict(policy, name, signals, state["auction_id"], override)
     if verdict["accepted"] and not answers_directly:
         return None
@@ -417,12 +417,12 @@ def _without_bid(
 
 
 def _memory_signals(
-    state: Mapping[str, Any], name: str, dearest: str | None, **bid: Any
+    state: Mapping[str, Any], name: str, policy: StagedPolicy, dearest: str, **bid: Any
 ) -> Signals:
     """The agent's signals: its bid's, memory's estimate, and the dearest's if assessed against."""
     estimates = state.get("estimates") or {}
     own = estimates.get(name) or {}
-    top = (estimates.get(dearest) or {}) if dearest else None
+    top = (estimates.get(dearest) or {}) if policy.judges_against(dearest) else None
     return Signals(entropy=bid.get("entropy"), tokens=int(bid.get("tokens") or 0),
                    memory_p=float(own.get("p", DEFAULT_PRIOR)),
                    memory_n=float(own.get("n", 0.0)), prior=DEFAULT_PRIOR,
@@ -436,7 +436,7 @@ def _verdict(
     """Assessment against the reserve, with what it was made of (for the audit)."""
     p = policy.pass_probability(name, signals)
     p_dearest = policy.dearest_pass(signals)
-    assessed = p if p_dearest is None else no_loss(p, p_dearest)
+    assessed = policy.assess(name, signals)
     reserve = policy.reserve(name, override)
     explored = assessed < reserve and policy.explores(auction_id, name, signals.memory_n)
     out = {"p_pass": round(p, 4), "assessed": round(assessed, 4), "reserve": reserve,
@@ -483,8 +483,8 @@ async def assess(
             if cast["score"] is None:
                 update["events"] = [Event(kind="vote_dropped", agent=policy.juror,
                                           detail=f"on {bid['id']}: {cast['error']}")]
-    signals = _memory_signals(state, name, dearest if policy.judges_against(dearest) else None,
-                              entropy=bid.get("entropy"), tokens=bid.get("tokens"), vote=vote)
+    signals = _memory_signals(state, name, policy, dearest, entropy=bid.get("entropy"),
+                              tokens=bid.get("tokens"), vote=vote)
     verdict = _verdict(policy, name, signals, state["auction_id"], ctx.reserve)
     update["assessments"] = [{
         "agent": name, "bid_id": bid["id"], **verdict,

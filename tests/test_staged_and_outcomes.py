@@ -427,12 +427,12 @@ def test_the_assessment_reads_the_dearest_agents_own_estimate_and_name():
     from sale_graph.staged import Signals, _memory_signals
 
     state = {"estimates": {"small": {"p": 0.9, "n": 2.0}, "large": {"p": 0.1, "n": 3.0}}}
-    signals = _memory_signals(state, "small", "large", entropy=0.5, tokens=40)
-    assert (signals.memory_p, signals.memory_n, signals.dearest_memory_p) == (0.9, 2.0, 0.1)
-    assert _memory_signals(state, "small", None).dearest_memory_p is None
     fitted = StagedPolicy(agents={"small": AgentPolicy(bias=0.0, memory=0.0)},
                           dearest=AgentPolicy(bias=0.0, memory=10.0), dearest_agent="large",
                           fitted=True)
+    signals = _memory_signals(state, "small", fitted, "large", entropy=0.5, tokens=40)
+    assert (signals.memory_p, signals.memory_n, signals.dearest_memory_p) == (0.9, 2.0, 0.1)
+    assert _memory_signals(state, "small", StagedPolicy(), "large").dearest_memory_p is None
     # the dearest's estimate (0.1, below the prior) makes its success unlikely
     p_d = fitted.dearest_pass(signals)
     assert p_d is not None and p_d < 0.05

@@ -117,11 +117,11 @@ def perfect_accept(
     task_ids: Sequence[str], table: OutcomeTable, prices: Mapping[str, float]
 ) -> list[Route]:
     """Cheapest first, accept the first agent that passes, else the dearest answers."""
+    order = by_price(prices)
     out = []
     for t in task_ids:
-        row = table[t]
-        ranked = sorted(row, key=lambda a: (prices.get(a, 0.0), a))
-        a = next((a for a in ranked if row[a].passed), ranked[-1])
+        ranked = [a for a in order if a in table[t]]
+        a = next((a for a in ranked if table[t][a].passed), ranked[-1])
         out.append(Route(t, a, (a,)))
     return out
 

@@ -540,11 +540,16 @@ class AuctionMemory:
             col = self._col()
         embedding = self._embed(task)
         with self._record_lock, self._guard():
+            found = col.get(ids=[auction_id], include=["metadatas"])
+            stored = (found.get("metadatas") or [None])[0] if found["ids"] else None
             if given is None:
-                given = _stored_outcome(col, auction_id)
+                given = _stored_outcome(stored)
             metadata.update(given or {})
             col.upsert(
-                ids=[auction_id], documents=[task], embeddings=embedding, metadatas=[metadata]
+                ids=[auction_id],
+                documents=[task],
+                embeddings=embedding,
+                metadatas=[_replacing(stored, metadata)],
             )
 
     def record_outcome(
@@ -570,19 +575,25 @@ class AuctionMemory:
                     f"no auction {auction_id!r} in {self.location} (collection "
                     f"{self.collection_name!r}): nothing to attach the outcome to"
                 )
-            metadata = dict((found.get("metadatas") or [{}])[0] or {})
+            stored = dict((found.get("metadatas") or [{}])[0] or {})
+            document = (found.get("documents") or [""])[0]
+            if _to_past(auction_id, document, stored, None) is None:
+                raise AuctionRecordError(
+                    f"auction {auction_id!r} is stored but damaged: no outcome written"
+                )
+            metadata = {k: v for k, v in stored.items() if k not in (_HAS_OUTCOME, *_OUTCOME_KEYS)}
             metadata.update(fields)
             embeddings = found.get("embeddings")
             vectors: Any = [list(embeddings[0])] if embeddings is not None else None
             col.upsert(
                 ids=[auction_id],
-                documents=[(found.get("documents") or [""])[0]],
+                documents=[document],
                 embeddings=vectors,
-                metadatas=[metadata],
+                metadatas=[_replacing(stored, metadata)],
             )
-        past = _to_past(auction_id, (found.get("documents") or [""])[0], metadata, None)
-        if past is None:
-            raise AuctionRecordError(f"auction {auction_id!r} is stored but damaged")
+        past = _to_past(auction_id, document, metadata, None)
+        if past is None:  # checked above; only the outcome keys changed
+            raise AuctionRecordError(f"auction {auction_id!r}: outcome stored, record unreadable")
         return past
 
     def similar(
@@ -889,12 +900,21 @@ def _outcome_of(meta: Mapping[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def _stored_outcome(col: Any, auction_id: str) -> dict[str, Any] | None:
+def _stored_outcome(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The outcome fields already on a record (kept when the auction is rewritten)."""
-    found = col.get(ids=[auction_id], include=["metadatas"])
-    if not found["ids"]:
-        return None
-    meta = (found.get("metadatas") or [{}])[0] or {}
-    if not meta.get(_HAS_OUTCOME):
+    if not meta or not meta.get(_HAS_OUTCOME):
         return None
     return {k: meta[k] for k in (_HAS_OUTCOME, *_OUTCOME_KEYS) if k in meta}
+
+
+def _replacing(stored: Mapping[str, Any] | None, metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """``metadata`` as a record's whole metadata, for an upsert over ``stored``.
+
+    Chroma's upsert merges metadata into the record it replaces, so a key only the
+    old record had (a bidder of an earlier attempt, an outcome's score) would
+    survive into the new one. Setting it to None deletes it in the same upsert.
+    """
+    out = dict(metadata)
+    for key in stored or {}:
+        out.setdefault(key, None)
+    return out

@@ -17,7 +17,7 @@ from sale_graph import (
     record_outcome,
 )
 from sale_graph.cli import main as cli_main
-from sale_graph.memory import AuctionMemory
+from sale_graph.memory import AuctionMemory, AuctionRecordError
 from sale_graph.outcomes import success_estimates
 from sale_graph.refinement import outcome_pairs
 from tests.scripted import ScriptedChatModel
@@ -262,6 +262,17 @@ def test_repeated_feedback_leaves_one_record_and_the_latest_wins(memory):
     stored = memory.get("job-1")
     assert stored.outcome["passed"] is False and stored.outcome["detail"] == "CI failed"
     assert stored.winner == out["winner"]  # the auction itself is untouched
+
+
+def test_feedback_on_a_damaged_record_writes_nothing(memory):
+    memory.write("dmg", "a task", [{"agent": "small", "round": 0, "strategy": "p",
+                                    "score": 0.0, "label": "win", "price": 0.05}], "small")
+    col = memory._col()
+    col.update(ids=["dmg"], metadatas=[{"bids_json": "not json"}])
+    with pytest.raises(AuctionRecordError, match="damaged: no outcome written"):
+        memory.record_outcome("dmg", passed=True)
+    raw = col.get(ids=["dmg"], include=["metadatas"])["metadatas"][0]
+    assert not any(k.startswith("outcome_") or k == "has_outcome" for k in raw)
 
 
 def test_feedback_racing_the_auctions_rewrite_loses_neither(memory):

@@ -18,6 +18,7 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.runnables import Runnable, RunnableLambda
 
 from sale_graph.agents import Agent
 
@@ -180,6 +181,22 @@ async def in_own_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
     threading.Thread(target=run, daemon=True, name="sale-blocking-call").start()
     return await future
+
+
+def ainvoke_bounded(runnable: Any, inputs: Any, config: Any) -> Any:
+    """``runnable.ainvoke``, except that a sync-only Runnable runs on its own thread.
+
+    Runnable's default ``ainvoke`` borrows the event loop's thread pool: a call that
+    hangs there outlives ``wait_for``'s deadline and blocks the run's shutdown. A
+    thread of its own is abandoned at the deadline instead.
+    """
+    if isinstance(runnable, RunnableLambda):
+        sync_only = getattr(runnable, "afunc", None) is None
+    else:
+        sync_only = type(runnable).ainvoke is Runnable.ainvoke
+    if sync_only:
+        return in_own_thread(runnable.invoke, inputs, config=config)
+    return runnable.ainvoke(inputs, config=config)
 
 
 def describe_error(exc: BaseException) -> str:

@@ -150,8 +150,8 @@ class Context:
     )
     executor: Any = field(
         default=None,
-        metadata={"description": "A Runnable/compiled subgraph that executes the winning plan "
-                  "for every agent without an executor of its own."},
+        metadata={"description": "A Runnable/compiled subgraph (or a plain function) that executes "
+                  "the winning plan for every agent without an executor of its own."},
     )
     jury_format: JuryFormat = field(
         default="per_bid",

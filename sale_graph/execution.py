@@ -23,10 +23,10 @@ from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 
 from sale_graph.agents import Agent
 from sale_graph.calls import (
+    ainvoke_bounded,
     ainvoke_model,
     describe_error,
     estimate_tokens,
-    in_own_thread,
     message_text,
 )
 from sale_graph.prompts import execute_messages
@@ -95,6 +95,8 @@ async def execute(
 ) -> dict[str, Any]:
     """Run the winning plan; failures are returned (and audited), never raised."""
     runnable = agent.executor or executor or default_executor
+    if not isinstance(runnable, Runnable) and callable(runnable):
+        runnable = RunnableLambda(runnable, name="execute")  # a plain function, like verifiers
     usage = UsageMetadataCallbackHandler()
     inputs = {
         "task": task, "strategy": strategy, "model": agent.model, "agent": agent.name,
@@ -104,8 +106,7 @@ async def execute(
     result: dict[str, Any] = {"agent": agent.name, "answer": None, "error": None}
     try:
         config: RunnableConfig = {"callbacks": [usage], "run_name": "execute"}
-        pending = (in_own_thread(runnable.invoke, inputs, config=config) if _blocking(runnable)
-                   else runnable.ainvoke(inputs, config=config))
+        pending = ainvoke_bounded(runnable, inputs, config)
         raw = await asyncio.wait_for(pending, timeout)
         text = answer_text(raw)
         result["answer"] = clean_answer(text)
@@ -128,13 +129,6 @@ async def execute(
         started=started, ended=ended, seconds=ended - started,
     )
     return result
-
-
-def _blocking(runnable: Runnable) -> bool:
-    """A Runnable whose ``ainvoke`` would borrow a pool thread (no async path of its own)."""
-    if isinstance(runnable, RunnableLambda):
-        return getattr(runnable, "afunc", None) is None
-    return type(runnable).ainvoke is Runnable.ainvoke
 
 
 def _jsonable(value: Any) -> bool:

@@ -541,7 +541,8 @@ class AuctionMemory:
         embedding = self._embed(task)
         with self._record_lock, self._guard():
             found = col.get(ids=[auction_id], include=["metadatas"])
-            stored = (found.get("metadatas") or [None])[0] if found["ids"] else None
+            metas = found.get("metadatas") or []
+            stored = metas[0] if found["ids"] and metas else None
             if given is None:
                 given = _stored_outcome(stored)
             metadata.update(given or {})

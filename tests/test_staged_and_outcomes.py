@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -243,6 +244,46 @@ def test_verifier_pass_fail_and_exception_are_each_written_once_with_the_auction
         else:
             assert stored.outcome["passed"] is (name == "pass")
     assert memory.count() == 3
+
+
+def test_no_answer_no_verifier_no_outcome(memory):
+    """A failed execution leaves nothing to verify: memory learns nothing from it."""
+    asked = []
+
+    def verifier(x):
+        asked.append(x)
+        return True
+
+    def broken_executor(inputs):
+        raise RuntimeError("sandbox down")
+
+    out = run("t", Context(agents=pool(), memory=memory, verifier=verifier,
+                          executor=broken_executor), auction_id="no-answer")
+    audit = out["auction"]
+    assert not asked and audit["memory"]["write"] == "ok"
+    assert memory.get("no-answer").outcome is None
+    skipped = [e for e in audit["events"] if e["kind"] == "verifier_skipped"]
+    assert len(skipped) == 1 and "sandbox down" in skipped[0]["detail"]
+
+
+def test_a_blocking_verifier_is_held_to_the_call_timeout(memory):
+    release = threading.Event()
+
+    def stuck_verifier(x):
+        release.wait(30)
+        return True
+
+    try:
+        t0 = time.monotonic()
+        out = graph.invoke({"task": "t", "auction_id": "slow-check"},
+                           context=Context(agents=pool(), memory=memory,
+                                           verifier=stuck_verifier, call_timeout=0.5))
+        took = time.monotonic() - t0
+    finally:
+        release.set()
+    assert out["auction"]["outcome"]["error"].startswith("timeout")
+    assert memory.get("slow-check").outcome is None
+    assert took < 10, f"graph.invoke took {took:.1f}s past a 0.5s verifier deadline"
 
 
 def test_feedback_for_an_unknown_auction_fails_clearly_and_writes_nothing(memory):

@@ -28,6 +28,7 @@ from sale_graph.calls import (
     describe_error,
     estimate_tokens,
     message_text,
+    token_count,
 )
 from sale_graph.prompts import execute_messages
 from sale_graph.runtime import auction_execute_plan, pool_of, run_context
@@ -119,9 +120,11 @@ async def execute(
     except Exception as exc:  # noqa: BLE001 - the auction's audit must survive a bad executor
         result["error"] = describe_error(exc)
     ended = time.time()
-    input_tokens = sum(u.get("input_tokens", 0) for u in usage.usage_metadata.values())
-    output_tokens = sum(u.get("output_tokens", 0) for u in usage.usage_metadata.values())
-    estimated = not usage.usage_metadata
+    counts = [(token_count(u.get("input_tokens")), token_count(u.get("output_tokens")))
+              for u in usage.usage_metadata.values()]
+    input_tokens = sum(n or 0 for n, _ in counts)
+    output_tokens = sum(n or 0 for _, n in counts)
+    estimated = not counts or any(n is None for pair in counts for n in pair)
     if estimated and result["answer"]:
         output_tokens = estimate_tokens(result.get("raw_answer") or result["answer"])
     result.update(

@@ -251,6 +251,8 @@ def _agent_policy(value: Any) -> AgentPolicy:
 
 
 def _sigmoid(z: float) -> float:
+    if math.isnan(z):  # clamping would turn NaN into a sure pass; it is no evidence at all
+        return 0.0
     return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
 
 

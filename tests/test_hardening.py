@@ -26,11 +26,13 @@ from langgraph.types import Command
 
 from sale_graph import (
     Agent,
+    AgentPolicy,
     ApprovalError,
     Context,
     ContextError,
     InvalidTaskError,
     PoolConfigError,
+    StagedPolicy,
     Weights,
     build_graph,
     graph,
@@ -392,3 +394,37 @@ def test_scripted_model_stays_usable():
 
     assert has_native_async(ScriptedChatModel())
     assert not has_native_async(BlockingModel(release=threading.Event()))
+
+
+# ---- 9. numbers a backend reports: garbage is no evidence ------------------------------
+
+
+class GarbageNumbersModel(ScriptedChatModel):
+    """Replies like the scripted model, but reports a NaN entropy and negative tokens."""
+
+    def _result(self, text, messages):
+        result = super()._result(text, messages)
+        message = result.generations[0].message
+        message.usage_metadata = {"input_tokens": -5, "output_tokens": -1000,
+                                  "total_tokens": -1005}
+        message.response_metadata["mean_token_entropy"] = math.nan
+        return result
+
+
+@pytest.mark.parametrize("auction", ["full", "staged"])
+def test_nan_entropy_and_negative_token_counts_neither_win_nor_cost_less(memory, auction):
+    pool = make_pool()
+    small = pool[0]
+    pool[0] = Agent(name="small", price=small.price,
+                    model=GarbageNumbersModel(script=small.model.script, entropy=1.0))
+    staged = StagedPolicy(agents={"small": AgentPolicy(bias=-2.0, entropy=1.0, reserve=0.5)},
+                          fitted=True, explore=0.0)
+    out = graph.invoke({"task": TASK, "auction_id": f"garbage-{auction}"},
+                       context=ctx(pool, memory, auction=auction, staged=staged))
+    audit = out["auction"]
+    bid = next(b for b in audit["bids"] if b["agent"] == "small")
+    assert bid["entropy"] is None and bid["tokens"] > 0
+    assert all(math.isfinite(b["score"]) for b in audit["bids"] if b.get("score") is not None)
+    assert audit["totals"]["auction_cost_usd"] > 0 and audit["memory"]["write"] == "ok"
+    if auction == "staged":  # no entropy, a low bias: the garbage bid does not clear 0.5
+        assert out["winner"] != "small"

@@ -22,6 +22,17 @@ from sale_graph.context import Context, default_memory_path
 from sale_graph.errors import SaleError
 
 
+def _port(text: str) -> int:
+    """A TCP port number, or argparse's usage error (exit 2)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 1-65535, got {text!r}")
+    return port
+
+
 def _context(args: argparse.Namespace) -> Context:
     """The run's Context, validated before any model is loaded (a bad weights file too)."""
     context = Context(
@@ -37,7 +48,7 @@ def _context(args: argparse.Namespace) -> Context:
         auction=getattr(args, "auction", None),
         reserve=getattr(args, "reserve", None),
     )
-    context.resolved_weights()
+    context.check()
     return context
 
 
@@ -86,7 +97,10 @@ def _progress(update: dict[str, Any], t0: float) -> str | None:
                else "answered directly")
         return f"{when} {data.get('winner')} {how}"
     if node == "remember":
-        return f"{when} auction stored in memory"
+        status = ((data.get("auction") or {}).get("memory") or {}).get("write", "")
+        if status == "ok":
+            return f"{when} auction stored in memory"
+        return f"{when} auction not stored in memory ({status or 'unknown'})"
     return None
 
 
@@ -169,6 +183,9 @@ def _progress_stream():
         return sys.stderr
 
 
+EXECUTION_FAILED = 3  # `sale run`: the winner's execution failed (the audit says why)
+
+
 async def _run(args: argparse.Namespace) -> int:
     from sale_graph.graph import graph
 
@@ -186,10 +203,12 @@ async def _run(args: argparse.Namespace) -> int:
             if "remember" in chunk:
                 final = chunk["remember"]
     audit = final["auction"]
+    # the auction ran, but the user got no answer: a script must be able to tell
+    status = EXECUTION_FAILED if (audit.get("execution") or {}).get("error") else 0
     if args.json:
         print(json.dumps({"winner": final["winner"], "answer": final["answer"],
                           "auction": audit}, indent=2, default=str))
-        return 0
+        return status
     totals, phases = audit["totals"], audit["phases"]
     print(format_table(audit))
     print()
@@ -210,7 +229,7 @@ async def _run(args: argparse.Namespace) -> int:
     print()
     print("answer:")
     print(final["answer"] if final["answer"] is not None else "(execution failed)")
-    return 0
+    return status
 
 
 def _memory(args: argparse.Namespace) -> int:
@@ -244,7 +263,7 @@ def _add_serve_command(sub: Any) -> None:
     p.add_argument("--collection", default=None)
     p.add_argument("--weights", default=None, help="weights JSON file (from `sale fit`)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000, help="1-65535 (default: 8000)")
     p.add_argument("--api-key", default=None,
                    help="bearer token every request must send (default: $SALE_API_KEY); "
                         "required to bind a non-loopback address")

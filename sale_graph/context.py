@@ -13,7 +13,6 @@ import json
 import math
 import os
 import threading
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any, Literal
 
 from sale_graph.agents import Agent, validate_pool
 from sale_graph.errors import ContextError, PoolConfigError, SaleError
+from sale_graph.memory import parse_url
 from sale_graph.scoring import Weights
 
 JuryMode = Literal["all", "self", "peers", "none"]
@@ -52,13 +52,10 @@ def _same(value: Any, deployed: Any) -> bool:
 
 
 def _check_url(url: Any) -> None:
-    parts = urllib.parse.urlsplit(url.strip()) if isinstance(url, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ContextError(f"memory_url must look like http://host:port, got {url!r}")
-    try:
-        parts.port  # noqa: B018 - raises on a bad port
+    try:  # the rule the memory opens the URL by
+        parse_url(url)
     except ValueError as exc:
-        raise ContextError(f"memory_url has an invalid port: {url!r}") from exc
+        raise ContextError(f"memory_url: {exc}") from exc
 
 
 def _check_execute_plan(value: Any, error: type[Exception]) -> bool | Mapping[str, bool]:
@@ -339,6 +336,26 @@ class Context:
             except (OSError, ValueError) as exc:
                 raise PoolConfigError(f"cannot read weights file {source}: {exc}") from exc
         return source if isinstance(source, Mapping) else None
+
+    def check(self) -> None:
+        """Resolve everything a run reads from its weights (and file), or fail saying where.
+
+        Called where an app is built (``build_graph``, ``sale serve``, the CLI), so a
+        bad section of a deployer's weights file fails at start, naming the file,
+        rather than as a client's error on every request.
+        """
+        try:
+            self.resolved_weights()
+            self.resolved_auction()
+            self.resolved_execute_plan()
+            self.resolved_staged()
+        except SaleError as exc:
+            source = self.weights
+            if source is None and self.agents is None and self.pool in PRESET_WEIGHTS:
+                source = Path(__file__).with_name("data") / PRESET_WEIGHTS[self.pool]
+            if isinstance(source, (str, Path)) and str(source) not in str(exc):
+                raise PoolConfigError(f"weights file {source}: {exc}") from exc
+            raise
 
     def resolved_auction(self) -> str:
         """The auction mode: as given, else the pool's measured default, else the paper's.

@@ -60,14 +60,13 @@ def build_graph(
     Args:
         context: defaults for runs that pass no ``Context`` of their own (useful
             when the graph is a subgraph of an app with a different context schema).
-            Its pool, weights and staged policy are validated here, so a bad
+            Its pool and weights (every section) are validated here, so a bad
             configuration fails when the app is built, not on its first request.
 
     """
     if context is not None:
         context.resolved_agents()
-        context.resolved_weights()
-        context.resolved_staged()
+        context.check()
     builder = StateGraph(
         AuctionState, context_schema=Context, input_schema=AuctionInput,
         output_schema=AuctionOutput,

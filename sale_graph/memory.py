@@ -404,19 +404,8 @@ class AuctionMemory:
         headers: Mapping[str, str] | None = None,
     ) -> AuctionMemory:
         """Parse ``http(s)://host[:port]`` and open :meth:`server`."""
-        parts = urllib.parse.urlsplit(url.strip() if isinstance(url, str) else "")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"Chroma URL must look like http://host:port, got {url!r}")
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ValueError(f"Chroma URL must not carry a path or query, got {url!r}")
-        try:
-            port = parts.port
-        except ValueError as exc:
-            raise ValueError(f"Chroma URL has an invalid port: {url!r}") from exc
-        ssl = parts.scheme == "https"
-        if port is None:
-            port = 443 if ssl else DEFAULT_PORT
-        return cls.server(parts.hostname, port, collection, embedder, ssl=ssl, headers=headers)
+        host, port, ssl = parse_url(url)
+        return cls.server(host, port, collection, embedder, ssl=ssl, headers=headers)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -866,6 +855,21 @@ __all__ = [
     "normalise_bid",
     "validate_collection_name",
 ]
+
+
+def parse_url(url: Any) -> tuple[str, int, bool]:
+    """``http(s)://host[:port]`` -> (host, port, ssl); ValueError saying what is wrong."""
+    parts = urllib.parse.urlsplit(url.strip() if isinstance(url, str) else "")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"Chroma URL must look like http://host:port, got {url!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"Chroma URL must not carry a path or query, got {url!r}")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"Chroma URL has an invalid port: {url!r}") from exc
+    ssl = parts.scheme == "https"
+    return parts.hostname, port if port is not None else (443 if ssl else DEFAULT_PORT), ssl
 
 
 def outcome_fields(

@@ -626,8 +626,7 @@ def create_app(
         raise ContextError("approval=True needs a human at a checkpointer; sale serve "
                            "answers requests directly")
     context.resolved_agents()
-    context.resolved_weights()
-    context.resolved_staged()
+    context.check()
     if graph is None:
         from sale_graph.graph import graph
     if api_key is not None and not api_key.strip():

@@ -428,3 +428,51 @@ def test_nan_entropy_and_negative_token_counts_neither_win_nor_cost_less(memory,
     assert audit["totals"]["auction_cost_usd"] > 0 and audit["memory"]["write"] == "ok"
     if auction == "staged":  # no entropy, a low bias: the garbage bid does not clear 0.5
         assert out["winner"] != "small"
+
+
+# ---- 10. configuration checked where the app is built; the CLI tells what happened -------
+
+
+def test_a_memory_url_with_a_path_is_refused_by_the_context():
+    with pytest.raises(ContextError, match="path or query"):
+        Context(memory_url="http://127.0.0.1:8000/api")
+
+
+@pytest.mark.parametrize("section", [{"execute_plan": "yes"}, {"defaults": {"auction": "bogus"}},
+                                     {"staged": {"agents": {"small": {"reserve": 7}}}}])
+def test_a_bad_weights_section_fails_when_the_app_is_built_naming_the_file(section, tmp_path,
+                                                                           capsys):
+    weights = tmp_path / "deployed.json"
+    weights.write_text(json.dumps({"cost": 1.0, "entropy": 1.0, **section}))
+    with pytest.raises(PoolConfigError, match="deployed.json"):
+        build_graph(Context(agents=make_pool(), weights=str(weights)))
+    code, _, err = _sale(["run", "Add numbers.", "--weights", str(weights),
+                          "--memory", str(tmp_path / "m")], capsys)
+    assert code == 2 and "deployed.json" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("remember", [True, False])
+def test_sale_run_exits_3_when_the_winner_gives_no_answer(remember, memory, monkeypatch, capfd):
+    from sale_graph import cli
+
+    def broken_executor(inputs):
+        raise RuntimeError("sandbox down")
+
+    monkeypatch.setattr(cli, "_context", lambda args: ctx(
+        make_pool(), memory, executor=broken_executor, remember=remember))
+    argv = ["run", TASK] + ([] if remember else ["--no-remember"])
+    assert cli.main(argv) == cli.EXECUTION_FAILED == 3
+    out, err = capfd.readouterr()
+    assert "(execution failed)" in out and "sandbox down" in out
+    stored = "auction stored in memory" in err
+    assert stored is remember
+    assert remember or "auction not stored in memory (disabled)" in err
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "0", "http"])
+def test_sale_serve_refuses_a_port_out_of_range(port, capsys):
+    from sale_graph.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--port", port])
+    assert exit_.value.code == 2 and "1-65535" in capsys.readouterr().err

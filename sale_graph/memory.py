@@ -82,6 +82,10 @@ class AuctionRecordError(SaleError, ValueError):
 class UnknownAuctionError(SaleError, KeyError):
     """An outcome was reported for an auction id the memory does not hold."""
 
+    def __init__(self, message: str, auction_id: str | None = None) -> None:
+        super().__init__(message)
+        self.auction_id = auction_id  # what a server may tell a client (not the store's path)
+
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
 
@@ -563,7 +567,8 @@ class AuctionMemory:
             if not found["ids"]:
                 raise UnknownAuctionError(
                     f"no auction {auction_id!r} in {self.location} (collection "
-                    f"{self.collection_name!r}): nothing to attach the outcome to"
+                    f"{self.collection_name!r}): nothing to attach the outcome to",
+                    auction_id,
                 )
             stored = dict((found.get("metadatas") or [{}])[0] or {})
             document = (found.get("documents") or [""])[0]

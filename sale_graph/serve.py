@@ -30,6 +30,7 @@ import contextlib
 import hmac
 import ipaddress
 import json
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -56,6 +57,8 @@ from sale_graph.errors import (
 )
 from sale_graph.memory import UnknownAuctionError
 from sale_graph.opening import auction_id_for, validate_task
+
+log = logging.getLogger(__name__)
 
 STAGED_PREFIX = "sale-staged-"
 EXAMPLE_RESERVES = ("0.3", "0.5", "0.7", "0.9")
@@ -100,11 +103,14 @@ def api_error(exc: BaseException) -> ApiError:
         return ApiError(400, str(exc), code="invalid_task")
     if isinstance(exc, PoolConfigError):  # ContextError included: a request field
         return ApiError(400, str(exc), code="invalid_context")
+    # the memory's path or URL is the deployer's business: clients get the gist, the log the rest
     if isinstance(exc, UnknownAuctionError):
-        return ApiError(404, str(exc), code="unknown_auction")
+        return ApiError(404, f"no auction {exc.auction_id!r} in this server's memory: nothing "
+                        "to attach the outcome to", code="unknown_auction")
     if isinstance(exc, MemoryUnavailableError):
-        return ApiError(503, f"auction memory unavailable: {exc}", type_="server_error",
-                        code="memory_unavailable")
+        log.warning("auction memory unavailable: %s", exc)
+        return ApiError(503, "auction memory unavailable (the server's log says why)",
+                        type_="server_error", code="memory_unavailable")
     if isinstance(exc, NoBidsError):
         return ApiError(502, str(exc), type_="server_error", code="no_bids")
     if isinstance(exc, TimeoutError):

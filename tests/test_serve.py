@@ -320,6 +320,7 @@ def test_memory_unreachable_is_503_before_any_model_call(loopback, tmp_path):
         streamed = served.post("/v1/chat/completions", ask(stream=True))
     for response in (plain, streamed):
         assert response.status_code == 503 and error_of(response)["code"] == "memory_unavailable"
+        assert str(tmp_path) not in response.text  # the deployer's path stays in its log
     assert sum(sum(a.model.calls.values()) for a in agents) == 0
 
 
@@ -375,6 +376,7 @@ def test_outcomes_are_recorded_for_known_auctions_only(served, memory):
     assert memory.get(auction_id).outcome["detail"] == "tests passed"
     unknown = served.post("/v1/sale/outcomes", {"auction_id": "nope", "passed": False})
     assert unknown.status_code == 404 and error_of(unknown)["code"] == "unknown_auction"
+    assert "'nope'" in unknown.text and str(memory.location) not in unknown.text
     for bad in ({"auction_id": auction_id, "passed": "yes"},
                 {"auction_id": auction_id, "passed": True, "extra": 1},
                 {"auction_id": "bad id!", "passed": True},

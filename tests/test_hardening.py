@@ -39,7 +39,7 @@ from sale_graph import (
 )
 from sale_graph.context import RemoteContext
 from sale_graph.memory import AuctionMemory, AuctionRecordError
-from tests.scripted import ScriptedChatModel
+from tests.scripted import ScriptedChatModel, prompt_kind
 from tests.test_graph_mechanics import make_pool
 from tests.workers.common import HashEmbedder
 
@@ -476,3 +476,27 @@ def test_sale_serve_refuses_a_port_out_of_range(port, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["serve", "--port", port])
     assert exit_.value.code == 2 and "1-65535" in capsys.readouterr().err
+
+
+class SlowJuror(ScriptedChatModel):
+    """Bids at once; every vote outlasts any short deadline. Counts the votes begun."""
+
+    votes_begun: int = 0
+
+    async def _agenerate(self, messages, stop=None, run_manager=None, **kwargs):
+        if prompt_kind(messages) == "vote":
+            self.votes_begun += 1
+            await asyncio.sleep(3.0)
+        return await super()._agenerate(messages, stop, run_manager, **kwargs)
+
+
+def test_a_juror_that_times_out_is_not_asked_again(memory):
+    pool = make_pool()
+    slow = SlowJuror(script=pool[2].model.script, entropy=1.0)
+    pool[2] = Agent(name="large", price=0.36, model=slow)
+    out = graph.invoke({"task": TASK}, context=ctx(pool, memory, refine=False, remember=False,
+                                                   call_timeout=0.5))
+    dropped = [e for e in out["auction"]["events"]
+               if e["kind"] == "vote_dropped" and e["agent"] == "large"]
+    assert dropped and all("timeout" in e["detail"] for e in dropped)
+    assert slow.votes_begun == len(dropped)  # one attempt per vote, not two

@@ -498,4 +498,6 @@ async def assess(
         return Command(update=update, goto="offer")
     why = (f"exploring {name} (no evidence yet)" if verdict["explored"]
            else f"{name}'s bid assessed {_why(verdict, dearest)}")
+    if policy.juror and model.jury and vote is None:
+        why += f" (without {policy.juror}'s vote: it was dropped, see events)"
     return Command(update={**update, "winning_bid": bid["id"], "stop": why}, goto="approve")

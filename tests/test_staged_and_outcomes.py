@@ -98,6 +98,17 @@ def test_the_dearest_agent_answers_directly_without_bid_or_jury(memory):
     assert stored.winner == "large" and stored.winning_bid["strategy"] == ""
 
 
+def test_a_bid_accepted_without_its_jurors_vote_says_so(memory):
+    agents = pool(large={"vote": "seven"})
+    p = StagedPolicy(agents={"small": AgentPolicy(bias=1.0, jury=1.0, reserve=0.5)},
+                     juror="large", fitted=True, explore=0.0)
+    out = run("add two numbers", staged(agents, memory, staged=p))
+    audit = out["auction"]
+    assert out["winner"] == "small"
+    assert "without large's vote" in audit["stop"]
+    assert any(e["kind"] == "vote_dropped" for e in audit["events"])
+
+
 def test_an_agent_memory_rules_out_is_not_asked_to_bid(memory):
     agents = pool()
     memory_only = StagedPolicy(agents={"small": AgentPolicy(bias=0.0, memory=6.0, reserve=0.9),

@@ -100,7 +100,9 @@ def _progress(update: dict[str, Any], t0: float) -> str | None:
         status = ((data.get("auction") or {}).get("memory") or {}).get("write", "")
         if status == "ok":
             return f"{when} auction stored in memory"
-        return f"{when} auction not stored in memory ({status or 'unknown'})"
+        # the reason's detail (a path, a URL) goes to the audit's notes, not to this line,
+        # which `sale serve` also streams to its clients
+        return f"{when} auction not stored in memory ({status.split(':')[0] or 'unknown'})"
     return None
 
 

@@ -344,18 +344,21 @@ class Context:
         bad section of a deployer's weights file fails at start, naming the file,
         rather than as a client's error on every request.
         """
-        try:
-            self.resolved_weights()
-            self.resolved_auction()
-            self.resolved_execute_plan()
-            self.resolved_staged()
-        except SaleError as exc:
-            source = self.weights
-            if source is None and self.agents is None and self.pool in PRESET_WEIGHTS:
-                source = Path(__file__).with_name("data") / PRESET_WEIGHTS[self.pool]
-            if isinstance(source, (str, Path)) and str(source) not in str(exc):
-                raise PoolConfigError(f"weights file {source}: {exc}") from exc
-            raise
+        weights = self.weights
+        if weights is None and self.agents is None and self.pool in PRESET_WEIGHTS:
+            weights = Path(__file__).with_name("data") / PRESET_WEIGHTS[self.pool]
+        # a staged policy of its own (a file or a dict) is at fault for its own errors
+        staged = self.staged if self.staged is not None else weights
+        for source, resolve in ((weights, self.resolved_weights), (weights, self.resolved_auction),
+                                (weights, self.resolved_execute_plan),
+                                (staged, self.resolved_staged)):
+            try:
+                resolve()
+            except SaleError as exc:
+                if not isinstance(source, (str, Path)):
+                    raise
+                named = str(exc) if str(source) in str(exc) else f"file {source}: {exc}"
+                raise PoolConfigError(named) from exc
 
     def resolved_auction(self) -> str:
         """The auction mode: as given, else the pool's measured default, else the paper's.

@@ -504,8 +504,9 @@ class AuctionMemory:
         """Store one auction atomically; the same id again replaces it (idempotent).
 
         ``outcome`` (from :func:`outcome_fields`) is stored on the same record. A
-        rewrite without one keeps the outcome already recorded for that id, so a
-        retried auction never erases feedback that arrived in between.
+        rewrite without one keeps the outcome already recorded for that id if the
+        same agent won, so feedback that arrived in between is not erased; an
+        outcome of another winner's answer is dropped with the rest of the old record.
         """
         if not isinstance(auction_id, str) or not auction_id.strip():
             raise AuctionRecordError("auction_id must be a non-empty string")
@@ -536,7 +537,7 @@ class AuctionMemory:
             found = col.get(ids=[auction_id], include=["metadatas"])
             metas = found.get("metadatas") or []
             stored = metas[0] if found["ids"] and metas else None
-            if given is None:
+            if given is None and stored is not None and stored.get("winner") == winner:
                 given = _stored_outcome(stored)
             metadata.update(given or {})
             col.upsert(

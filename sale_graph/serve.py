@@ -278,9 +278,18 @@ def sale_object(audit: Mapping[str, Any]) -> dict[str, Any]:
         "cost_usd": totals.get("total_cost_usd", 0.0),
         "auction_cost_usd": totals.get("auction_cost_usd", 0.0),
         "auction_share": totals.get("overhead_token_share", 0.0),
-        "memory": (audit.get("memory") or {}).get("write"),
+        "memory": _write_status(audit),
         "stop": stop,
     }
+
+
+def _write_status(audit: Mapping[str, Any]) -> str | None:
+    """The memory write's status for a client: "failed" without the store's path or URL."""
+    status = (audit.get("memory") or {}).get("write")
+    if isinstance(status, str) and status.startswith("failed"):
+        log.warning("auction %s: memory write %s", audit.get("auction_id"), status)
+        return "failed"
+    return status
 
 
 def _failed_execution(audit: Mapping[str, Any]) -> ApiError:

@@ -209,11 +209,15 @@ class StagedPolicy:
                 data = json.loads(Path(value).read_text())
             except (OSError, ValueError) as exc:
                 raise SaleError(f"cannot read staged policy from {value}: {exc}") from exc
-            return cls.coerce(data.get("staged") if isinstance(data, Mapping) else data)
+            if isinstance(data, Mapping) and "staged" in data:  # a weights file
+                data = data["staged"]
+            elif not (isinstance(data, Mapping) and data and set(data) <= _POLICY_FIELDS):
+                raise SaleError(f"{value} holds no staged policy: neither a 'staged' section "
+                                "nor a policy's own fields")
+            return cls.coerce(data)
         if not isinstance(value, Mapping):
             raise SaleError(f"staged policy must be a dict or a path, got {type(value).__name__}")
-        unknown = set(value) - {"agents", "fallback", "juror", "explore", "fitted", "dearest",
-                                "dearest_agent"}
+        unknown = set(value) - _POLICY_FIELDS
         if unknown:
             raise SaleError(f"unknown staged policy fields {sorted(unknown)}")
         agents = value.get("agents") or {}
@@ -242,6 +246,10 @@ class StagedPolicy:
                      fitted=bool(value.get("fitted", bool(parsed))), dearest=dearest,
                      dearest_agent=dearest_agent)
         return replace(policy, fallback=fallback) if fallback else policy
+
+
+_POLICY_FIELDS = frozenset({"agents", "fallback", "juror", "explore", "fitted", "dearest",
+                            "dearest_agent"})
 
 
 def _agent_policy(value: Any) -> AgentPolicy:
@@ -498,6 +506,6 @@ async def assess(
         return Command(update=update, goto="offer")
     why = (f"exploring {name} (no evidence yet)" if verdict["explored"]
            else f"{name}'s bid assessed {_why(verdict, dearest)}")
-    if policy.juror and model.jury and vote is None:
+    if policy.juror in agents and model.jury and vote is None:
         why += f" (without {policy.juror}'s vote: it was dropped, see events)"
     return Command(update={**update, "winning_bid": bid["id"], "stop": why}, goto="approve")

@@ -500,3 +500,18 @@ def test_a_juror_that_times_out_is_not_asked_again(memory):
                if e["kind"] == "vote_dropped" and e["agent"] == "large"]
     assert dropped and all("timeout" in e["detail"] for e in dropped)
     assert slow.votes_begun == len(dropped)  # one attempt per vote, not two
+
+
+def test_a_bad_staged_policy_file_is_named_not_the_weights_file(tmp_path):
+    weights = tmp_path / "good-weights.json"
+    weights.write_text(json.dumps({"cost": 1.0, "entropy": 1.0}))
+    policy = tmp_path / "bad-policy.json"
+    policy.write_text(json.dumps({"agents": {"small": {"reserve": 7}}}))
+    with pytest.raises(PoolConfigError) as err:
+        build_graph(Context(agents=make_pool(), weights=str(weights), staged=str(policy)))
+    assert "bad-policy.json" in str(err.value) and "good-weights" not in str(err.value)
+    # a file with no policy in it is refused, not read as the default policy
+    weights_only = tmp_path / "weights-only.json"
+    weights_only.write_text(json.dumps({"cost": 1.0}))
+    with pytest.raises(PoolConfigError, match="holds no staged policy"):
+        build_graph(Context(agents=make_pool(), staged=str(weights_only)))

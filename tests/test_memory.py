@@ -217,6 +217,15 @@ def test_a_rewrite_keeps_nothing_of_the_earlier_attempt(memory: AuctionMemory) -
     assert got is not None and [b["agent"] for b in got.bids] == ["large"] and got.extra == {}
     assert got.outcome is not None and got.outcome["passed"] is False
     assert got.outcome["score"] is None
+    # a retry won by another agent drops the outcome of the earlier winner's answer;
+    # one won by the same agent keeps it (feedback that arrived in between)
+    memory.write("again", LINKED_LIST, auction("large"), "large", outcome={"passed": True})
+    memory.write("again", LINKED_LIST, auction("large"), "large")
+    kept = memory.get("again")
+    assert kept is not None and kept.outcome is not None and kept.outcome["passed"] is True
+    memory.write("again", LINKED_LIST, auction("small"), "small")
+    dropped = memory.get("again")
+    assert dropped is not None and dropped.winner == "small" and dropped.outcome is None
     # feedback replaces the whole outcome: an earlier feedback's score does not linger
     memory.record_outcome("again", passed=True, score=0.7)
     memory.record_outcome("again", passed=False)

@@ -22,7 +22,7 @@ from sale_graph import Agent, AgentPolicy, Context, StagedPolicy, Weights
 from sale_graph.cli import main as cli_main
 from sale_graph.execution import clean_answer
 from sale_graph.memory import AuctionMemory
-from sale_graph.serve import create_app, is_loopback
+from sale_graph.serve import create_app, is_loopback, sale_object
 from tests.scripted import ScriptedChatModel
 from tests.workers.common import HashEmbedder
 
@@ -513,3 +513,10 @@ def test_real_local_pool_through_the_openai_client(tmp_path):
     assert sale["winner"] in ("smollm2-135m", "qwen2.5-coder-0.5b") and sale["memory"] == "ok"
     assert chunks[-1].usage.prompt_tokens > 0 and chunks[-1].usage.completion_tokens > 0
     print(json.dumps({"answer": text[:200], "sale": sale, "usage": chunks[-1].usage.to_dict()}))
+
+
+def test_a_failed_memory_write_reaches_the_client_without_the_stores_location():
+    audit = {"auction_id": "a", "winner": "small",
+             "memory": {"write": "failed: MemoryUnavailableError: Chroma store at '/srv/secret'"}}
+    assert sale_object(audit)["memory"] == "failed"
+    assert sale_object({"memory": {"write": "ok"}})["memory"] == "ok"

@@ -302,15 +302,22 @@ class OutcomeBank(BaseCache):
         conn = self._conn()
         before = self._count(conn)
         now = time.time()
+        if not Path(path).is_file():
+            raise BankFormatError(f"{path}: no such bank export file")
         n = 0
         try:
             with gzip.open(path, "rt", encoding="utf-8") as f, conn:  # all lines or none
-                for n, line in enumerate(f, 1):  # noqa: B007 - n names the bad line
-                    if line.strip():
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
                         self._import_line(conn, verb, json.loads(line), calls_only, now)
-        except (OSError, EOFError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-            where = f"{path}, line {n}" if n else str(path)
-            raise BankFormatError(f"{where}: not a bank export ({describe_error(exc)}); "
+                    except (ValueError, KeyError, TypeError) as exc:
+                        raise BankFormatError(
+                            f"{path}, line {n}: not a bank entry ({describe_error(exc)}); "
+                            "nothing imported") from exc
+        except (OSError, EOFError, UnicodeDecodeError) as exc:  # the stream, not one line
+            raise BankFormatError(f"{path}: unreadable after {n} lines ({describe_error(exc)}); "
                                   "nothing imported") from exc
         return self._count(conn) - before
 

@@ -116,10 +116,12 @@ async def verify_node(state: Mapping[str, Any], runtime: Any, bound: Any) -> dic
     execution = state.get("execution") or {}
     if ctx.verifier is None or not execution:
         return {}
-    if execution.get("error"):  # no answer to judge: nothing for memory to learn from
-        return {"events": [{"kind": "verifier_skipped", "agent": None,
-                            "detail": f"no outcome recorded: execution failed "
-                                      f"({execution['error']})"}]}
+    if execution.get("error"):  # no answer to judge: the winner failed the task
+        detail = f"execution failed: {execution['error']}"
+        return {"outcome": {"passed": False, "score": None, "detail": detail[:200],
+                            "error": None, "source": "execution"},
+                "events": [{"kind": "verifier_skipped", "agent": None,
+                            "detail": f"no answer to verify; recorded as failed ({detail})"}]}
     audit_so_far = {"auction_id": state.get("auction_id"), "winner": state.get("winner"),
                     "execution": {k: v for k, v in (state.get("execution") or {}).items()
                                   if k != "details"}}

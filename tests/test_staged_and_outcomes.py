@@ -257,8 +257,8 @@ def test_verifier_pass_fail_and_exception_are_each_written_once_with_the_auction
     assert memory.count() == 3
 
 
-def test_no_answer_no_verifier_no_outcome(memory):
-    """A failed execution leaves nothing to verify: memory learns nothing from it."""
+def test_no_answer_is_a_failure_the_verifier_is_not_asked_about(memory):
+    """A verifier could pass an empty answer; a winner that gave none failed the task."""
     asked = []
 
     def verifier(x):
@@ -272,9 +272,11 @@ def test_no_answer_no_verifier_no_outcome(memory):
                           executor=broken_executor), auction_id="no-answer")
     audit = out["auction"]
     assert not asked and audit["memory"]["write"] == "ok"
-    assert memory.get("no-answer").outcome is None
+    outcome = memory.get("no-answer").outcome
+    assert outcome["passed"] is False and outcome["source"] == "execution"
+    assert "sandbox down" in outcome["detail"]
     skipped = [e for e in audit["events"] if e["kind"] == "verifier_skipped"]
-    assert len(skipped) == 1 and "sandbox down" in skipped[0]["detail"]
+    assert len(skipped) == 1 and "recorded as failed" in skipped[0]["detail"]
 
 
 def test_a_blocking_verifier_is_held_to_the_call_timeout(memory):

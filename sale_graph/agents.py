@@ -37,8 +37,7 @@ class Agent:
         price: dollars per million tokens, > 0.
         executor: optional Runnable (or plain function) that carries out the winning
             plan; it receives ``{"task", "strategy", "model", "agent", "max_tokens"}``.
-            Without one, the pool's or
-            the package's default executor is used.
+            Without one, the pool's or the package's default executor is used.
         max_concurrency: how many calls to this agent may run at once.
 
     """

@@ -123,8 +123,7 @@ async def verify_node(state: Mapping[str, Any], runtime: Any, bound: Any) -> dic
                 "events": [{"kind": "verifier_skipped", "agent": None,
                             "detail": f"no answer to verify; recorded as failed ({detail})"}]}
     audit_so_far = {"auction_id": state.get("auction_id"), "winner": state.get("winner"),
-                    "execution": {k: v for k, v in (state.get("execution") or {}).items()
-                                  if k != "details"}}
+                    "execution": {k: v for k, v in execution.items() if k != "details"}}
     outcome = await verify(ctx.verifier, task=state["task"], answer=state.get("answer"),
                            audit=audit_so_far, timeout=ctx.call_timeout)
     update: dict[str, Any] = {"outcome": outcome}

@@ -220,3 +220,12 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return f"timeout: {exc}" if str(exc) else "timeout"
     return f"{type(exc).__name__}: {exc}"
+
+
+def failure_kind(detail: Any) -> str:
+    """The kind part of a ``describe_error`` line (``RuntimeError``, ``timeout``).
+
+    The message may carry the deployer's hosts, paths or URLs; `sale serve` tells
+    its clients the kind and logs the rest.
+    """
+    return str(detail).split(":", 1)[0].strip() or "failed"

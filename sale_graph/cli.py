@@ -18,6 +18,7 @@ from typing import Any
 
 from langgraph.types import StreamMode
 
+from sale_graph.calls import failure_kind
 from sale_graph.context import Context, default_memory_path
 from sale_graph.errors import SaleError
 
@@ -52,8 +53,8 @@ def _context(args: argparse.Namespace) -> Context:
     return context
 
 
-def _progress(update: dict[str, Any], t0: float) -> str | None:
-    """One human line per finished graph step."""
+def _progress(update: dict[str, Any], t0: float, details: bool = True) -> str | None:
+    """One human line per finished graph step (``details=False``: failure kinds only)."""
     (node, data), = update.items()
     data = data or {}
     when = f"[{time.time() - t0:6.1f}s]"
@@ -66,7 +67,8 @@ def _progress(update: dict[str, Any], t0: float) -> str | None:
             kind = "refined bid" if node == "refine" else "bid"
             return f"{when} {kind} from {b['agent']}: {b['tokens']} tokens"
         for e in data.get("events", []):
-            return f"{when} {e['agent']} dropped out ({e['detail']})"
+            why = e["detail"] if details else failure_kind(e["detail"])
+            return f"{when} {e['agent']} dropped out ({why})"
     if node == "vote":
         for v in data.get("votes", []):
             shown = v["score"] if v["score"] is not None else "dropped"
@@ -83,7 +85,8 @@ def _progress(update: dict[str, Any], t0: float) -> str | None:
                 return f"{when} {data.get('stop') or b['agent'] + ' answers directly'}"
             return f"{when} bid from {b['agent']}: {b['tokens']} tokens"
         for e in data.get("events", []):
-            return f"{when} {e['agent']} dropped out ({e['detail']})"
+            why = e["detail"] if details else failure_kind(e["detail"])
+            return f"{when} {e['agent']} dropped out ({why})"
     if node == "assess":
         for a in data.get("assessments", []):
             verdict = "accepted" if a["accepted"] else "declined"

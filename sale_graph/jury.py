@@ -217,11 +217,10 @@ async def jury(
     round_ = state.get("round", 0)
     bids = [b for b in state.get("bids", []) if b["round"] == round_]
     if round_ == 0 and not bids:
-        failures = "; ".join(
-            f"{e.get('agent')}: {e.get('detail')}"
-            for e in state.get("events", []) if e.get("kind") == "bid_failed"
-        )
-        raise NoBidsError(f"every agent failed to bid ({failures})")
+        failures = {str(e.get("agent")): str(e.get("detail"))
+                    for e in state.get("events", []) if e.get("kind") == "bid_failed"}
+        listed = "; ".join(f"{agent}: {why}" for agent, why in failures.items())
+        raise NoBidsError(f"every agent failed to bid ({listed})", failures)
     bidders = [b["agent"] for b in state.get("bids", []) if b["round"] == 0]
     weights = await auction_weights(state, ctx)
     pairs = [

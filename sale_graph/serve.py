@@ -46,6 +46,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from sale_graph.calls import failure_kind
 from sale_graph.context import Context
 from sale_graph.errors import (
     ContextError,
@@ -112,12 +113,17 @@ def api_error(exc: BaseException) -> ApiError:
         return ApiError(503, "auction memory unavailable (the server's log says why)",
                         type_="server_error", code="memory_unavailable")
     if isinstance(exc, NoBidsError):
-        return ApiError(502, str(exc), type_="server_error", code="no_bids")
+        log.warning("no bids: %s", exc)
+        kinds = "; ".join(f"{a}: {failure_kind(d)}" for a, d in exc.failures.items())
+        return ApiError(502, f"every agent failed to bid ({kinds or 'none asked'}); the "
+                        "server's log says why", type_="server_error", code="no_bids")
     if isinstance(exc, TimeoutError):
         return ApiError(504, f"deadline passed: {exc}" if str(exc) else "deadline passed",
                         type_="server_error", code="deadline_exceeded")
     if isinstance(exc, SaleError):
-        return ApiError(500, str(exc), type_="server_error", code="auction_error")
+        log.warning("auction error: %s", exc)
+        return ApiError(500, f"auction error ({type(exc).__name__}); the server's log says why",
+                        type_="server_error", code="auction_error")
     return ApiError(500, f"internal error ({type(exc).__name__})", type_="server_error",
                     code="internal_error")
 
@@ -296,9 +302,10 @@ def _failed_execution(audit: Mapping[str, Any]) -> ApiError:
     """The winner's execution failed: the auction is stored, the client gets the reason."""
     error = str((audit.get("execution") or {}).get("error") or "no answer")
     timed_out = error.startswith("timeout")
+    log.warning("auction %s: the winner's execution failed: %s", audit.get("auction_id"), error)
     return ApiError(
         504 if timed_out else 502,
-        f"the winner ({audit.get('winner')}) failed to execute: {error}",
+        f"the winner ({audit.get('winner')}) failed to execute: {failure_kind(error)}",
         type_="server_error", code="deadline_exceeded" if timed_out else "execution_failed",
         headers={AUCTION_ID_HEADER: str(audit.get("auction_id"))},
         extra={"sale": sale_object(audit)},
@@ -352,7 +359,7 @@ class _Auction:
                 if not isinstance(chunk, dict) or len(chunk) != 1:
                     continue
                 ((node, data),) = chunk.items()
-                line = _progress(chunk, t0)
+                line = _progress(chunk, t0, details=False)  # clients get no hosts or paths
                 if line:
                     self.events.put_nowait(("progress", line))
                 if node == "execute":

@@ -240,6 +240,12 @@ async def _run(args: argparse.Namespace) -> int:
 def _memory(args: argparse.Namespace) -> int:
     context = _context(args)
     memory = context.resolved_memory()
+    # reading a collection must not create it: a mistyped --collection is an error
+    names = memory.collections()
+    if memory.collection_name not in names:
+        raise SaleError(f"no collection {memory.collection_name!r} in {memory.location} "
+                        f"(it holds {', '.join(map(repr, names)) or 'none'}): no auction "
+                        "has been stored there; check --collection")
     memory.ping()
     if args.memory_command == "stats":
         print(json.dumps(memory.stats(), indent=2))

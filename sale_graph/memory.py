@@ -491,6 +491,18 @@ class AuctionMemory:
                 self._client.heartbeat()
             self._col().count()
 
+    def collections(self) -> list[str]:
+        """The names of the store's collections, opening (and so creating) none of them."""
+        if self._preflight is not None:
+            self._preflight()
+        with self._guard():
+            with self._lock:
+                if self._client is None and self._factory is not None:
+                    self._client = self._factory()
+            if self._client is None:
+                raise self._unavailable("no Chroma client")
+            return sorted(str(getattr(c, "name", c)) for c in self._client.list_collections())
+
     def write(
         self,
         auction_id: str,

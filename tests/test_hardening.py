@@ -325,19 +325,43 @@ def test_cli_configuration_errors_are_one_line(extra, tmp_path, capsys):
     assert code == 2 and err.startswith("sale: error: ") and "Traceback" not in err
 
 
+def _stored_memory(tmp_path) -> str:
+    """An embedded memory whose default collection exists (empty), closed again."""
+    mem = AuctionMemory.persistent(tmp_path / "m", embedder=HashEmbedder())
+    mem.ping()
+    mem.close()
+    return str(tmp_path / "m")
+
+
+def test_cli_reads_no_collection_into_being(tmp_path, capsys):
+    path = _stored_memory(tmp_path)
+    code, _, err = _sale(["memory", "stats", "--memory", path, "--collection", "typo-name"],
+                         capsys)
+    assert code == 2 and "no collection 'typo-name'" in err and "sale_auctions" in err
+    mem = AuctionMemory.persistent(path, embedder=HashEmbedder())
+    assert "typo-name" not in mem.collections()
+    mem.close()
+    _close_cli_memories()
+
+
+def _close_cli_memories() -> None:
+    from sale_graph.context import _MEMORIES
+
+    for mem in _MEMORIES.values():
+        mem.close()
+
+
 def test_cli_bad_weights_file_and_undecodable_text(tmp_path, capsys):
     weights = tmp_path / "w.json"
     weights.write_text(json.dumps({"jury": [1, 2]}))
     code, _, err = _sale(["run", "Add numbers.", "--weights", str(weights),
                           "--memory", str(tmp_path / "m")], capsys)
     assert code == 2 and err.startswith("sale: error: ") and "jury" in err
-    code, _, err = _sale(["memory", "search", "\udcff", "--memory", str(tmp_path / "m")],
+    code, _, err = _sale(["memory", "search", "\udcff", "--memory", _stored_memory(tmp_path)],
                          capsys)
     assert code == 2 and err.startswith("sale: error: ") and "Traceback" not in err
-    from sale_graph.context import _MEMORIES
-
-    for mem in _MEMORIES.values():
-        mem.close()
+    assert "no collection" not in err
+    _close_cli_memories()
 
 
 def test_cli_closed_stdout_is_quiet(tmp_path, capsys, monkeypatch):
@@ -351,13 +375,10 @@ def test_cli_closed_stdout_is_quiet(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdout", Closed())
     from sale_graph.cli import main
 
-    code = main(["memory", "stats", "--memory", str(tmp_path / "m")])
+    code = main(["memory", "stats", "--memory", _stored_memory(tmp_path)])
     assert code == 1
     assert capsys.readouterr().err == ""
-    from sale_graph.context import _MEMORIES
-
-    for mem in _MEMORIES.values():
-        mem.close()
+    _close_cli_memories()
 
 
 def test_auction_id_with_a_trailing_newline_is_refused(memory):

@@ -76,7 +76,7 @@ def build_graph(
         builder.add_node(name, _sync_and_async(name, node, context),
                          destinations=_destinations(node), **kwargs)
 
-    add("open_auction", opening.open_auction, input_schema=AuctionInput)
+    add("open_auction", opening.open_auction)  # reads all state: clears what a last run left
     add("estimate", staged.estimate)
     add("bid", bidding.bid, input_schema=BidRequest)
     add("jury", jury.jury)

@@ -536,3 +536,51 @@ def test_a_bad_staged_policy_file_is_named_not_the_weights_file(tmp_path):
     weights_only.write_text(json.dumps({"cost": 1.0}))
     with pytest.raises(PoolConfigError, match="holds no staged policy"):
         build_graph(Context(agents=make_pool(), staged=str(weights_only)))
+
+
+# ---- 11. a thread, a parent app, a schema -------------------------------------------------
+
+
+def test_a_second_run_on_a_thread_starts_clean(memory):
+    context = ctx(make_pool(), memory)
+    app = build_graph(context).compile(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "one-thread"}}
+    first = app.invoke({"task": TASK}, config, context=context)
+    second = app.invoke({"task": "Multiply two numbers."}, config, context=context)
+    audit = second["auction"]
+    assert audit["auction_id"] != first["auction"]["auction_id"]  # no id: a fresh one
+    assert sorted(b["id"] for b in audit["bids"] if b["round"] == 0) == [
+        "large#0", "mid#0", "small#0"]
+    assert audit["memory"]["write"] == "ok" and memory.count() == 2
+    assert not [e for e in audit["events"] if e["kind"] == "memory_write_failed"]
+    # an explicit id retried on the same thread overwrites its own record
+    app.invoke({"task": TASK, "auction_id": "job-1"}, config, context=context)
+    again = app.invoke({"task": TASK, "auction_id": "job-1"}, config, context=context)
+    assert again["auction"]["auction_id"] == "job-1" and memory.count() == 3
+
+
+def test_a_parent_apps_own_context_does_not_reach_the_auction(memory):
+    from langgraph.graph import START, StateGraph
+    from typing_extensions import TypedDict
+
+    class ParentState(TypedDict, total=False):
+        task: str
+        answer: str
+
+    class ParentContext(TypedDict, total=False):
+        user: str
+        remember: bool  # the parent's own flag, which happens to share a name
+
+    auction = build_graph(ctx(make_pool(), memory)).compile()
+    parent = StateGraph(ParentState, context_schema=ParentContext)
+    parent.add_node("auction", auction)
+    parent.add_edge(START, "auction")
+    app = parent.compile()
+    app.invoke({"task": TASK}, context={"user": "ada", "remember": False})
+    assert memory.count() == 1  # the auction's own remember=True held
+
+
+def test_studio_gets_input_and_output_schemas():
+    schema = graph.get_input_jsonschema()
+    assert schema["required"] == ["task"] and "auction_id" in schema["properties"]
+    assert set(graph.get_output_jsonschema()["properties"]) == {"winner", "answer", "auction"}

@@ -35,9 +35,9 @@ class Agent:
         name: unique within the pool; used in the audit and in memory records.
         model: any LangChain chat model (local llama.cpp, ChatOpenAI, ...).
         price: dollars per million tokens, > 0.
-        executor: optional Runnable that carries out the winning plan; it receives
-            ``{"task", "strategy", "model", "agent"}``. Without one, the pool's or
-            the package's default executor is used.
+        executor: optional Runnable (or plain function) that carries out the winning
+            plan; it receives ``{"task", "strategy", "model", "agent", "max_tokens"}``.
+            Without one, the pool's or the package's default executor is used.
         max_concurrency: how many calls to this agent may run at once.
 
     """

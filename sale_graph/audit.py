@@ -20,7 +20,6 @@ from sale_graph.errors import MemoryUnavailableError
 from sale_graph.jury import vote_value
 from sale_graph.runtime import auction_weights, run_context
 from sale_graph.scoring import Weights
-from sale_graph.state import AuctionOutput
 
 PHASES = ("bid", "jury", "refine", "execute")
 
@@ -212,7 +211,7 @@ def memory_bids(audit: Mapping[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-async def remember(state: Mapping[str, Any], runtime: Any, bound: Any) -> AuctionOutput:
+async def remember(state: Mapping[str, Any], runtime: Any, bound: Any) -> dict[str, Any]:
     """Graph node, step 7: the audit record and one idempotent memory write.
 
     The verified outcome, if any, goes on the same record in the same write.
@@ -233,7 +232,10 @@ async def remember(state: Mapping[str, Any], runtime: Any, bound: Any) -> Auctio
     if status.startswith("failed"):
         audit["events"].append({"kind": "memory_write_failed", "agent": None,
                                 "detail": status})
-    return {"winner": state.get("winner"), "answer": state.get("answer"), "auction": audit}
+    # AuctionOutput, and the id cleared: it is this run's, and a later run on the same
+    # thread that gives none gets a fresh one
+    return {"winner": state.get("winner"), "answer": state.get("answer"), "auction": audit,
+            "auction_id": None}
 
 
 async def _write_memory(ctx: Any, state: Mapping[str, Any], audit: dict[str, Any]) -> str:

@@ -2,13 +2,14 @@
 
 A deadline on every call (a model that hangs must not hang the auction), the
 reply's text, and its token usage: from ``usage_metadata`` when the backend
-reports it, otherwise estimated from the text and flagged as an estimate.
+reports it (as counts), otherwise estimated from the text and flagged as an estimate.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import math
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -18,6 +19,7 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.runnables import Runnable, RunnableLambda
 
 from sale_graph.agents import Agent
 
@@ -60,6 +62,19 @@ def content_text(content: str | list, *, strict: bool = False) -> str:
 def message_text(message: BaseMessage) -> str:
     """Plain text of a reply whose content may be a string or a list of blocks."""
     return content_text(message.content)
+
+
+def token_count(value: Any) -> int | None:
+    """A token count a backend reported, or None when it is missing or not a count.
+
+    A negative or non-finite count would make a bid cheap (or the cost negative) and
+    win on it; it is treated like no report at all: estimated and flagged.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not math.isfinite(value) or value < 0:
+        return None
+    return int(value)
 
 
 def estimate_tokens(text: str) -> int:
@@ -120,12 +135,14 @@ async def call(
         raise TypeError(f"{agent.name} returned {type(message).__name__}, not an AIMessage")
     text = message_text(message)
     usage: Mapping[str, Any] = message.usage_metadata or {}
-    estimated = not usage
+    input_tokens = token_count(usage.get("input_tokens"))
+    output_tokens = token_count(usage.get("output_tokens"))
     return Reply(
         text=text,
-        input_tokens=int(usage.get("input_tokens", 0)),
-        output_tokens=int(usage.get("output_tokens", 0)) if usage else estimate_tokens(text),
-        tokens_estimated=estimated,
+        input_tokens=input_tokens if input_tokens is not None
+        else estimate_tokens(" ".join(message_text(m) for m in messages)),
+        output_tokens=output_tokens if output_tokens is not None else estimate_tokens(text),
+        tokens_estimated=input_tokens is None or output_tokens is None,
         metadata=dict(message.response_metadata or {}),
         started=started,
         ended=ended,
@@ -182,8 +199,33 @@ async def in_own_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
     return await future
 
 
+def ainvoke_bounded(runnable: Any, inputs: Any, config: Any) -> Any:
+    """``runnable.ainvoke``, except that a sync-only Runnable runs on its own thread.
+
+    Runnable's default ``ainvoke`` borrows the event loop's thread pool: a call that
+    hangs there outlives ``wait_for``'s deadline and blocks the run's shutdown. A
+    thread of its own is abandoned at the deadline instead.
+    """
+    if isinstance(runnable, RunnableLambda):
+        sync_only = getattr(runnable, "afunc", None) is None
+    else:
+        sync_only = type(runnable).ainvoke is Runnable.ainvoke
+    if sync_only:
+        return in_own_thread(runnable.invoke, inputs, config=config)
+    return runnable.ainvoke(inputs, config=config)
+
+
 def describe_error(exc: BaseException) -> str:
     """One line for the audit: the exception type and message."""
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return f"timeout: {exc}" if str(exc) else "timeout"
     return f"{type(exc).__name__}: {exc}"
+
+
+def failure_kind(detail: Any) -> str:
+    """The kind part of a ``describe_error`` line (``RuntimeError``, ``timeout``).
+
+    The message may carry the deployer's hosts, paths or URLs; `sale serve` tells
+    its clients the kind and logs the rest.
+    """
+    return str(detail).split(":", 1)[0].strip() or "failed"

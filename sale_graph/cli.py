@@ -18,8 +18,20 @@ from typing import Any
 
 from langgraph.types import StreamMode
 
+from sale_graph.calls import failure_kind
 from sale_graph.context import Context, default_memory_path
 from sale_graph.errors import SaleError
+
+
+def _port(text: str) -> int:
+    """A TCP port number, or argparse's usage error (exit 2)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 1-65535, got {text!r}")
+    return port
 
 
 def _context(args: argparse.Namespace) -> Context:
@@ -37,12 +49,12 @@ def _context(args: argparse.Namespace) -> Context:
         auction=getattr(args, "auction", None),
         reserve=getattr(args, "reserve", None),
     )
-    context.resolved_weights()
+    context.check()
     return context
 
 
-def _progress(update: dict[str, Any], t0: float) -> str | None:
-    """One human line per finished graph step."""
+def _progress(update: dict[str, Any], t0: float, details: bool = True) -> str | None:
+    """One human line per finished graph step (``details=False``: failure kinds only)."""
     (node, data), = update.items()
     data = data or {}
     when = f"[{time.time() - t0:6.1f}s]"
@@ -55,7 +67,8 @@ def _progress(update: dict[str, Any], t0: float) -> str | None:
             kind = "refined bid" if node == "refine" else "bid"
             return f"{when} {kind} from {b['agent']}: {b['tokens']} tokens"
         for e in data.get("events", []):
-            return f"{when} {e['agent']} dropped out ({e['detail']})"
+            why = e["detail"] if details else failure_kind(e["detail"])
+            return f"{when} {e['agent']} dropped out ({why})"
     if node == "vote":
         for v in data.get("votes", []):
             shown = v["score"] if v["score"] is not None else "dropped"
@@ -72,7 +85,8 @@ def _progress(update: dict[str, Any], t0: float) -> str | None:
                 return f"{when} {data.get('stop') or b['agent'] + ' answers directly'}"
             return f"{when} bid from {b['agent']}: {b['tokens']} tokens"
         for e in data.get("events", []):
-            return f"{when} {e['agent']} dropped out ({e['detail']})"
+            why = e["detail"] if details else failure_kind(e["detail"])
+            return f"{when} {e['agent']} dropped out ({why})"
     if node == "assess":
         for a in data.get("assessments", []):
             verdict = "accepted" if a["accepted"] else "declined"
@@ -86,7 +100,12 @@ def _progress(update: dict[str, Any], t0: float) -> str | None:
                else "answered directly")
         return f"{when} {data.get('winner')} {how}"
     if node == "remember":
-        return f"{when} auction stored in memory"
+        status = ((data.get("auction") or {}).get("memory") or {}).get("write", "")
+        if status == "ok":
+            return f"{when} auction stored in memory"
+        # the reason's detail (a path, a URL) goes to the audit's notes, not to this line,
+        # which `sale serve` also streams to its clients
+        return f"{when} auction not stored in memory ({status.split(':')[0] or 'unknown'})"
     return None
 
 
@@ -169,6 +188,9 @@ def _progress_stream():
         return sys.stderr
 
 
+EXECUTION_FAILED = 3  # `sale run`: the winner's execution failed (the audit says why)
+
+
 async def _run(args: argparse.Namespace) -> int:
     from sale_graph.graph import graph
 
@@ -186,10 +208,12 @@ async def _run(args: argparse.Namespace) -> int:
             if "remember" in chunk:
                 final = chunk["remember"]
     audit = final["auction"]
+    # the auction ran, but the user got no answer: a script must be able to tell
+    status = EXECUTION_FAILED if (audit.get("execution") or {}).get("error") else 0
     if args.json:
         print(json.dumps({"winner": final["winner"], "answer": final["answer"],
                           "auction": audit}, indent=2, default=str))
-        return 0
+        return status
     totals, phases = audit["totals"], audit["phases"]
     print(format_table(audit))
     print()
@@ -210,12 +234,18 @@ async def _run(args: argparse.Namespace) -> int:
     print()
     print("answer:")
     print(final["answer"] if final["answer"] is not None else "(execution failed)")
-    return 0
+    return status
 
 
 def _memory(args: argparse.Namespace) -> int:
     context = _context(args)
     memory = context.resolved_memory()
+    # reading a collection must not create it: a mistyped --collection is an error
+    names = memory.collections()
+    if memory.collection_name not in names:
+        raise SaleError(f"no collection {memory.collection_name!r} in {memory.location} "
+                        f"(it holds {', '.join(map(repr, names)) or 'none'}): no auction "
+                        "has been stored there; check --collection")
     memory.ping()
     if args.memory_command == "stats":
         print(json.dumps(memory.stats(), indent=2))
@@ -244,7 +274,7 @@ def _add_serve_command(sub: Any) -> None:
     p.add_argument("--collection", default=None)
     p.add_argument("--weights", default=None, help="weights JSON file (from `sale fit`)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000, help="1-65535 (default: 8000)")
     p.add_argument("--api-key", default=None,
                    help="bearer token every request must send (default: $SALE_API_KEY); "
                         "required to bind a non-loopback address")

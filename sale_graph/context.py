@@ -13,7 +13,6 @@ import json
 import math
 import os
 import threading
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any, Literal
 
 from sale_graph.agents import Agent, validate_pool
 from sale_graph.errors import ContextError, PoolConfigError, SaleError
+from sale_graph.memory import parse_url
 from sale_graph.scoring import Weights
 
 JuryMode = Literal["all", "self", "peers", "none"]
@@ -52,13 +52,10 @@ def _same(value: Any, deployed: Any) -> bool:
 
 
 def _check_url(url: Any) -> None:
-    parts = urllib.parse.urlsplit(url.strip()) if isinstance(url, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ContextError(f"memory_url must look like http://host:port, got {url!r}")
-    try:
-        parts.port  # noqa: B018 - raises on a bad port
+    try:  # the rule the memory opens the URL by
+        parse_url(url)
     except ValueError as exc:
-        raise ContextError(f"memory_url has an invalid port: {url!r}") from exc
+        raise ContextError(f"memory_url: {exc}") from exc
 
 
 def _check_execute_plan(value: Any, error: type[Exception]) -> bool | Mapping[str, bool]:
@@ -150,8 +147,8 @@ class Context:
     )
     executor: Any = field(
         default=None,
-        metadata={"description": "A Runnable/compiled subgraph that executes the winning plan "
-                  "for every agent without an executor of its own."},
+        metadata={"description": "A Runnable/compiled subgraph (or a plain function) that executes "
+                  "the winning plan for every agent without an executor of its own."},
     )
     jury_format: JuryFormat = field(
         default="per_bid",
@@ -339,6 +336,29 @@ class Context:
             except (OSError, ValueError) as exc:
                 raise PoolConfigError(f"cannot read weights file {source}: {exc}") from exc
         return source if isinstance(source, Mapping) else None
+
+    def check(self) -> None:
+        """Resolve everything a run reads from its weights (and file), or fail saying where.
+
+        Called where an app is built (``build_graph``, ``sale serve``, the CLI), so a
+        bad section of a deployer's weights file fails at start, naming the file,
+        rather than as a client's error on every request.
+        """
+        weights = self.weights
+        if weights is None and self.agents is None and self.pool in PRESET_WEIGHTS:
+            weights = Path(__file__).with_name("data") / PRESET_WEIGHTS[self.pool]
+        # a staged policy of its own (a file or a dict) is at fault for its own errors
+        staged = self.staged if self.staged is not None else weights
+        for source, resolve in ((weights, self.resolved_weights), (weights, self.resolved_auction),
+                                (weights, self.resolved_execute_plan),
+                                (staged, self.resolved_staged)):
+            try:
+                resolve()
+            except SaleError as exc:
+                if not isinstance(source, (str, Path)):
+                    raise
+                named = str(exc) if str(source) in str(exc) else f"file {source}: {exc}"
+                raise PoolConfigError(named) from exc
 
     def resolved_auction(self) -> str:
         """The auction mode: as given, else the pool's measured default, else the paper's.

@@ -70,10 +70,25 @@ def message_entropy(metadata: Mapping[str, Any] | None) -> tuple[float | None, s
     if not metadata:
         return None, None
     if metadata.get("mean_token_entropy") is not None:
-        return float(metadata["mean_token_entropy"]), str(metadata.get("entropy_method", EXACT))
+        value = _entropy_value(metadata["mean_token_entropy"])
+        return (None, None) if value is None else (value, str(metadata.get("entropy_method",
+                                                                            EXACT)))
     logprobs = metadata.get("logprobs")
     if isinstance(logprobs, Mapping):
         values = _openai_token_entropies(logprobs.get("content") or [])
-        if values:
-            return float(np.mean(values)), TOPK
+        value = _entropy_value(np.mean(values)) if values else None
+        if value is not None:
+            return value, TOPK
     return None, None
+
+
+def _entropy_value(raw: Any) -> float | None:
+    """An entropy is a finite number >= 0; anything else (NaN, inf, text) counts as none.
+
+    A NaN would make the bid's score NaN, and a NaN wins every comparison-based choice.
+    """
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value >= 0 else None

@@ -27,6 +27,10 @@ class MemoryUnavailableError(SaleError, ConnectionError):
 class NoBidsError(SaleError, RuntimeError):
     """Every agent failed to bid, so there is nothing to auction."""
 
+    def __init__(self, message: str, failures: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.failures = dict(failures or {})  # agent -> what went wrong (the audit's detail)
+
 
 class ModelFileError(SaleError, FileNotFoundError):
     """A local model's weights are missing or fail their checksum."""

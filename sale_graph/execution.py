@@ -23,11 +23,12 @@ from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 
 from sale_graph.agents import Agent
 from sale_graph.calls import (
+    ainvoke_bounded,
     ainvoke_model,
     describe_error,
     estimate_tokens,
-    in_own_thread,
     message_text,
+    token_count,
 )
 from sale_graph.prompts import execute_messages
 from sale_graph.runtime import auction_execute_plan, pool_of, run_context
@@ -95,6 +96,8 @@ async def execute(
 ) -> dict[str, Any]:
     """Run the winning plan; failures are returned (and audited), never raised."""
     runnable = agent.executor or executor or default_executor
+    if not isinstance(runnable, Runnable) and callable(runnable):
+        runnable = RunnableLambda(runnable, name="execute")  # a plain function, like verifiers
     usage = UsageMetadataCallbackHandler()
     inputs = {
         "task": task, "strategy": strategy, "model": agent.model, "agent": agent.name,
@@ -104,8 +107,7 @@ async def execute(
     result: dict[str, Any] = {"agent": agent.name, "answer": None, "error": None}
     try:
         config: RunnableConfig = {"callbacks": [usage], "run_name": "execute"}
-        pending = (in_own_thread(runnable.invoke, inputs, config=config) if _blocking(runnable)
-                   else runnable.ainvoke(inputs, config=config))
+        pending = ainvoke_bounded(runnable, inputs, config)
         raw = await asyncio.wait_for(pending, timeout)
         text = answer_text(raw)
         result["answer"] = clean_answer(text)
@@ -118,9 +120,11 @@ async def execute(
     except Exception as exc:  # noqa: BLE001 - the auction's audit must survive a bad executor
         result["error"] = describe_error(exc)
     ended = time.time()
-    input_tokens = sum(u.get("input_tokens", 0) for u in usage.usage_metadata.values())
-    output_tokens = sum(u.get("output_tokens", 0) for u in usage.usage_metadata.values())
-    estimated = not usage.usage_metadata
+    counts = [(token_count(u.get("input_tokens")), token_count(u.get("output_tokens")))
+              for u in usage.usage_metadata.values()]
+    input_tokens = sum(n or 0 for n, _ in counts)
+    output_tokens = sum(n or 0 for _, n in counts)
+    estimated = not counts or any(n is None for pair in counts for n in pair)
     if estimated and result["answer"]:
         output_tokens = estimate_tokens(result.get("raw_answer") or result["answer"])
     result.update(
@@ -128,13 +132,6 @@ async def execute(
         started=started, ended=ended, seconds=ended - started,
     )
     return result
-
-
-def _blocking(runnable: Runnable) -> bool:
-    """A Runnable whose ``ainvoke`` would borrow a pool thread (no async path of its own)."""
-    if isinstance(runnable, RunnableLambda):
-        return getattr(runnable, "afunc", None) is None
-    return type(runnable).ainvoke is Runnable.ainvoke
 
 
 def _jsonable(value: Any) -> bool:

@@ -60,14 +60,13 @@ def build_graph(
     Args:
         context: defaults for runs that pass no ``Context`` of their own (useful
             when the graph is a subgraph of an app with a different context schema).
-            Its pool, weights and staged policy are validated here, so a bad
+            Its pool and weights (every section) are validated here, so a bad
             configuration fails when the app is built, not on its first request.
 
     """
     if context is not None:
         context.resolved_agents()
-        context.resolved_weights()
-        context.resolved_staged()
+        context.check()
     builder = StateGraph(
         AuctionState, context_schema=Context, input_schema=AuctionInput,
         output_schema=AuctionOutput,
@@ -77,7 +76,7 @@ def build_graph(
         builder.add_node(name, _sync_and_async(name, node, context),
                          destinations=_destinations(node), **kwargs)
 
-    add("open_auction", opening.open_auction, input_schema=AuctionInput)
+    add("open_auction", opening.open_auction)  # reads all state: clears what a last run left
     add("estimate", staged.estimate)
     add("bid", bidding.bid, input_schema=BidRequest)
     add("jury", jury.jury)

@@ -19,6 +19,7 @@ or 0). ``Context.jury_vote`` picks which of the two the score uses.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -158,13 +159,19 @@ async def _ask(
     juror: Agent, messages: list[BaseMessage], parse: Any, retry: str, timeout: float,
     **kwargs: object,
 ) -> _Asked:
-    """Ask, parse, and once more with a terser instruction if the reply was unreadable."""
+    """Ask, parse, and once more with a terser instruction if the reply was unreadable.
+
+    A juror that errs is asked once more too (a dropped connection), but not one
+    that ran out of time: the deadline is the budget for this call, not half of it.
+    """
     asked = _Asked()
     for _ in range(ATTEMPTS):
         try:
             reply = await call(juror, messages, timeout=timeout, **kwargs)
         except Exception as exc:  # noqa: BLE001 - any failure of a juror is recorded, not raised
             asked.errors.append(describe_error(exc))
+            if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+                break
             continue
         asked.started = asked.started or reply.started
         asked.ended = reply.ended
@@ -210,11 +217,10 @@ async def jury(
     round_ = state.get("round", 0)
     bids = [b for b in state.get("bids", []) if b["round"] == round_]
     if round_ == 0 and not bids:
-        failures = "; ".join(
-            f"{e.get('agent')}: {e.get('detail')}"
-            for e in state.get("events", []) if e.get("kind") == "bid_failed"
-        )
-        raise NoBidsError(f"every agent failed to bid ({failures})")
+        failures = {str(e.get("agent")): str(e.get("detail"))
+                    for e in state.get("events", []) if e.get("kind") == "bid_failed"}
+        listed = "; ".join(f"{agent}: {why}" for agent, why in failures.items())
+        raise NoBidsError(f"every agent failed to bid ({listed})", failures)
     bidders = [b["agent"] for b in state.get("bids", []) if b["round"] == 0]
     weights = await auction_weights(state, ctx)
     pairs = [

@@ -82,6 +82,10 @@ class AuctionRecordError(SaleError, ValueError):
 class UnknownAuctionError(SaleError, KeyError):
     """An outcome was reported for an auction id the memory does not hold."""
 
+    def __init__(self, message: str, auction_id: str | None = None) -> None:
+        super().__init__(message)
+        self.auction_id = auction_id  # what a server may tell a client (not the store's path)
+
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
 
@@ -404,19 +408,8 @@ class AuctionMemory:
         headers: Mapping[str, str] | None = None,
     ) -> AuctionMemory:
         """Parse ``http(s)://host[:port]`` and open :meth:`server`."""
-        parts = urllib.parse.urlsplit(url.strip() if isinstance(url, str) else "")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"Chroma URL must look like http://host:port, got {url!r}")
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ValueError(f"Chroma URL must not carry a path or query, got {url!r}")
-        try:
-            port = parts.port
-        except ValueError as exc:
-            raise ValueError(f"Chroma URL has an invalid port: {url!r}") from exc
-        ssl = parts.scheme == "https"
-        if port is None:
-            port = 443 if ssl else DEFAULT_PORT
-        return cls.server(parts.hostname, port, collection, embedder, ssl=ssl, headers=headers)
+        host, port, ssl = parse_url(url)
+        return cls.server(host, port, collection, embedder, ssl=ssl, headers=headers)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -498,6 +491,18 @@ class AuctionMemory:
                 self._client.heartbeat()
             self._col().count()
 
+    def collections(self) -> list[str]:
+        """The names of the store's collections, opening (and so creating) none of them."""
+        if self._preflight is not None:
+            self._preflight()
+        with self._guard():
+            with self._lock:
+                if self._client is None and self._factory is not None:
+                    self._client = self._factory()
+            if self._client is None:
+                raise self._unavailable("no Chroma client")
+            return sorted(str(getattr(c, "name", c)) for c in self._client.list_collections())
+
     def write(
         self,
         auction_id: str,
@@ -511,8 +516,9 @@ class AuctionMemory:
         """Store one auction atomically; the same id again replaces it (idempotent).
 
         ``outcome`` (from :func:`outcome_fields`) is stored on the same record. A
-        rewrite without one keeps the outcome already recorded for that id, so a
-        retried auction never erases feedback that arrived in between.
+        rewrite without one keeps the outcome already recorded for that id if the
+        same agent won, so feedback that arrived in between is not erased; an
+        outcome of another winner's answer is dropped with the rest of the old record.
         """
         if not isinstance(auction_id, str) or not auction_id.strip():
             raise AuctionRecordError("auction_id must be a non-empty string")
@@ -540,11 +546,17 @@ class AuctionMemory:
             col = self._col()
         embedding = self._embed(task)
         with self._record_lock, self._guard():
-            if given is None:
-                given = _stored_outcome(col, auction_id)
+            found = col.get(ids=[auction_id], include=["metadatas"])
+            metas = found.get("metadatas") or []
+            stored = metas[0] if found["ids"] and metas else None
+            if given is None and stored is not None and stored.get("winner") == winner:
+                given = _stored_outcome(stored)
             metadata.update(given or {})
             col.upsert(
-                ids=[auction_id], documents=[task], embeddings=embedding, metadatas=[metadata]
+                ids=[auction_id],
+                documents=[task],
+                embeddings=embedding,
+                metadatas=[_replacing(stored, metadata)],
             )
 
     def record_outcome(
@@ -568,21 +580,28 @@ class AuctionMemory:
             if not found["ids"]:
                 raise UnknownAuctionError(
                     f"no auction {auction_id!r} in {self.location} (collection "
-                    f"{self.collection_name!r}): nothing to attach the outcome to"
+                    f"{self.collection_name!r}): nothing to attach the outcome to",
+                    auction_id,
                 )
-            metadata = dict((found.get("metadatas") or [{}])[0] or {})
+            stored = dict((found.get("metadatas") or [{}])[0] or {})
+            document = (found.get("documents") or [""])[0]
+            if _to_past(auction_id, document, stored, None) is None:
+                raise AuctionRecordError(
+                    f"auction {auction_id!r} is stored but damaged: no outcome written"
+                )
+            metadata = {k: v for k, v in stored.items() if k not in (_HAS_OUTCOME, *_OUTCOME_KEYS)}
             metadata.update(fields)
             embeddings = found.get("embeddings")
             vectors: Any = [list(embeddings[0])] if embeddings is not None else None
             col.upsert(
                 ids=[auction_id],
-                documents=[(found.get("documents") or [""])[0]],
+                documents=[document],
                 embeddings=vectors,
-                metadatas=[metadata],
+                metadatas=[_replacing(stored, metadata)],
             )
-        past = _to_past(auction_id, (found.get("documents") or [""])[0], metadata, None)
-        if past is None:
-            raise AuctionRecordError(f"auction {auction_id!r} is stored but damaged")
+        past = _to_past(auction_id, document, metadata, None)
+        if past is None:  # checked above; only the outcome keys changed
+            raise AuctionRecordError(f"auction {auction_id!r}: outcome stored, record unreadable")
         return past
 
     def similar(
@@ -856,6 +875,21 @@ __all__ = [
 ]
 
 
+def parse_url(url: Any) -> tuple[str, int, bool]:
+    """``http(s)://host[:port]`` -> (host, port, ssl); ValueError saying what is wrong."""
+    parts = urllib.parse.urlsplit(url.strip() if isinstance(url, str) else "")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"Chroma URL must look like http://host:port, got {url!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"Chroma URL must not carry a path or query, got {url!r}")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"Chroma URL has an invalid port: {url!r}") from exc
+    ssl = parts.scheme == "https"
+    return parts.hostname, port if port is not None else (443 if ssl else DEFAULT_PORT), ssl
+
+
 def outcome_fields(
     *, passed: Any, score: Any = None, detail: Any = None, source: Any = "feedback",
     at: float | None = None,
@@ -889,12 +923,21 @@ def _outcome_of(meta: Mapping[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def _stored_outcome(col: Any, auction_id: str) -> dict[str, Any] | None:
+def _stored_outcome(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The outcome fields already on a record (kept when the auction is rewritten)."""
-    found = col.get(ids=[auction_id], include=["metadatas"])
-    if not found["ids"]:
-        return None
-    meta = (found.get("metadatas") or [{}])[0] or {}
-    if not meta.get(_HAS_OUTCOME):
+    if not meta or not meta.get(_HAS_OUTCOME):
         return None
     return {k: meta[k] for k in (_HAS_OUTCOME, *_OUTCOME_KEYS) if k in meta}
+
+
+def _replacing(stored: Mapping[str, Any] | None, metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """``metadata`` as a record's whole metadata, for an upsert over ``stored``.
+
+    Chroma's upsert merges metadata into the record it replaces, so a key only the
+    old record had (a bidder of an earlier attempt, an outcome's score) would
+    survive into the new one. Setting it to None deletes it in the same upsert.
+    """
+    out = dict(metadata)
+    for key in stored or {}:
+        out.setdefault(key, None)
+    return out

@@ -17,13 +17,13 @@ from typing import Any, Literal
 
 from langgraph.config import get_config
 from langgraph.runtime import Runtime
-from langgraph.types import Command, Send
+from langgraph.types import Command, Overwrite, Send
 
 from sale_graph.approval import require_checkpointer
 from sale_graph.context import Context
 from sale_graph.errors import InvalidTaskError
 from sale_graph.runtime import run_context
-from sale_graph.state import AuctionInput, BidRequest
+from sale_graph.state import AuctionState, BidRequest
 
 _AUCTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
@@ -49,6 +49,28 @@ def validate_task(task: Any, max_chars: int) -> str:
     return text
 
 
+# what one auction leaves in its thread's checkpoint: a new run on the same thread
+# (Studio's second message, a redelivered job) starts from none of it
+_ACCUMULATED: dict[str, list[Any] | dict[str, Any]] = {
+    "bids": [], "votes": [], "events": [], "offered": [], "assessments": [], "scores": {},
+}
+_LEFT_OVER = ("staged_policy", "provisional_winner", "winning_bid", "refiners", "retrieved",
+              "retrieve_seconds", "estimates", "estimated", "stop", "approval", "execution",
+              "outcome", "winner", "answer", "auction")
+
+
+def fresh_run(state: Mapping[str, Any]) -> dict[str, Any]:
+    """State updates that clear what a previous run left (reducers bypassed).
+
+    Only channels that hold something are written, so a new thread's checkpoints
+    carry no empty writes.
+    """
+    cleared: dict[str, Any] = {k: Overwrite(type(v)()) for k, v in _ACCUMULATED.items()
+                               if state.get(k)}
+    cleared.update({k: None for k in _LEFT_OVER if state.get(k) is not None})
+    return cleared
+
+
 def auction_id_for(state: Mapping[str, Any]) -> str:
     """The caller's idempotency key if it gave one (validated), else a fresh id."""
     given = state.get("auction_id")
@@ -68,7 +90,7 @@ def bid_sends(task: str, agents: Any) -> list[Send]:
 
 
 async def open_auction(
-    state: AuctionInput, runtime: Runtime[Context], bound: Context | None
+    state: AuctionState, runtime: Runtime[Context], bound: Context | None
 ) -> Command[Literal["bid", "estimate"]]:
     """Validate everything that can be validated before paying for a model call."""
     ctx = run_context(runtime, bound)
@@ -82,6 +104,7 @@ async def open_auction(
         memory = await asyncio.to_thread(ctx.resolved_memory)
         await asyncio.to_thread(memory.ping)
     update: dict[str, Any] = {
+        **fresh_run(state),
         "task": task,
         "auction_id": auction_id_for(state),
         "started": time.time(),

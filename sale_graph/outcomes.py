@@ -26,7 +26,7 @@ from typing import Any
 
 from langchain_core.runnables import Runnable, RunnableLambda
 
-from sale_graph.calls import describe_error
+from sale_graph.calls import ainvoke_bounded, describe_error
 from sale_graph.runtime import run_context
 
 DEFAULT_PRIOR = 0.4
@@ -96,10 +96,9 @@ async def verify(
     """Run the verifier once; its failure is recorded (``error``), never raised."""
     try:
         runnable = as_verifier(verifier)
+        inputs = {"task": task, "answer": answer or "", "audit": dict(audit)}
         raw = await asyncio.wait_for(
-            runnable.ainvoke({"task": task, "answer": answer or "", "audit": dict(audit)},
-                             config={"run_name": "verify"}),
-            timeout,
+            ainvoke_bounded(runnable, inputs, {"run_name": "verify"}), timeout
         )
         return {**read_verdict(raw), "error": None, "source": "verifier"}
     except Exception as exc:  # noqa: BLE001 - a broken verifier must not lose the auction
@@ -114,11 +113,17 @@ async def verify_node(state: Mapping[str, Any], runtime: Any, bound: Any) -> dic
     same single write.
     """
     ctx = run_context(runtime, bound)
-    if ctx.verifier is None or not state.get("execution"):
+    execution = state.get("execution") or {}
+    if ctx.verifier is None or not execution:
         return {}
+    if execution.get("error"):  # no answer to judge: the winner failed the task
+        detail = f"execution failed: {execution['error']}"
+        return {"outcome": {"passed": False, "score": None, "detail": detail[:200],
+                            "error": None, "source": "execution"},
+                "events": [{"kind": "verifier_skipped", "agent": None,
+                            "detail": f"no answer to verify; recorded as failed ({detail})"}]}
     audit_so_far = {"auction_id": state.get("auction_id"), "winner": state.get("winner"),
-                    "execution": {k: v for k, v in (state.get("execution") or {}).items()
-                                  if k != "details"}}
+                    "execution": {k: v for k, v in execution.items() if k != "details"}}
     outcome = await verify(ctx.verifier, task=state["task"], answer=state.get("answer"),
                            audit=audit_so_far, timeout=ctx.call_timeout)
     update: dict[str, Any] = {"outcome": outcome}

@@ -27,10 +27,10 @@ def run_context(runtime: Runtime[Context] | None, bound: Context | None) -> Cont
     ctx = getattr(runtime, "context", None)
     if isinstance(ctx, Context):
         return ctx
-    if isinstance(ctx, Mapping):  # e.g. JSON from the LangGraph server
-        base = bound or Context()
-        known = {k: v for k, v in ctx.items() if k in Context.__dataclass_fields__}
-        return Context.from_untrusted(known, base)
+    # JSON from the LangGraph server: only Context's own fields. A mapping with other
+    # keys is a parent app's own context schema, not overrides meant for the auction.
+    if isinstance(ctx, Mapping) and set(ctx) <= set(Context.__dataclass_fields__):
+        return Context.from_untrusted(dict(ctx), bound or Context())
     return bound or Context()
 
 

@@ -30,6 +30,7 @@ import contextlib
 import hmac
 import ipaddress
 import json
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -45,6 +46,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from sale_graph.calls import failure_kind
 from sale_graph.context import Context
 from sale_graph.errors import (
     ContextError,
@@ -56,6 +58,8 @@ from sale_graph.errors import (
 )
 from sale_graph.memory import UnknownAuctionError
 from sale_graph.opening import auction_id_for, validate_task
+
+log = logging.getLogger(__name__)
 
 STAGED_PREFIX = "sale-staged-"
 EXAMPLE_RESERVES = ("0.3", "0.5", "0.7", "0.9")
@@ -100,18 +104,26 @@ def api_error(exc: BaseException) -> ApiError:
         return ApiError(400, str(exc), code="invalid_task")
     if isinstance(exc, PoolConfigError):  # ContextError included: a request field
         return ApiError(400, str(exc), code="invalid_context")
+    # the memory's path or URL is the deployer's business: clients get the gist, the log the rest
     if isinstance(exc, UnknownAuctionError):
-        return ApiError(404, str(exc), code="unknown_auction")
+        return ApiError(404, f"no auction {exc.auction_id!r} in this server's memory: nothing "
+                        "to attach the outcome to", code="unknown_auction")
     if isinstance(exc, MemoryUnavailableError):
-        return ApiError(503, f"auction memory unavailable: {exc}", type_="server_error",
-                        code="memory_unavailable")
+        log.warning("auction memory unavailable: %s", exc)
+        return ApiError(503, "auction memory unavailable (the server's log says why)",
+                        type_="server_error", code="memory_unavailable")
     if isinstance(exc, NoBidsError):
-        return ApiError(502, str(exc), type_="server_error", code="no_bids")
+        log.warning("no bids: %s", exc)
+        kinds = "; ".join(f"{a}: {failure_kind(d)}" for a, d in exc.failures.items())
+        return ApiError(502, f"every agent failed to bid ({kinds or 'none asked'}); the "
+                        "server's log says why", type_="server_error", code="no_bids")
     if isinstance(exc, TimeoutError):
         return ApiError(504, f"deadline passed: {exc}" if str(exc) else "deadline passed",
                         type_="server_error", code="deadline_exceeded")
     if isinstance(exc, SaleError):
-        return ApiError(500, str(exc), type_="server_error", code="auction_error")
+        log.warning("auction error: %s", exc)
+        return ApiError(500, f"auction error ({type(exc).__name__}); the server's log says why",
+                        type_="server_error", code="auction_error")
     return ApiError(500, f"internal error ({type(exc).__name__})", type_="server_error",
                     code="internal_error")
 
@@ -272,18 +284,28 @@ def sale_object(audit: Mapping[str, Any]) -> dict[str, Any]:
         "cost_usd": totals.get("total_cost_usd", 0.0),
         "auction_cost_usd": totals.get("auction_cost_usd", 0.0),
         "auction_share": totals.get("overhead_token_share", 0.0),
-        "memory": (audit.get("memory") or {}).get("write"),
+        "memory": _write_status(audit),
         "stop": stop,
     }
+
+
+def _write_status(audit: Mapping[str, Any]) -> str | None:
+    """The memory write's status for a client: "failed" without the store's path or URL."""
+    status = (audit.get("memory") or {}).get("write")
+    if isinstance(status, str) and status.startswith("failed"):
+        log.warning("auction %s: memory write %s", audit.get("auction_id"), status)
+        return "failed"
+    return status
 
 
 def _failed_execution(audit: Mapping[str, Any]) -> ApiError:
     """The winner's execution failed: the auction is stored, the client gets the reason."""
     error = str((audit.get("execution") or {}).get("error") or "no answer")
     timed_out = error.startswith("timeout")
+    log.warning("auction %s: the winner's execution failed: %s", audit.get("auction_id"), error)
     return ApiError(
         504 if timed_out else 502,
-        f"the winner ({audit.get('winner')}) failed to execute: {error}",
+        f"the winner ({audit.get('winner')}) failed to execute: {failure_kind(error)}",
         type_="server_error", code="deadline_exceeded" if timed_out else "execution_failed",
         headers={AUCTION_ID_HEADER: str(audit.get("auction_id"))},
         extra={"sale": sale_object(audit)},
@@ -337,7 +359,7 @@ class _Auction:
                 if not isinstance(chunk, dict) or len(chunk) != 1:
                     continue
                 ((node, data),) = chunk.items()
-                line = _progress(chunk, t0)
+                line = _progress(chunk, t0, details=False)  # clients get no hosts or paths
                 if line:
                     self.events.put_nowait(("progress", line))
                 if node == "execute":
@@ -626,8 +648,7 @@ def create_app(
         raise ContextError("approval=True needs a human at a checkpointer; sale serve "
                            "answers requests directly")
     context.resolved_agents()
-    context.resolved_weights()
-    context.resolved_staged()
+    context.check()
     if graph is None:
         from sale_graph.graph import graph
     if api_key is not None and not api_key.strip():

@@ -209,11 +209,15 @@ class StagedPolicy:
                 data = json.loads(Path(value).read_text())
             except (OSError, ValueError) as exc:
                 raise SaleError(f"cannot read staged policy from {value}: {exc}") from exc
-            return cls.coerce(data.get("staged") if isinstance(data, Mapping) else data)
+            if isinstance(data, Mapping) and "staged" in data:  # a weights file
+                data = data["staged"]
+            elif not (isinstance(data, Mapping) and data and set(data) <= _POLICY_FIELDS):
+                raise SaleError(f"{value} holds no staged policy: neither a 'staged' section "
+                                "nor a policy's own fields")
+            return cls.coerce(data)
         if not isinstance(value, Mapping):
             raise SaleError(f"staged policy must be a dict or a path, got {type(value).__name__}")
-        unknown = set(value) - {"agents", "fallback", "juror", "explore", "fitted", "dearest",
-                                "dearest_agent"}
+        unknown = set(value) - _POLICY_FIELDS
         if unknown:
             raise SaleError(f"unknown staged policy fields {sorted(unknown)}")
         agents = value.get("agents") or {}
@@ -244,6 +248,10 @@ class StagedPolicy:
         return replace(policy, fallback=fallback) if fallback else policy
 
 
+_POLICY_FIELDS = frozenset({"agents", "fallback", "juror", "explore", "fitted", "dearest",
+                            "dearest_agent"})
+
+
 def _agent_policy(value: Any) -> AgentPolicy:
     if not isinstance(value, Mapping):
         raise SaleError(f"a staged agent model must be a mapping, got {type(value).__name__}")
@@ -251,6 +259,8 @@ def _agent_policy(value: Any) -> AgentPolicy:
 
 
 def _sigmoid(z: float) -> float:
+    if math.isnan(z):  # clamping would turn NaN into a sure pass; it is no evidence at all
+        return 0.0
     return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
 
 
@@ -496,4 +506,6 @@ async def assess(
         return Command(update=update, goto="offer")
     why = (f"exploring {name} (no evidence yet)" if verdict["explored"]
            else f"{name}'s bid assessed {_why(verdict, dearest)}")
+    if policy.juror in agents and model.jury and vote is None:
+        why += f" (without {policy.juror}'s vote: it was dropped, see events)"
     return Command(update={**update, "winning_bid": bid["id"], "stop": why}, goto="approve")

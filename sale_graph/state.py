@@ -10,7 +10,11 @@ Bids, votes and events arrive from parallel ``Send`` branches and are merged by
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Any, NotRequired, TypedDict
+from typing import Annotated, Any, NotRequired
+
+# typing's TypedDict cannot be turned into a JSON schema by pydantic before Python
+# 3.12, and LangGraph's server then gives Studio no input or output form
+from typing_extensions import TypedDict
 
 
 class Bid(TypedDict, total=False):
@@ -84,7 +88,7 @@ def merge_dicts(left: dict[str, Any] | None, right: dict[str, Any] | None) -> di
 
 
 class AuctionState(TypedDict, total=False):
-    """Internal state of one auction."""
+    """Internal state of one auction (``open_auction`` resets it for each new run)."""
 
     task: str
     auction_id: str

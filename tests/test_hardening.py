@@ -26,18 +26,20 @@ from langgraph.types import Command
 
 from sale_graph import (
     Agent,
+    AgentPolicy,
     ApprovalError,
     Context,
     ContextError,
     InvalidTaskError,
     PoolConfigError,
+    StagedPolicy,
     Weights,
     build_graph,
     graph,
 )
 from sale_graph.context import RemoteContext
 from sale_graph.memory import AuctionMemory, AuctionRecordError
-from tests.scripted import ScriptedChatModel
+from tests.scripted import ScriptedChatModel, prompt_kind
 from tests.test_graph_mechanics import make_pool
 from tests.workers.common import HashEmbedder
 
@@ -323,19 +325,43 @@ def test_cli_configuration_errors_are_one_line(extra, tmp_path, capsys):
     assert code == 2 and err.startswith("sale: error: ") and "Traceback" not in err
 
 
+def _stored_memory(tmp_path) -> str:
+    """An embedded memory whose default collection exists (empty), closed again."""
+    mem = AuctionMemory.persistent(tmp_path / "m", embedder=HashEmbedder())
+    mem.ping()
+    mem.close()
+    return str(tmp_path / "m")
+
+
+def test_cli_reads_no_collection_into_being(tmp_path, capsys):
+    path = _stored_memory(tmp_path)
+    code, _, err = _sale(["memory", "stats", "--memory", path, "--collection", "typo-name"],
+                         capsys)
+    assert code == 2 and "no collection 'typo-name'" in err and "sale_auctions" in err
+    mem = AuctionMemory.persistent(path, embedder=HashEmbedder())
+    assert "typo-name" not in mem.collections()
+    mem.close()
+    _close_cli_memories()
+
+
+def _close_cli_memories() -> None:
+    from sale_graph.context import _MEMORIES
+
+    for mem in _MEMORIES.values():
+        mem.close()
+
+
 def test_cli_bad_weights_file_and_undecodable_text(tmp_path, capsys):
     weights = tmp_path / "w.json"
     weights.write_text(json.dumps({"jury": [1, 2]}))
     code, _, err = _sale(["run", "Add numbers.", "--weights", str(weights),
                           "--memory", str(tmp_path / "m")], capsys)
     assert code == 2 and err.startswith("sale: error: ") and "jury" in err
-    code, _, err = _sale(["memory", "search", "\udcff", "--memory", str(tmp_path / "m")],
+    code, _, err = _sale(["memory", "search", "\udcff", "--memory", _stored_memory(tmp_path)],
                          capsys)
     assert code == 2 and err.startswith("sale: error: ") and "Traceback" not in err
-    from sale_graph.context import _MEMORIES
-
-    for mem in _MEMORIES.values():
-        mem.close()
+    assert "no collection" not in err
+    _close_cli_memories()
 
 
 def test_cli_closed_stdout_is_quiet(tmp_path, capsys, monkeypatch):
@@ -349,13 +375,10 @@ def test_cli_closed_stdout_is_quiet(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdout", Closed())
     from sale_graph.cli import main
 
-    code = main(["memory", "stats", "--memory", str(tmp_path / "m")])
+    code = main(["memory", "stats", "--memory", _stored_memory(tmp_path)])
     assert code == 1
     assert capsys.readouterr().err == ""
-    from sale_graph.context import _MEMORIES
-
-    for mem in _MEMORIES.values():
-        mem.close()
+    _close_cli_memories()
 
 
 def test_auction_id_with_a_trailing_newline_is_refused(memory):
@@ -392,3 +415,172 @@ def test_scripted_model_stays_usable():
 
     assert has_native_async(ScriptedChatModel())
     assert not has_native_async(BlockingModel(release=threading.Event()))
+
+
+# ---- 9. numbers a backend reports: garbage is no evidence ------------------------------
+
+
+class GarbageNumbersModel(ScriptedChatModel):
+    """Replies like the scripted model, but reports a NaN entropy and negative tokens."""
+
+    def _result(self, text, messages):
+        result = super()._result(text, messages)
+        message = result.generations[0].message
+        message.usage_metadata = {"input_tokens": -5, "output_tokens": -1000,
+                                  "total_tokens": -1005}
+        message.response_metadata["mean_token_entropy"] = math.nan
+        return result
+
+
+@pytest.mark.parametrize("auction", ["full", "staged"])
+def test_nan_entropy_and_negative_token_counts_neither_win_nor_cost_less(memory, auction):
+    pool = make_pool()
+    small = pool[0]
+    pool[0] = Agent(name="small", price=small.price,
+                    model=GarbageNumbersModel(script=small.model.script, entropy=1.0))
+    staged = StagedPolicy(agents={"small": AgentPolicy(bias=-2.0, entropy=1.0, reserve=0.5)},
+                          fitted=True, explore=0.0)
+    out = graph.invoke({"task": TASK, "auction_id": f"garbage-{auction}"},
+                       context=ctx(pool, memory, auction=auction, staged=staged))
+    audit = out["auction"]
+    bid = next(b for b in audit["bids"] if b["agent"] == "small")
+    assert bid["entropy"] is None and bid["tokens"] > 0
+    assert all(math.isfinite(b["score"]) for b in audit["bids"] if b.get("score") is not None)
+    assert audit["totals"]["auction_cost_usd"] > 0 and audit["memory"]["write"] == "ok"
+    if auction == "staged":  # no entropy, a low bias: the garbage bid does not clear 0.5
+        assert out["winner"] != "small"
+
+
+# ---- 10. configuration checked where the app is built; the CLI tells what happened -------
+
+
+def test_a_memory_url_with_a_path_is_refused_by_the_context():
+    with pytest.raises(ContextError, match="path or query"):
+        Context(memory_url="http://127.0.0.1:8000/api")
+
+
+@pytest.mark.parametrize("section", [{"execute_plan": "yes"}, {"defaults": {"auction": "bogus"}},
+                                     {"staged": {"agents": {"small": {"reserve": 7}}}}])
+def test_a_bad_weights_section_fails_when_the_app_is_built_naming_the_file(section, tmp_path,
+                                                                           capsys):
+    weights = tmp_path / "deployed.json"
+    weights.write_text(json.dumps({"cost": 1.0, "entropy": 1.0, **section}))
+    with pytest.raises(PoolConfigError, match="deployed.json"):
+        build_graph(Context(agents=make_pool(), weights=str(weights)))
+    code, _, err = _sale(["run", "Add numbers.", "--weights", str(weights),
+                          "--memory", str(tmp_path / "m")], capsys)
+    assert code == 2 and "deployed.json" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("remember", [True, False])
+def test_sale_run_exits_3_when_the_winner_gives_no_answer(remember, memory, monkeypatch, capfd):
+    from sale_graph import cli
+
+    def broken_executor(inputs):
+        raise RuntimeError("sandbox down")
+
+    monkeypatch.setattr(cli, "_context", lambda args: ctx(
+        make_pool(), memory, executor=broken_executor, remember=remember))
+    argv = ["run", TASK] + ([] if remember else ["--no-remember"])
+    assert cli.main(argv) == cli.EXECUTION_FAILED == 3
+    out, err = capfd.readouterr()
+    assert "(execution failed)" in out and "sandbox down" in out
+    stored = "auction stored in memory" in err
+    assert stored is remember
+    assert remember or "auction not stored in memory (disabled)" in err
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "0", "http"])
+def test_sale_serve_refuses_a_port_out_of_range(port, capsys):
+    from sale_graph.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--port", port])
+    assert exit_.value.code == 2 and "1-65535" in capsys.readouterr().err
+
+
+class SlowJuror(ScriptedChatModel):
+    """Bids at once; every vote outlasts any short deadline. Counts the votes begun."""
+
+    votes_begun: int = 0
+
+    async def _agenerate(self, messages, stop=None, run_manager=None, **kwargs):
+        if prompt_kind(messages) == "vote":
+            self.votes_begun += 1
+            await asyncio.sleep(3.0)
+        return await super()._agenerate(messages, stop, run_manager, **kwargs)
+
+
+def test_a_juror_that_times_out_is_not_asked_again(memory):
+    pool = make_pool()
+    slow = SlowJuror(script=pool[2].model.script, entropy=1.0)
+    pool[2] = Agent(name="large", price=0.36, model=slow)
+    out = graph.invoke({"task": TASK}, context=ctx(pool, memory, refine=False, remember=False,
+                                                   call_timeout=0.5))
+    dropped = [e for e in out["auction"]["events"]
+               if e["kind"] == "vote_dropped" and e["agent"] == "large"]
+    assert dropped and all("timeout" in e["detail"] for e in dropped)
+    assert slow.votes_begun == len(dropped)  # one attempt per vote, not two
+
+
+def test_a_bad_staged_policy_file_is_named_not_the_weights_file(tmp_path):
+    weights = tmp_path / "good-weights.json"
+    weights.write_text(json.dumps({"cost": 1.0, "entropy": 1.0}))
+    policy = tmp_path / "bad-policy.json"
+    policy.write_text(json.dumps({"agents": {"small": {"reserve": 7}}}))
+    with pytest.raises(PoolConfigError) as err:
+        build_graph(Context(agents=make_pool(), weights=str(weights), staged=str(policy)))
+    assert "bad-policy.json" in str(err.value) and "good-weights" not in str(err.value)
+    # a file with no policy in it is refused, not read as the default policy
+    weights_only = tmp_path / "weights-only.json"
+    weights_only.write_text(json.dumps({"cost": 1.0}))
+    with pytest.raises(PoolConfigError, match="holds no staged policy"):
+        build_graph(Context(agents=make_pool(), staged=str(weights_only)))
+
+
+# ---- 11. a thread, a parent app, a schema -------------------------------------------------
+
+
+def test_a_second_run_on_a_thread_starts_clean(memory):
+    context = ctx(make_pool(), memory)
+    app = build_graph(context).compile(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "one-thread"}}
+    first = app.invoke({"task": TASK}, config, context=context)
+    second = app.invoke({"task": "Multiply two numbers."}, config, context=context)
+    audit = second["auction"]
+    assert audit["auction_id"] != first["auction"]["auction_id"]  # no id: a fresh one
+    assert sorted(b["id"] for b in audit["bids"] if b["round"] == 0) == [
+        "large#0", "mid#0", "small#0"]
+    assert audit["memory"]["write"] == "ok" and memory.count() == 2
+    assert not [e for e in audit["events"] if e["kind"] == "memory_write_failed"]
+    # an explicit id retried on the same thread overwrites its own record
+    app.invoke({"task": TASK, "auction_id": "job-1"}, config, context=context)
+    again = app.invoke({"task": TASK, "auction_id": "job-1"}, config, context=context)
+    assert again["auction"]["auction_id"] == "job-1" and memory.count() == 3
+
+
+def test_a_parent_apps_own_context_does_not_reach_the_auction(memory):
+    from langgraph.graph import START, StateGraph
+    from typing_extensions import TypedDict
+
+    class ParentState(TypedDict, total=False):
+        task: str
+        answer: str
+
+    class ParentContext(TypedDict, total=False):
+        user: str
+        remember: bool  # the parent's own flag, which happens to share a name
+
+    auction = build_graph(ctx(make_pool(), memory)).compile()
+    parent = StateGraph(ParentState, context_schema=ParentContext)
+    parent.add_node("auction", auction)
+    parent.add_edge(START, "auction")
+    app = parent.compile()
+    app.invoke({"task": TASK}, context={"user": "ada", "remember": False})
+    assert memory.count() == 1  # the auction's own remember=True held
+
+
+def test_studio_gets_input_and_output_schemas():
+    schema = graph.get_input_jsonschema()
+    assert schema["required"] == ["task"] and "auction_id" in schema["properties"]
+    assert set(graph.get_output_jsonschema()["properties"]) == {"winner", "answer", "auction"}

@@ -205,6 +205,35 @@ def test_same_id_twice_is_one_record_holding_the_latest(memory: AuctionMemory) -
     assert got is not None and got.winner == "small"
 
 
+def test_a_rewrite_keeps_nothing_of_the_earlier_attempt(memory: AuctionMemory) -> None:
+    """Chroma's upsert merges metadata: a bidder, extra or score of the old record must go."""
+    memory.write("again", LINKED_LIST, auction("large"), "large", extra={"attempt": 1},
+                 outcome={"passed": True, "score": 0.9})
+    memory.write("again", LINKED_LIST, [bid("large", "win", price=0.36)], "large",
+                 outcome={"passed": False})
+    raw = memory._col().get(ids=["again"], include=["metadatas"])["metadatas"][0]
+    assert "bid__small" not in raw and "x_attempt" not in raw
+    got = memory.get("again")
+    assert got is not None and [b["agent"] for b in got.bids] == ["large"] and got.extra == {}
+    assert got.outcome is not None and got.outcome["passed"] is False
+    assert got.outcome["score"] is None
+    # a retry won by another agent drops the outcome of the earlier winner's answer;
+    # one won by the same agent keeps it (feedback that arrived in between)
+    memory.write("again", LINKED_LIST, auction("large"), "large", outcome={"passed": True})
+    memory.write("again", LINKED_LIST, auction("large"), "large")
+    kept = memory.get("again")
+    assert kept is not None and kept.outcome is not None and kept.outcome["passed"] is True
+    memory.write("again", LINKED_LIST, auction("small"), "small")
+    dropped = memory.get("again")
+    assert dropped is not None and dropped.winner == "small" and dropped.outcome is None
+    # feedback replaces the whole outcome: an earlier feedback's score does not linger
+    memory.record_outcome("again", passed=True, score=0.7)
+    memory.record_outcome("again", passed=False)
+    got = memory.get("again")
+    assert got is not None and got.outcome is not None and got.outcome["score"] is None
+    assert memory.count() == 1
+
+
 def test_similar_ranks_a_paraphrase_first_and_respects_k(memory: AuctionMemory) -> None:
     assert memory.similar(LINKED_LIST_PARAPHRASE, k=8) == []
     memory.write("canada", CANADA, auction(), "large")

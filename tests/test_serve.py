@@ -22,7 +22,7 @@ from sale_graph import Agent, AgentPolicy, Context, StagedPolicy, Weights
 from sale_graph.cli import main as cli_main
 from sale_graph.execution import clean_answer
 from sale_graph.memory import AuctionMemory
-from sale_graph.serve import create_app, is_loopback
+from sale_graph.serve import create_app, is_loopback, sale_object
 from tests.scripted import ScriptedChatModel
 from tests.workers.common import HashEmbedder
 
@@ -320,6 +320,7 @@ def test_memory_unreachable_is_503_before_any_model_call(loopback, tmp_path):
         streamed = served.post("/v1/chat/completions", ask(stream=True))
     for response in (plain, streamed):
         assert response.status_code == 503 and error_of(response)["code"] == "memory_unavailable"
+        assert str(tmp_path) not in response.text  # the deployer's path stays in its log
     assert sum(sum(a.model.calls.values()) for a in agents) == 0
 
 
@@ -331,9 +332,11 @@ def test_every_agent_failing_is_502_with_the_reasons(loopback, memory):
         streamed = served.post("/v1/chat/completions", ask(model="sale-full", stream=True))
     error = error_of(response)
     assert response.status_code == 502 and error["code"] == "no_bids"
-    assert "small" in error["message"] and "model down" in error["message"]
+    assert "small: RuntimeError" in error["message"]
+    assert "model down" not in error["message"]  # the deployer's details stay in its log
     # a stream already started: the error arrives as an SSE event the openai client raises
     assert streamed.status_code == 200 and '"code": "no_bids"' in streamed.text
+    assert "model down" not in streamed.text  # progress lines and the error alike
     assert memory.count() == 0
 
 
@@ -355,7 +358,7 @@ def test_a_failed_execution_is_502_and_the_auction_is_stored(loopback, memory):
         response = served.post("/v1/chat/completions", ask())
     error = error_of(response)
     assert response.status_code == 502 and error["code"] == "execution_failed"
-    assert "executor crashed" in error["message"]
+    assert "RuntimeError" in error["message"] and "executor crashed" not in error["message"]
     auction_id = response.headers["X-Sale-Auction-Id"]
     assert response.json()["sale"]["auction_id"] == auction_id
     assert memory.get(auction_id) is not None  # the auction happened; its record is whole
@@ -375,6 +378,7 @@ def test_outcomes_are_recorded_for_known_auctions_only(served, memory):
     assert memory.get(auction_id).outcome["detail"] == "tests passed"
     unknown = served.post("/v1/sale/outcomes", {"auction_id": "nope", "passed": False})
     assert unknown.status_code == 404 and error_of(unknown)["code"] == "unknown_auction"
+    assert "'nope'" in unknown.text and str(memory.location) not in unknown.text
     for bad in ({"auction_id": auction_id, "passed": "yes"},
                 {"auction_id": auction_id, "passed": True, "extra": 1},
                 {"auction_id": "bad id!", "passed": True},
@@ -511,3 +515,10 @@ def test_real_local_pool_through_the_openai_client(tmp_path):
     assert sale["winner"] in ("smollm2-135m", "qwen2.5-coder-0.5b") and sale["memory"] == "ok"
     assert chunks[-1].usage.prompt_tokens > 0 and chunks[-1].usage.completion_tokens > 0
     print(json.dumps({"answer": text[:200], "sale": sale, "usage": chunks[-1].usage.to_dict()}))
+
+
+def test_a_failed_memory_write_reaches_the_client_without_the_stores_location():
+    audit = {"auction_id": "a", "winner": "small",
+             "memory": {"write": "failed: MemoryUnavailableError: Chroma store at '/srv/secret'"}}
+    assert sale_object(audit)["memory"] == "failed"
+    assert sale_object({"memory": {"write": "ok"}})["memory"] == "ok"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -17,7 +18,7 @@ from sale_graph import (
     record_outcome,
 )
 from sale_graph.cli import main as cli_main
-from sale_graph.memory import AuctionMemory
+from sale_graph.memory import AuctionMemory, AuctionRecordError
 from sale_graph.outcomes import success_estimates
 from sale_graph.refinement import outcome_pairs
 from tests.scripted import ScriptedChatModel
@@ -95,6 +96,17 @@ def test_the_dearest_agent_answers_directly_without_bid_or_jury(memory):
     assert audit["memory"]["write"] == "ok"
     stored = memory.get(audit["auction_id"])
     assert stored.winner == "large" and stored.winning_bid["strategy"] == ""
+
+
+def test_a_bid_accepted_without_its_jurors_vote_says_so(memory):
+    agents = pool(large={"vote": "seven"})
+    p = StagedPolicy(agents={"small": AgentPolicy(bias=1.0, jury=1.0, reserve=0.5)},
+                     juror="large", fitted=True, explore=0.0)
+    out = run("add two numbers", staged(agents, memory, staged=p))
+    audit = out["auction"]
+    assert out["winner"] == "small"
+    assert "without large's vote" in audit["stop"]
+    assert any(e["kind"] == "vote_dropped" for e in audit["events"])
 
 
 def test_an_agent_memory_rules_out_is_not_asked_to_bid(memory):
@@ -245,6 +257,48 @@ def test_verifier_pass_fail_and_exception_are_each_written_once_with_the_auction
     assert memory.count() == 3
 
 
+def test_no_answer_is_a_failure_the_verifier_is_not_asked_about(memory):
+    """A verifier could pass an empty answer; a winner that gave none failed the task."""
+    asked = []
+
+    def verifier(x):
+        asked.append(x)
+        return True
+
+    def broken_executor(inputs):
+        raise RuntimeError("sandbox down")
+
+    out = run("t", Context(agents=pool(), memory=memory, verifier=verifier,
+                          executor=broken_executor), auction_id="no-answer")
+    audit = out["auction"]
+    assert not asked and audit["memory"]["write"] == "ok"
+    outcome = memory.get("no-answer").outcome
+    assert outcome["passed"] is False and outcome["source"] == "execution"
+    assert "sandbox down" in outcome["detail"]
+    skipped = [e for e in audit["events"] if e["kind"] == "verifier_skipped"]
+    assert len(skipped) == 1 and "recorded as failed" in skipped[0]["detail"]
+
+
+def test_a_blocking_verifier_is_held_to_the_call_timeout(memory):
+    release = threading.Event()
+
+    def stuck_verifier(x):
+        release.wait(30)
+        return True
+
+    try:
+        t0 = time.monotonic()
+        out = graph.invoke({"task": "t", "auction_id": "slow-check"},
+                           context=Context(agents=pool(), memory=memory,
+                                           verifier=stuck_verifier, call_timeout=0.5))
+        took = time.monotonic() - t0
+    finally:
+        release.set()
+    assert out["auction"]["outcome"]["error"].startswith("timeout")
+    assert memory.get("slow-check").outcome is None
+    assert took < 10, f"graph.invoke took {took:.1f}s past a 0.5s verifier deadline"
+
+
 def test_feedback_for_an_unknown_auction_fails_clearly_and_writes_nothing(memory):
     with pytest.raises(UnknownAuctionError, match="no auction 'nope'"):
         record_outcome("nope", passed=True, context=Context(memory=memory))
@@ -262,6 +316,17 @@ def test_repeated_feedback_leaves_one_record_and_the_latest_wins(memory):
     stored = memory.get("job-1")
     assert stored.outcome["passed"] is False and stored.outcome["detail"] == "CI failed"
     assert stored.winner == out["winner"]  # the auction itself is untouched
+
+
+def test_feedback_on_a_damaged_record_writes_nothing(memory):
+    memory.write("dmg", "a task", [{"agent": "small", "round": 0, "strategy": "p",
+                                    "score": 0.0, "label": "win", "price": 0.05}], "small")
+    col = memory._col()
+    col.update(ids=["dmg"], metadatas=[{"bids_json": "not json"}])
+    with pytest.raises(AuctionRecordError, match="damaged: no outcome written"):
+        memory.record_outcome("dmg", passed=True)
+    raw = col.get(ids=["dmg"], include=["metadatas"])["metadatas"][0]
+    assert not any(k.startswith("outcome_") or k == "has_outcome" for k in raw)
 
 
 def test_feedback_racing_the_auctions_rewrite_loses_neither(memory):

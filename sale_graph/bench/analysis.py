@@ -383,7 +383,8 @@ def report_from_bank(
         outcomes_done=len(bank.records("outcome")),
         fit_outcomes=bank.get("fit", "minmax-outcomes"),
     )
-    order = [m.name for m in methods_for(config)]
+    auctions = [m.name for m in methods_for(config)]
+    order = list(auctions)
     for a in agents[::-1]:
         order += [f"single: {a}", f"single: {a} (direct)"]
     order += ["random", "oracle", PERFECT_ACCEPT, "WTP", "CARROT", "kNN on verified outcomes",
@@ -398,6 +399,7 @@ def report_from_bank(
         preamble=preamble,
         method_order=order,
         execution_lengths=_execution_lengths(bank, test_ids, agents[-1]),
+        auction_methods=auctions,
     )
 
 

@@ -38,7 +38,10 @@ from langchain_core.caches import RETURN_VAL_TYPE, BaseCache
 from langchain_core.messages import message_to_dict, messages_from_dict
 from langchain_core.outputs import ChatGeneration, Generation
 
-__all__ = ["OutcomeBank"]
+from sale_graph.calls import describe_error
+from sale_graph.errors import SaleError
+
+__all__ = ["BankFormatError", "OutcomeBank"]
 
 _SCHEMA = 1
 _DDL = """
@@ -104,6 +107,10 @@ def _decode_generations(data: Sequence[dict[str, Any]]) -> list[Generation]:
         else:
             out.append(Generation(text=d["text"], generation_info=d.get("generation_info")))
     return out
+
+
+class BankFormatError(SaleError, ValueError):
+    """A bank export that cannot be read (corrupt gzip, a malformed line)."""
 
 
 class OutcomeBank(BaseCache):
@@ -295,32 +302,43 @@ class OutcomeBank(BaseCache):
         conn = self._conn()
         before = self._count(conn)
         now = time.time()
-        with gzip.open(path, "rt", encoding="utf-8") as f, conn:
-            for line in f:
-                if not line.strip():
-                    continue
-                d = json.loads(line)
-                if d["type"] == "call":
-                    conn.execute(
-                        f"{verb} INTO calls VALUES (?, ?, ?, ?, ?)",
-                        (
-                            _key(d["prompt"], d["llm_string"]),
-                            d["llm_string"],
-                            d["prompt"],
-                            _dumps(d["generations"]),
-                            now,
-                        ),
-                    )
-                elif d["type"] == "record":
-                    if calls_only:
+        if not Path(path).is_file():
+            raise BankFormatError(f"{path}: no such bank export file")
+        n = 0
+        try:
+            with gzip.open(path, "rt", encoding="utf-8") as f, conn:  # all lines or none
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
                         continue
-                    conn.execute(
-                        f"{verb} INTO records VALUES (?, ?, ?, ?)",
-                        (d["namespace"], d["key"], _dumps(d["value"]), now),
-                    )
-                else:
-                    raise ValueError(f"{path}: unknown entry type {d['type']!r}")
+                    try:
+                        self._import_line(conn, verb, json.loads(line), calls_only, now)
+                    except (ValueError, KeyError, TypeError) as exc:
+                        raise BankFormatError(
+                            f"{path}, line {n}: not a bank entry ({describe_error(exc)}); "
+                            "nothing imported") from exc
+        except (OSError, EOFError, UnicodeDecodeError) as exc:  # the stream, not one line
+            raise BankFormatError(f"{path}: unreadable after {n} lines ({describe_error(exc)}); "
+                                  "nothing imported") from exc
         return self._count(conn) - before
+
+    @staticmethod
+    def _import_line(
+        conn: sqlite3.Connection, verb: str, d: Any, calls_only: bool, now: float
+    ) -> None:
+        if d["type"] == "call":
+            conn.execute(
+                f"{verb} INTO calls VALUES (?, ?, ?, ?, ?)",
+                (_key(d["prompt"], d["llm_string"]), d["llm_string"], d["prompt"],
+                 _dumps(d["generations"]), now),
+            )
+        elif d["type"] == "record":
+            if not calls_only:
+                conn.execute(
+                    f"{verb} INTO records VALUES (?, ?, ?, ?)",
+                    (d["namespace"], d["key"], _dumps(d["value"]), now),
+                )
+        else:
+            raise ValueError(f"unknown entry type {d['type']!r}")
 
     @staticmethod
     def _count(conn: sqlite3.Connection) -> int:

@@ -121,6 +121,7 @@ class Method:
     def uses_memory(self) -> bool:
         """Whether auctions of this method read and write a memory store."""
         return self.outcomes or (self.auction == "full" and self.refine)
+
     @property
     def slug(self) -> str:
         """Directory-safe name (memory stores live under it)."""

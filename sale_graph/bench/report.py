@@ -71,11 +71,13 @@ def markdown_report(
     largest: str | None = None,
     analysis: Mapping[str, Any] | None = None,
     images: Sequence[tuple[str, str]] = (),
+    auction_methods: Sequence[str] = (),
 ) -> str:
     """Tables of the summary: overall, per bin and domain, the ``analysis`` sections, shares.
 
     ``preamble`` (Markdown) goes under the title: what was run and how to read it.
     ``analysis`` is what ``analyse`` returns; ``images`` are (caption, file) links.
+    ``auction_methods`` are the rows held to the bar (``bar_section``).
     """
     analysis = analysis or {}
     ci = analysis.get("intervals") or {}
@@ -132,6 +134,7 @@ def markdown_report(
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += targets_section(summary, largest or (agents[-1] if agents else None))
     lines += paired_section(analysis.get("paired") or {}, list(summary))
+    lines += bar_section(analysis.get("paired") or {}, summary, auction_methods)
     lines += break_even_section(analysis)
     lines += longest_section(analysis.get("longest_bin") or {}, list(summary))
     lines += learning_section(analysis.get("learning_curves") or {}, agents)
@@ -184,6 +187,63 @@ def paired_section(
                 f"| {_verdict(d, 0.0, 'better', 'worse')} "
                 f"| {r['estimate']:.2f} | {_ci(r, 1, '.2f')} "
                 f"| {_verdict(r, 1.0, 'dearer', 'cheaper')} |"
+            )
+    return lines
+
+
+# The bar an auction must clear to pay for itself: no worse than the largest agent
+# (on the same tasks) at no more than 75% of its cost, the auction at most 25% of that
+BAR_MAX_COST_RATIO = 0.75
+BAR_MAX_AUCTION_SHARE = 0.25
+
+
+def bar_section(
+    paired: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    summary: Mapping[str, Mapping[str, Any]],
+    auction_methods: Sequence[str],
+) -> list[str]:
+    """Each auction row against the bar, once per largest-agent row.
+
+    "Not below" reads the paired interval: the benchmark cannot show the row worse
+    (its upper end is at or above 0). The point estimate is printed beside it, so a
+    row that passes only because the interval is wide shows as such. The cost bar
+    reads the point ratio; the auction share is the row's own, over all its orders.
+    """
+    rows = [m for m in auction_methods if m in summary]
+    if not paired or not rows:
+        return []
+    lines = [
+        "",
+        f"## The bar: not below the largest agent at <= {BAR_MAX_COST_RATIO:.0%} of its cost",
+        "",
+        f"An auction pays for itself when its pass@1 is not below the largest agent's on "
+        f"the same tasks (the upper end of the paired {LEVEL:.0%} interval of the "
+        f"difference is at or above 0), its cost is at most {BAR_MAX_COST_RATIO:.0%} of the "
+        f"largest agent's, and the auction's own calls are at most "
+        f"{BAR_MAX_AUCTION_SHARE:.0%} of its cost. Each row is held to every largest-agent "
+        "row the run has (planning then executing; answering directly). *not below* means "
+        "the benchmark cannot show the row worse: with a negative point estimate that is "
+        "noise, not equality.",
+        "",
+        "| method | against | pass@1 diff [95% CI] | not below | cost ratio [95% CI] "
+        f"| <= {BAR_MAX_COST_RATIO:.0%} | auction share | <= {BAR_MAX_AUCTION_SHARE:.0%} "
+        "| bar |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for ref, against in paired.items():
+        for method in [m for m in rows if m in against]:
+            d, r = against[method]["pass_diff"], against[method]["cost_ratio"]
+            share = summary[method]["overall"].get("auction_cost_share", {}).get("mean", 0.0)
+            checks = (
+                d["hi"] >= 0.0,
+                r["estimate"] <= BAR_MAX_COST_RATIO,
+                share <= BAR_MAX_AUCTION_SHARE,
+            )
+            yes = ["yes" if ok else "no" for ok in checks]
+            lines.append(
+                f"| {method} | {ref} | {100 * d['estimate']:+.1f} {_ci(d, 100, '+.1f')} "
+                f"| {yes[0]} | {r['estimate']:.2f} {_ci(r, 1, '.2f')} | {yes[1]} "
+                f"| {100 * share:.1f}% | {yes[2]} | {'**met**' if all(checks) else 'missed'} |"
             )
     return lines
 
@@ -525,13 +585,14 @@ def write_report(
     preamble: str = "",
     method_order: Sequence[str] = (),
     execution_lengths: Mapping[str, float] | None = None,
+    auction_methods: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Summarise ``records`` and write JSON, Markdown and plots; returns the paths.
 
     ``curve_methods`` defaults to every method run over more than one task order.
     Tables list the methods of ``method_order`` first, in that order, then the rest.
     ``execution_lengths`` (tokens per task) bins the break-even plot and the longest
-    tercile; see ``analyse``.
+    tercile; see ``analyse``. ``auction_methods`` are held to the bar (``bar_section``).
     """
     recs = list(records)
     summary = summarise(recs, largest, agents)
@@ -564,7 +625,7 @@ def write_report(
         ("auction share of cost against execution length", "break_even.png"),
     ]
     markdown = markdown_report(
-        summary, agents, preamble, largest, analysis, images if plots else ()
+        summary, agents, preamble, largest, analysis, images if plots else (), auction_methods
     )
     paths["markdown"].write_text(markdown, encoding="utf-8")
     if plots:

@@ -10,7 +10,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, Generation
 
-from sale_graph.bench.bank import OutcomeBank
+from sale_graph.bench.bank import BankFormatError, OutcomeBank
 
 
 def test_second_call_is_served_from_the_bank(tmp_path, scripted) -> None:
@@ -93,6 +93,21 @@ def test_import_keeps_existing_entries_unless_overwrite(tmp_path) -> None:
     assert dst.get("outcome", "k") == {"v": "local"}
     dst.import_(tmp_path / "x.jsonl.gz", overwrite=True)
     assert dst.get("outcome", "k") == {"v": "exported"}
+
+
+def test_a_broken_export_is_refused_whole_naming_file_and_line(tmp_path) -> None:
+    good = json.dumps({"type": "record", "namespace": "outcome", "key": "k", "value": {}})
+    bad = tmp_path / "bad.jsonl.gz"
+    with gzip.open(bad, "wt", encoding="utf-8") as f:
+        f.write(good + "\n" + json.dumps({"namespace": "outcome"}) + "\n")
+    dst = OutcomeBank(tmp_path / "dst.sqlite")
+    with pytest.raises(BankFormatError, match=r"bad.jsonl.gz, line 2: .*nothing imported"):
+        dst.import_(bad)
+    assert dst.records("outcome") == {}  # the good first line is not half-imported
+    corrupt = tmp_path / "corrupt.jsonl.gz"
+    corrupt.write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(BankFormatError, match="corrupt.jsonl.gz"):
+        dst.import_(corrupt)
 
 
 def test_text_and_chat_generations_round_trip(tmp_path) -> None:

@@ -225,3 +225,26 @@ def test_report_sections_name_both_largest_rows_and_noise() -> None:
     assert "## Longest executions (top tercile)" in md
     assert "## Learning along the task order" in md
     json.dumps(analysis)  # the report writes it as JSON
+
+
+def test_bar_section_holds_auction_rows_to_quality_cost_and_auction_share() -> None:
+    # the largest agent: 10 of 20 pass at 1.0 each
+    ok = [_crec("staged", f"t{i:02d}", i % 2 == 0, ca=0.1, ce=0.6) for i in range(20)]
+    dear = [_crec("staged dear", f"t{i:02d}", i % 2 == 0, ca=0.2, ce=0.7) for i in range(20)]
+    worse = [_crec("SALE", f"t{i:02d}", i % 2 == 0 and i < 10, ca=0.1, ce=0.2)
+             for i in range(20)]  # fmt: skip
+    router = [_crec("WTP", f"t{i:02d}", i % 2 == 0, ce=0.5) for i in range(20)]
+    recs = _largest() + ok + dear + worse + router
+    auctions = ["SALE", "staged", "staged dear", "not run"]
+    md = markdown_report(summarise(recs, "large", AGENTS), AGENTS, largest="large",
+                         analysis=analyse(recs, "large", AGENTS), auction_methods=auctions)
+    bar = md.split("## The bar")[1].split("\n## ")[0]
+    rows = {line.split(" | ")[0]: line for line in bar.splitlines() if line.startswith("| ")}
+    assert rows["| staged"].endswith("| 0.70 [0.70, 0.70] | yes | 14.3% | yes | **met** |")
+    assert "| 0.90 [0.90, 0.90] | no | 22.2% | yes | missed |" in rows["| staged dear"]
+    assert rows["| SALE"].startswith(f"| SALE | {LARGE} | -25.0 [")
+    assert "| no | 0.30 [" in rows["| SALE"] and rows["| SALE"].endswith("| missed |")
+    assert "WTP" not in bar and "not run" not in bar
+    # without auction rows there is no bar
+    assert "## The bar" not in markdown_report(summarise(recs, "large", AGENTS), AGENTS,
+                                               analysis=analyse(recs, "large", AGENTS))

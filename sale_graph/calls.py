@@ -199,6 +199,15 @@ async def in_own_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
     return await future
 
 
+def as_runnable(value: Any, name: str) -> Runnable:
+    """Any Runnable, or a plain (async) function wrapped as one (executors, verifiers)."""
+    if isinstance(value, Runnable):
+        return value
+    if callable(value):
+        return RunnableLambda(value, name=name)
+    raise TypeError(f"{name} must be a Runnable or a callable, got {type(value).__name__}")
+
+
 def ainvoke_bounded(runnable: Any, inputs: Any, config: Any) -> Any:
     """``runnable.ainvoke``, except that a sync-only Runnable runs on its own thread.
 

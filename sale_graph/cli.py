@@ -105,7 +105,7 @@ def _progress(update: dict[str, Any], t0: float, details: bool = True) -> str | 
             return f"{when} auction stored in memory"
         # the reason's detail (a path, a URL) goes to the audit's notes, not to this line,
         # which `sale serve` also streams to its clients
-        return f"{when} auction not stored in memory ({status.split(':')[0] or 'unknown'})"
+        return f"{when} auction not stored in memory ({failure_kind(status or 'unknown')})"
     return None
 
 

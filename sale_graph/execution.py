@@ -25,6 +25,7 @@ from sale_graph.agents import Agent
 from sale_graph.calls import (
     ainvoke_bounded,
     ainvoke_model,
+    as_runnable,
     describe_error,
     estimate_tokens,
     message_text,
@@ -96,8 +97,6 @@ async def execute(
 ) -> dict[str, Any]:
     """Run the winning plan; failures are returned (and audited), never raised."""
     runnable = agent.executor or executor or default_executor
-    if not isinstance(runnable, Runnable) and callable(runnable):
-        runnable = RunnableLambda(runnable, name="execute")  # a plain function, like verifiers
     usage = UsageMetadataCallbackHandler()
     inputs = {
         "task": task, "strategy": strategy, "model": agent.model, "agent": agent.name,
@@ -107,7 +106,7 @@ async def execute(
     result: dict[str, Any] = {"agent": agent.name, "answer": None, "error": None}
     try:
         config: RunnableConfig = {"callbacks": [usage], "run_name": "execute"}
-        pending = ainvoke_bounded(runnable, inputs, config)
+        pending = ainvoke_bounded(as_runnable(runnable, "execute"), inputs, config)
         raw = await asyncio.wait_for(pending, timeout)
         text = answer_text(raw)
         result["answer"] = clean_answer(text)

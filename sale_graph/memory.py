@@ -444,11 +444,7 @@ class AuctionMemory:
             return self._collection
         with self._lock:
             if self._collection is None:
-                if self._client is None and self._factory is not None:
-                    self._client = self._factory()
-                if self._client is None:
-                    raise self._unavailable("no Chroma client")
-                col = self._client.get_or_create_collection(
+                col = self._client_ready().get_or_create_collection(
                     self.collection_name,
                     configuration={"hnsw": {"space": "cosine"}},
                     metadata={"sale_schema": SCHEMA_VERSION},
@@ -497,11 +493,16 @@ class AuctionMemory:
             self._preflight()
         with self._guard():
             with self._lock:
-                if self._client is None and self._factory is not None:
-                    self._client = self._factory()
-            if self._client is None:
-                raise self._unavailable("no Chroma client")
-            return sorted(str(getattr(c, "name", c)) for c in self._client.list_collections())
+                client = self._client_ready()
+            return sorted(str(getattr(c, "name", c)) for c in client.list_collections())
+
+    def _client_ready(self) -> Any:
+        """The Chroma client, made on first need (call with ``self._lock`` held)."""
+        if self._client is None and self._factory is not None:
+            self._client = self._factory()
+        if self._client is None:
+            raise self._unavailable("no Chroma client")
+        return self._client
 
     def write(
         self,

@@ -23,7 +23,7 @@ from sale_graph.approval import require_checkpointer
 from sale_graph.context import Context
 from sale_graph.errors import InvalidTaskError
 from sale_graph.runtime import run_context
-from sale_graph.state import AuctionState, BidRequest
+from sale_graph.state import REDUCED, AuctionState, BidRequest
 
 _AUCTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
@@ -49,26 +49,16 @@ def validate_task(task: Any, max_chars: int) -> str:
     return text
 
 
-# what one auction leaves in its thread's checkpoint: a new run on the same thread
-# (Studio's second message, a redelivered job) starts from none of it
-_ACCUMULATED: dict[str, list[Any] | dict[str, Any]] = {
-    "bids": [], "votes": [], "events": [], "offered": [], "assessments": [], "scores": {},
-}
-_LEFT_OVER = ("staged_policy", "provisional_winner", "winning_bid", "refiners", "retrieved",
-              "retrieve_seconds", "estimates", "estimated", "stop", "approval", "execution",
-              "outcome", "winner", "answer", "auction")
+def fresh_run(state: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Updates that clear what a previous run on this thread left, beside ``update``.
 
-
-def fresh_run(state: Mapping[str, Any]) -> dict[str, Any]:
-    """State updates that clear what a previous run left (reducers bypassed).
-
-    Only channels that hold something are written, so a new thread's checkpoints
-    carry no empty writes.
+    Studio's second message or a redelivered job starts from none of it. Reduced
+    channels are overwritten (their reducer would add); only channels that hold
+    something are written, so a new thread's checkpoints carry no empty writes.
     """
-    cleared: dict[str, Any] = {k: Overwrite(type(v)()) for k, v in _ACCUMULATED.items()
-                               if state.get(k)}
-    cleared.update({k: None for k in _LEFT_OVER if state.get(k) is not None})
-    return cleared
+    return {k: Overwrite(type(v)()) if k in REDUCED else None
+            for k, v in state.items()
+            if k not in update and v is not None and not (k in REDUCED and not v)}
 
 
 def auction_id_for(state: Mapping[str, Any]) -> str:
@@ -104,7 +94,6 @@ async def open_auction(
         memory = await asyncio.to_thread(ctx.resolved_memory)
         await asyncio.to_thread(memory.ping)
     update: dict[str, Any] = {
-        **fresh_run(state),
         "task": task,
         "auction_id": auction_id_for(state),
         "started": time.time(),
@@ -117,6 +106,7 @@ async def open_auction(
     if mode == "staged":
         policy = await asyncio.to_thread(ctx.resolved_staged)
         update["staged_policy"] = policy.to_dict()
+    update.update(fresh_run(state, update))
     if mode == "staged" or weights.memory:
         return Command(update=update, goto="estimate")
     return Command(update=update, goto=bid_sends(task, agents))

@@ -24,9 +24,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from langchain_core.runnables import Runnable, RunnableLambda
-
-from sale_graph.calls import ainvoke_bounded, describe_error
+from sale_graph.calls import ainvoke_bounded, as_runnable, describe_error
 from sale_graph.runtime import run_context
 
 DEFAULT_PRIOR = 0.4
@@ -62,15 +60,6 @@ def success_estimates(
     }
 
 
-def as_verifier(verifier: Any) -> Runnable:
-    """Any Runnable, or a plain (async) function of ``{"task", "answer", "audit"}``."""
-    if isinstance(verifier, Runnable):
-        return verifier
-    if callable(verifier):
-        return RunnableLambda(verifier, name="verifier")
-    raise TypeError(f"verifier must be a Runnable or a callable, got {type(verifier).__name__}")
-
-
 def read_verdict(raw: Any) -> dict[str, Any]:
     """Normalise a verifier's reply: a bool, a 0-1 score, or ``{"passed", "score", "detail"}``."""
     if isinstance(raw, bool):
@@ -95,7 +84,7 @@ async def verify(
 ) -> dict[str, Any]:
     """Run the verifier once; its failure is recorded (``error``), never raised."""
     try:
-        runnable = as_verifier(verifier)
+        runnable = as_runnable(verifier, "verifier")  # a function of {task, answer, audit}
         inputs = {"task": task, "answer": answer or "", "audit": dict(audit)}
         raw = await asyncio.wait_for(
             ainvoke_bounded(runnable, inputs, {"run_name": "verify"}), timeout

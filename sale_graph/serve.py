@@ -292,10 +292,11 @@ def sale_object(audit: Mapping[str, Any]) -> dict[str, Any]:
 def _write_status(audit: Mapping[str, Any]) -> str | None:
     """The memory write's status for a client: "failed" without the store's path or URL."""
     status = (audit.get("memory") or {}).get("write")
-    if isinstance(status, str) and status.startswith("failed"):
+    if not isinstance(status, str):
+        return status
+    if status.startswith("failed"):
         log.warning("auction %s: memory write %s", audit.get("auction_id"), status)
-        return "failed"
-    return status
+    return failure_kind(status)
 
 
 def _failed_execution(audit: Mapping[str, Any]) -> ApiError:

@@ -10,7 +10,7 @@ Bids, votes and events arrive from parallel ``Send`` branches and are merged by
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Any, NotRequired
+from typing import Annotated, Any, NotRequired, get_type_hints
 
 # typing's TypedDict cannot be turned into a JSON schema by pydantic before Python
 # 3.12, and LangGraph's server then gives Studio no input or output form
@@ -140,3 +140,8 @@ class VoteRequest(TypedDict):
     juror: str
     bid: Bid
     bids: NotRequired[list[Bid]]
+
+
+# channels whose writes are merged by a reducer (a new run must overwrite them, not add)
+REDUCED = frozenset(k for k, t in get_type_hints(AuctionState, include_extras=True).items()
+                    if getattr(t, "__metadata__", None))

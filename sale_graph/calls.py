@@ -19,7 +19,16 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.runnables import Runnable, RunnableLambda
+from langchain_core.runnables import (
+    Runnable,
+    RunnableLambda,
+    RunnableParallel,
+    RunnablePassthrough,
+    RunnableSequence,
+)
+from langchain_core.runnables.base import RunnableBindingBase, RunnableEachBase
+from langchain_core.runnables.fallbacks import RunnableWithFallbacks
+from langchain_core.runnables.passthrough import RunnableAssign
 
 from sale_graph.agents import Agent
 
@@ -208,18 +217,54 @@ def as_runnable(value: Any, name: str) -> Runnable:
     raise TypeError(f"{name} must be a Runnable or a callable, got {type(value).__name__}")
 
 
-def ainvoke_bounded(runnable: Any, inputs: Any, config: Any) -> Any:
-    """``runnable.ainvoke``, except that a sync-only Runnable runs on its own thread.
+def _blocking_parts(runnable: Any) -> tuple[bool, bool]:
+    """(has a blocking-only part, has an async-only part) anywhere in a Runnable's tree.
 
-    Runnable's default ``ainvoke`` borrows the event loop's thread pool: a call that
-    hangs there outlives ``wait_for``'s deadline and blocks the run's shutdown. A
-    thread of its own is abandoned at the deadline instead.
+    Wrappers (``with_config``, ``with_retry``, ``bind``), sequences, parallels and
+    fallbacks hand their parts to the loop's pool one by one, so a blocking function
+    inside any of them borrows it as a bare one would.
     """
     if isinstance(runnable, RunnableLambda):
-        sync_only = getattr(runnable, "afunc", None) is None
-    else:
-        sync_only = type(runnable).ainvoke is Runnable.ainvoke
-    if sync_only:
+        has_sync = getattr(runnable, "func", None) is not None
+        has_async = getattr(runnable, "afunc", None) is not None
+        return not has_async, not has_sync
+    if isinstance(runnable, BaseChatModel):
+        return not has_native_async(runnable), False
+    if isinstance(runnable, RunnablePassthrough):
+        return runnable.func is not None and runnable.afunc is None, False
+    parts = _parts(runnable)
+    if parts is None:
+        return type(runnable).ainvoke is Runnable.ainvoke, False
+    found = [_blocking_parts(part) for part in parts]
+    return any(s for s, _ in found), any(a for _, a in found)
+
+
+def _parts(runnable: Any) -> list[Any] | None:
+    """The Runnables a composite Runnable delegates to (None for a leaf)."""
+    if isinstance(runnable, (RunnableBindingBase, RunnableEachBase)):
+        return [runnable.bound]
+    if isinstance(runnable, RunnableSequence):
+        return list(runnable.steps)
+    if isinstance(runnable, RunnableParallel):
+        return list(runnable.steps__.values())
+    if isinstance(runnable, RunnableWithFallbacks):
+        return [runnable.runnable, *runnable.fallbacks]
+    if isinstance(runnable, RunnableAssign):
+        return [runnable.mapper]
+    return None
+
+
+def ainvoke_bounded(runnable: Any, inputs: Any, config: Any) -> Any:
+    """``runnable.ainvoke``, except that a Runnable with blocking parts runs on its own thread.
+
+    Runnable's default ``ainvoke`` borrows the event loop's thread pool for blocking
+    code: a call that hangs there outlives ``wait_for``'s deadline and blocks the
+    run's shutdown. A thread of its own is abandoned at the deadline instead. A tree
+    that also holds an async-only part cannot be invoked blockingly; it keeps
+    ``ainvoke``.
+    """
+    blocking, async_only = _blocking_parts(runnable)
+    if blocking and not async_only:
         return in_own_thread(runnable.invoke, inputs, config=config)
     return runnable.ainvoke(inputs, config=config)
 

@@ -121,11 +121,15 @@ async def execute(
     ended = time.time()
     counts = [(token_count(u.get("input_tokens")), token_count(u.get("output_tokens")))
               for u in usage.usage_metadata.values()]
-    input_tokens = sum(n or 0 for n, _ in counts)
-    output_tokens = sum(n or 0 for _, n in counts)
-    estimated = not counts or any(n is None for pair in counts for n in pair)
-    if estimated and result["answer"]:
-        output_tokens = estimate_tokens(result.get("raw_answer") or result["answer"])
+    known_in = [n for n, _ in counts if n is not None]
+    known_out = [n for _, n in counts if n is not None]
+    # An executor that reports no usage (a plain function, a tool loop) still read its
+    # prompt: estimated from what it was given, it is never free (bids are the same).
+    prompt = " ".join(message_text(m) for m in execute_messages(agent.name, task, strategy))
+    input_tokens = sum(known_in) if known_in else estimate_tokens(prompt)
+    answer = result.get("raw_answer") or result["answer"] or ""
+    output_tokens = sum(known_out) if known_out else estimate_tokens(answer) if answer else 0
+    estimated = not counts or len(known_in) < len(counts) or len(known_out) < len(counts)
     result.update(
         input_tokens=input_tokens, output_tokens=output_tokens, tokens_estimated=estimated,
         started=started, ended=ended, seconds=ended - started,

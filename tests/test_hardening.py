@@ -451,6 +451,16 @@ def test_nan_entropy_and_negative_token_counts_neither_win_nor_cost_less(memory,
         assert out["winner"] != "small"
 
 
+def test_an_executor_without_usage_still_pays_for_its_prompt(memory):
+    """A plain function reports no usage: its input is estimated, never free."""
+    out = graph.invoke({"task": TASK, "auction_id": "no-usage"},
+                       context=ctx(make_pool(), memory, executor=lambda inputs: "42"))
+    execution = out["auction"]["phases"]["execute"]
+    assert execution["tokens_estimated"] is True
+    assert execution["input_tokens"] >= len(TASK.split()) and execution["output_tokens"] >= 1
+    assert out["auction"]["totals"]["execution_cost_usd"] > 0
+
+
 # ---- 10. configuration checked where the app is built; the CLI tells what happened -------
 
 

@@ -590,6 +590,20 @@ def test_a_parent_apps_own_context_does_not_reach_the_auction(memory):
     assert memory.count() == 1  # the auction's own remember=True held
 
 
+def test_the_servers_context_schema_shows_what_a_client_may_send():
+    """Studio and API clients read this schema: no refused field, every range."""
+    from sale_graph.context import SERVER_ONLY
+    from sale_graph.server import graph as served
+
+    schema = served.get_context_jsonschema()
+    properties = schema["properties"]
+    assert not SERVER_ONLY & set(properties) and {"k", "reserve", "pool"} <= set(properties)
+    assert (properties["k"]["minimum"], properties["k"]["maximum"]) == (1, 100)
+    assert properties["call_timeout"]["exclusiveMinimum"] == 0
+    assert {"type": "number", "minimum": 0, "maximum": 1} in properties["reserve"]["anyOf"]
+    assert set(graph.get_context_jsonschema()["properties"]) >= SERVER_ONLY  # in-process: all
+
+
 def test_studio_gets_input_and_output_schemas():
     schema = graph.get_input_jsonschema()
     assert schema["required"] == ["task"] and "auction_id" in schema["properties"]

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from langchain_core.callbacks import BaseCallbackHandler, BaseCallbackManager
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import (
@@ -27,6 +28,7 @@ from langchain_core.runnables import (
     RunnableSequence,
 )
 from langchain_core.runnables.base import RunnableBindingBase, RunnableEachBase
+from langchain_core.runnables.config import RunnableConfig, ensure_config
 from langchain_core.runnables.fallbacks import RunnableWithFallbacks
 from langchain_core.runnables.passthrough import RunnableAssign
 
@@ -267,6 +269,22 @@ def ainvoke_bounded(runnable: Any, inputs: Any, config: Any) -> Any:
     if blocking and not async_only:
         return in_own_thread(runnable.invoke, inputs, config=config)
     return runnable.ainvoke(inputs, config=config)
+
+
+def config_with(handler: BaseCallbackHandler, run_name: str) -> RunnableConfig:
+    """The running step's config with one more handler for a call made inside it.
+
+    A config with its own ``callbacks`` list replaces the inherited ones: the call
+    would drop out of the run's trace and its stream (a token listener, LangGraph's
+    ``messages`` mode). The handler is added to a copy of the inherited manager.
+    """
+    callbacks = ensure_config().get("callbacks")
+    if isinstance(callbacks, BaseCallbackManager):
+        callbacks = callbacks.copy()
+        callbacks.add_handler(handler, inherit=True)
+    else:
+        callbacks = [*(callbacks or []), handler]
+    return {"callbacks": callbacks, "run_name": run_name}
 
 
 def describe_error(exc: BaseException) -> str:

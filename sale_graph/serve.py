@@ -36,6 +36,7 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Annotated, Any
 
+from langchain_core.callbacks import AsyncCallbackHandler
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from pydantic import ValidationError as SchemaError
 from starlette.applications import Starlette
@@ -46,7 +47,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sale_graph.calls import failure_kind
+from sale_graph.calls import content_text, failure_kind
 from sale_graph.context import Context
 from sale_graph.errors import (
     ContextError,
@@ -56,6 +57,7 @@ from sale_graph.errors import (
     PoolConfigError,
     SaleError,
 )
+from sale_graph.execution import ANSWER_TAG, AnswerStream
 from sale_graph.memory import UnknownAuctionError
 from sale_graph.opening import auction_id_for, validate_task
 
@@ -332,6 +334,31 @@ def _comment(text: str) -> str:
 # ----------------------------------------------------------------------------- auctions
 
 
+class _AnswerTokens(AsyncCallbackHandler):
+    """The default executor's answer, piece by piece, as its model writes it.
+
+    Only the call tagged :data:`~sale_graph.execution.ANSWER_TAG` is followed (bids
+    and votes are not the answer), through :class:`~sale_graph.execution.AnswerStream`
+    so that echoed plan blocks the stored answer drops are not sent either. Not a
+    streaming handler: a model that streams only when asked (``ChatOpenAI``) keeps
+    answering whole, with its exact usage; the local models hand over every token.
+    """
+
+    def __init__(self, put: Any) -> None:
+        self.put = put
+        self.runs: set[Any] = set()
+        self.stream = AnswerStream()
+
+    async def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: Any,
+                                  tags: list[str] | None = None, **kwargs: Any) -> None:
+        if tags and ANSWER_TAG in tags:
+            self.runs.add(run_id)
+
+    async def on_llm_new_token(self, token: Any, *, run_id: Any, **kwargs: Any) -> None:
+        if run_id in self.runs and (piece := self.stream.feed(content_text(token))):
+            self.put(piece)
+
+
 class _Auction:
     """One auction in a task of its own, reporting progress to a queue.
 
@@ -346,6 +373,7 @@ class _Auction:
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.final: dict[str, Any] | None = None
         self.error: BaseException | None = None
+        self.answer = _AnswerTokens(lambda piece: self.events.put_nowait(("delta", piece)))
         self.task = asyncio.create_task(self._run(graph, task, auction_id, context))
         running.add(self.task)
         self.task.add_done_callback(running.discard)
@@ -356,6 +384,7 @@ class _Auction:
         t0 = time.time()
         try:
             async for chunk in graph.astream({"task": task, "auction_id": auction_id},
+                                             {"callbacks": [self.answer]},
                                              context=context, stream_mode="updates"):
                 if not isinstance(chunk, dict) or len(chunk) != 1:
                     continue
@@ -520,11 +549,21 @@ class _Service:
                     continue
                 if kind == "progress":
                     yield _comment(f"progress {value}")
-                elif kind == "executed" and value is not None and not sent:
-                    sent = True
-                    yield _chunk(base, {"role": "assistant", "content": ""})
-                    for i in range(0, len(value), ANSWER_CHUNK_CHARS):
-                        yield _chunk(base, {"content": value[i:i + ANSWER_CHUNK_CHARS]})
+                elif kind == "delta":  # the answer as it is written
+                    if not sent:
+                        sent = True
+                        yield _chunk(base, {"role": "assistant", "content": ""})
+                    yield _chunk(base, {"content": value})
+                elif kind == "executed" and value is not None:
+                    rest = auction.answer.stream.rest(value) if sent else value
+                    if rest is None:  # cannot happen: the pieces are the answer's start
+                        log.warning("streamed pieces disagree with the stored answer")
+                        rest = ""
+                    if not sent:
+                        sent = True
+                        yield _chunk(base, {"role": "assistant", "content": ""})
+                    for i in range(0, len(rest), ANSWER_CHUNK_CHARS):
+                        yield _chunk(base, {"content": rest[i:i + ANSWER_CHUNK_CHARS]})
                 elif kind == "error":
                     yield _sse_error(api_error(value))
                     return

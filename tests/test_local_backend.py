@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
 from sale_graph import entropy, local, model_files
@@ -213,6 +214,29 @@ def test_generation_reports_tokens_and_exact_entropy(smol):
     assert again.response_metadata["mean_token_entropy"] == pytest.approx(
         meta["mean_token_entropy"], rel=1e-6
     )
+
+
+class _Pieces(BaseCallbackHandler):
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+        self.ids: set = set()
+
+    def on_llm_new_token(self, token, *, chunk=None, **kwargs) -> None:
+        self.pieces.append(token)
+        self.ids.add(chunk.message.id)
+
+
+@pytest.mark.parametrize("stop", [None, ["."]])
+def test_a_listener_gets_the_reply_token_by_token(smol, stop):
+    """Multi-byte characters, a stop string: the pieces add up to the reply, in order,
+    under the reply's own id (so LangGraph's messages mode does not repeat it)."""
+    ask = [HumanMessage("Write 'café ✓ 日本. Done.' twice.")]
+    for call in (smol.invoke, lambda m, **kw: asyncio.run(smol.ainvoke(m, **kw))):
+        listener = _Pieces()
+        reply = call(ask, config={"callbacks": [listener]}, max_tokens=40, stop=stop)
+        assert len(listener.pieces) > 3 and "".join(listener.pieces) == reply.content
+        assert listener.ids == {reply.id}
+    assert smol.invoke(ask, max_tokens=40, stop=stop).content == reply.content
 
 
 def test_max_tokens_override_and_stop(smol):

@@ -223,6 +223,24 @@ def test_streaming_sends_progress_comments_then_the_answer_then_usage(served):
     assert lines[-1] == "data: [DONE]"
 
 
+def test_streaming_sends_the_answer_as_the_winner_writes_it(loopback, memory):
+    """The winner's tokens reach the client while its model is still answering,
+    without the plan it echoed first (which the stored answer drops too)."""
+    agents = pool(small={"execute": f"{ECHO}the answer is four, as asked"})
+    winner = agents[0].model
+    winner.stream_kinds, winner.gate = ("execute",), threading.Event()
+    with serving(create_app(context(agents, memory))) as served:
+        pieces = []
+        for chunk in served.client().chat.completions.create(
+                model="sale", messages=[{"role": "user", "content": TASK}], stream=True):
+            if chunk.choices and chunk.choices[0].delta.content:
+                pieces.append(chunk.choices[0].delta.content)
+                winner.gate.set()  # the model returns only once a piece got here
+    assert winner.gate_opened is True
+    assert "".join(pieces) == "the answer is four, as asked" and len(pieces) == 6
+    assert winner.calls["bid"] == 1  # the bids were not streamed as the answer
+
+
 def test_langchain_chat_openai_invokes_and_streams(served):
     from langchain_openai import ChatOpenAI
 

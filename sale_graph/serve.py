@@ -369,23 +369,24 @@ class _Auction:
     """
 
     def __init__(self, graph: Any, task: str, auction_id: str, context: Context,
-                 running: set[asyncio.Task[Any]]) -> None:
+                 running: set[asyncio.Task[Any]], *, stream: bool = False) -> None:
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.final: dict[str, Any] | None = None
         self.error: BaseException | None = None
         self.answer = _AnswerTokens(lambda piece: self.events.put_nowait(("delta", piece)))
-        self.task = asyncio.create_task(self._run(graph, task, auction_id, context))
+        config = {"callbacks": [self.answer]} if stream else {}
+        self.task = asyncio.create_task(self._run(graph, task, auction_id, context, config))
         running.add(self.task)
         self.task.add_done_callback(running.discard)
 
-    async def _run(self, graph: Any, task: str, auction_id: str, context: Context) -> None:
+    async def _run(self, graph: Any, task: str, auction_id: str, context: Context,
+                   config: dict[str, Any]) -> None:
         from sale_graph.cli import _progress
 
         t0 = time.time()
         try:
             async for chunk in graph.astream({"task": task, "auction_id": auction_id},
-                                             {"callbacks": [self.answer]},
-                                             context=context, stream_mode="updates"):
+                                             config, context=context, stream_mode="updates"):
                 if not isinstance(chunk, dict) or len(chunk) != 1:
                     continue
                 ((node, data),) = chunk.items()
@@ -492,7 +493,8 @@ class _Service:
             raise ApiError(429, f"{self.max_inflight} auctions are already running; retry later",
                            type_="rate_limit_error", code="too_many_auctions")
         await self._memory_ready(context)
-        auction = _Auction(self.graph, task, auction_id, context, self.running)
+        auction = _Auction(self.graph, task, auction_id, context, self.running,
+                           stream=bool(body.stream))
         base = {"id": f"chatcmpl-{auction_id}", "created": int(time.time()), "model": body.model}
         headers = {AUCTION_ID_HEADER: auction_id}
         if body.stream:

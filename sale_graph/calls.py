@@ -220,18 +220,22 @@ def as_runnable(value: Any, name: str) -> Runnable:
 
 
 def _blocking_parts(runnable: Any) -> tuple[bool, bool]:
-    """(has a blocking-only part, has an async-only part) anywhere in a Runnable's tree.
+    """(has a blocking-only part, has a part that must be awaited) in a Runnable's tree.
 
     Wrappers (``with_config``, ``with_retry``, ``bind``), sequences, parallels and
     fallbacks hand their parts to the loop's pool one by one, so a blocking function
-    inside any of them borrows it as a bare one would.
+    inside any of them borrows it as a bare one would. A part must be awaited when it
+    has no blocking form (an async function) or when only ``ainvoke`` can stop it (a
+    natively async chat model: a local model stops at its next token when cancelled,
+    whereas its blocking form runs on to its own deadline, holding the CPU).
     """
     if isinstance(runnable, RunnableLambda):
         has_sync = getattr(runnable, "func", None) is not None
         has_async = getattr(runnable, "afunc", None) is not None
         return not has_async, not has_sync
     if isinstance(runnable, BaseChatModel):
-        return not has_native_async(runnable), False
+        native = has_native_async(runnable)
+        return not native, native
     if isinstance(runnable, RunnablePassthrough):
         return runnable.func is not None and runnable.afunc is None, False
     parts = _parts(runnable)
@@ -262,11 +266,10 @@ def ainvoke_bounded(runnable: Any, inputs: Any, config: Any) -> Any:
     Runnable's default ``ainvoke`` borrows the event loop's thread pool for blocking
     code: a call that hangs there outlives ``wait_for``'s deadline and blocks the
     run's shutdown. A thread of its own is abandoned at the deadline instead. A tree
-    that also holds an async-only part cannot be invoked blockingly; it keeps
-    ``ainvoke``.
+    that also holds a part that must be awaited keeps ``ainvoke``.
     """
-    blocking, async_only = _blocking_parts(runnable)
-    if blocking and not async_only:
+    blocking, awaited = _blocking_parts(runnable)
+    if blocking and not awaited:
         return in_own_thread(runnable.invoke, inputs, config=config)
     return runnable.ainvoke(inputs, config=config)
 

@@ -28,7 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.callbacks import (
+    AsyncCallbackHandler,
+    AsyncCallbackManagerForLLMRun,
+    BaseCallbackHandler,
+    CallbackManagerForLLMRun,
+)
 from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.chat_models import LC_ID_PREFIX
 from langchain_core.messages import (
@@ -67,7 +72,6 @@ PRESETS: dict[str, tuple[str, ...]] = {
 
 _CALL_OPTIONS = frozenset({"max_tokens", "grammar", "temperature", "seed", "choices"})
 _POLL_SECONDS = 0.05
-_RELAY_SECONDS = 10.0
 
 
 class _Cancelled(Exception):
@@ -605,7 +609,7 @@ class LlamaCppChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        if not (run_manager and run_manager.handlers):
+        if not (run_manager and _wants_tokens(run_manager.handlers)):
             return self._run(messages, stop, None, kwargs)
         message_id = _message_id(run_manager.run_id)
 
@@ -624,24 +628,42 @@ class LlamaCppChatModel(BaseChatModel):
         # A worker thread keeps the event loop free; if the caller gives up, the
         # event stops the generation at the next token and releases the CPU gate.
         cancel = threading.Event()
-        emit, message_id = None, None
-        if run_manager and run_manager.handlers:
-            loop, manager = asyncio.get_running_loop(), run_manager
-            message_id = _message_id(manager.run_id)
+        if not (run_manager and _wants_tokens(run_manager.handlers)):
+            try:
+                return await asyncio.to_thread(self._run, messages, stop, cancel, kwargs)
+            except asyncio.CancelledError:
+                cancel.set()
+                raise
+        # The worker never waits for a listener: it queues each piece for one task on
+        # the loop, which hands them over in order; the reply returns once all are out.
+        loop, manager = asyncio.get_running_loop(), run_manager
+        message_id = _message_id(manager.run_id)
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
 
-            def emit(piece: str) -> None:  # on the worker thread; handlers run on the loop
-                pending = asyncio.run_coroutine_threadsafe(
-                    manager.on_llm_new_token(piece, chunk=_chunk(piece, message_id)), loop)
-                try:
-                    pending.result(timeout=_RELAY_SECONDS)  # in order, one piece at a time
-                except Exception:  # noqa: BLE001 - a stalled listener must not stop the answer
-                    pending.cancel()
+        async def hand_over() -> None:
+            while (piece := await pieces.get()) is not None:
+                await manager.on_llm_new_token(piece, chunk=_chunk(piece, message_id))
+
+        def emit(piece: str) -> None:
+            loop.call_soon_threadsafe(pieces.put_nowait, piece)
+
+        relay = asyncio.create_task(hand_over())
         try:
-            return await asyncio.to_thread(self._run, messages, stop, cancel, kwargs,
-                                           emit, message_id)
-        except asyncio.CancelledError:
+            result = await asyncio.to_thread(self._run, messages, stop, cancel, kwargs,
+                                             emit, message_id)
+        except BaseException:
             cancel.set()
+            relay.cancel()
             raise
+        pieces.put_nowait(None)
+        await relay
+        return result
+
+
+def _wants_tokens(handlers: Sequence[Any]) -> bool:
+    """Whether any handler listens to tokens (a stream, a tracer); a usage counter does not."""
+    quiet = (BaseCallbackHandler.on_llm_new_token, AsyncCallbackHandler.on_llm_new_token)
+    return any(type(h).on_llm_new_token not in quiet for h in handlers)
 
 
 def _message_id(run_id: Any) -> str:

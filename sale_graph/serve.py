@@ -373,7 +373,7 @@ class _Auction:
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.final: dict[str, Any] | None = None
         self.error: BaseException | None = None
-        self.answer = _AnswerTokens(lambda piece: self.events.put_nowait(("delta", piece)))
+        self.answer = _AnswerTokens(self._delta)
         config = {"callbacks": [self.answer]} if stream else {}
         self.task = asyncio.create_task(self._run(graph, task, auction_id, context, config))
         running.add(self.task)
@@ -403,6 +403,18 @@ class _Auction:
         except Exception as exc:  # noqa: BLE001 - handed to the request, mapped to a status
             self.error = exc
             self.events.put_nowait(("error", exc))
+
+    def _delta(self, piece: str) -> None:
+        """Queue a piece of the answer; a blocking model's listener calls from its thread."""
+        loop = self.task.get_loop()
+        try:
+            here = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            here = False
+        if here:
+            self.events.put_nowait(("delta", piece))
+        else:
+            loop.call_soon_threadsafe(self.events.put_nowait, ("delta", piece))
 
     def cancel(self) -> None:
         """Stop the auction (a model call in flight ends on its own; nothing is written)."""

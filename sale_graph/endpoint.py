@@ -174,7 +174,9 @@ def openai_agent(
             )
         key = _PLACEHOLDER_KEY
 
-    kwargs: dict[str, Any] = dict(model_kwargs)
+    # A streamed call (any streaming listener makes ChatOpenAI stream: Studio's messages
+    # mode) reports usage only when asked; unasked, every bid's cost would be a guess.
+    kwargs: dict[str, Any] = {"stream_usage": True, **model_kwargs}
     if top_logprobs > 0:
         kwargs["logprobs"] = True
         kwargs["top_logprobs"] = top_logprobs

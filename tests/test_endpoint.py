@@ -337,6 +337,56 @@ def test_openai_agent_timeout_applies(silent_server: int) -> None:
         agent.model.invoke("hello")
 
 
+@pytest.fixture
+def usage_on_request_server() -> Iterator[tuple[str, list]]:
+    """An OpenAI-style stream that carries usage only when the request asks for it."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    bodies: list = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            bodies.append(body)
+            base = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "m"}
+            events = [{**base, "choices": [{"index": 0, "delta": {"content": word},
+                                            "finish_reason": None}]} for word in ("Re", "d")]
+            events.append({**base, "choices": [{"index": 0, "delta": {},
+                                                "finish_reason": "stop"}]})
+            if (body.get("stream_options") or {}).get("include_usage"):
+                events.append({**base, "choices": [], "usage": {
+                    "prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}})
+            payload = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            self.wfile.write(payload.encode())
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", bodies
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_streamed_call_asks_for_its_usage(usage_on_request_server) -> None:
+    """Any streaming listener (Studio's messages mode) makes ChatOpenAI stream; a
+    streamed reply carries exact usage only when asked, else every cost is a guess."""
+    url, bodies = usage_on_request_server
+    agent = openai_agent("smol", model="m", price=0.01, base_url=url, max_retries=0)
+    reply = None
+    for chunk in agent.model.stream([HumanMessage("Name one primary colour.")]):
+        reply = chunk if reply is None else reply + chunk
+    assert bodies[0]["stream_options"] == {"include_usage": True}
+    assert reply.content == "Red" and reply.usage_metadata["total_tokens"] == 9
+
+
 # --------------------------------------------------------------- real server
 
 

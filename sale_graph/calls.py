@@ -17,7 +17,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from langchain_core.callbacks import BaseCallbackHandler, BaseCallbackManager
+from langchain_core.callbacks import (
+    AsyncCallbackHandler,
+    BaseCallbackHandler,
+    BaseCallbackManager,
+)
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import (
@@ -272,6 +276,19 @@ def ainvoke_bounded(runnable: Any, inputs: Any, config: Any) -> Any:
     if blocking and not awaited:
         return in_own_thread(runnable.invoke, inputs, config=config)
     return runnable.ainvoke(inputs, config=config)
+
+
+def wants_tokens(handlers: Sequence[Any]) -> bool:
+    """Whether any handler listens to tokens (a stream, a tracer); a usage counter does not."""
+    quiet = (BaseCallbackHandler.on_llm_new_token, AsyncCallbackHandler.on_llm_new_token)
+    return any(type(h).on_llm_new_token not in quiet for h in handlers)
+
+
+def can_stream(model: Any) -> bool:
+    """Whether a chat model has a streaming form (``stream=True`` selects it per call)."""
+    kind = type(model)
+    return isinstance(model, BaseChatModel) and (
+        kind._astream is not BaseChatModel._astream or kind._stream is not BaseChatModel._stream)
 
 
 def config_with(handler: BaseCallbackHandler, run_name: str) -> RunnableConfig:

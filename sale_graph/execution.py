@@ -26,11 +26,13 @@ from sale_graph.calls import (
     ainvoke_bounded,
     ainvoke_model,
     as_runnable,
+    can_stream,
     config_with,
     describe_error,
     estimate_tokens,
     message_text,
     token_count,
+    wants_tokens,
 )
 from sale_graph.prompts import execute_messages
 from sale_graph.runtime import auction_execute_plan, pool_of, run_context
@@ -46,7 +48,11 @@ async def _answer_in_one_call(inputs: dict[str, Any], config: RunnableConfig) ->
     """Default executor: one call that follows the plan to a final answer."""
     model = inputs["model"]
     messages = execute_messages(inputs["agent"], inputs["task"], inputs["strategy"])
-    kwargs = {"max_tokens": inputs["max_tokens"]} if inputs.get("max_tokens") else {}
+    kwargs: dict[str, Any] = {"max_tokens": inputs["max_tokens"]} if inputs.get(
+        "max_tokens") else {}
+    listeners = getattr(config.get("callbacks"), "handlers", None) or []
+    if can_stream(model) and wants_tokens(listeners):
+        kwargs["stream"] = True  # an endpoint model answers whole unless asked to stream
     tagged: RunnableConfig = {**config, "tags": [*(config.get("tags") or []), ANSWER_TAG]}
     reply = await ainvoke_model(model, messages, config=tagged, **kwargs)
     return message_text(reply)

@@ -28,12 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from langchain_core.callbacks import (
-    AsyncCallbackHandler,
-    AsyncCallbackManagerForLLMRun,
-    BaseCallbackHandler,
-    CallbackManagerForLLMRun,
-)
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.chat_models import LC_ID_PREFIX
 from langchain_core.messages import (
@@ -50,7 +45,7 @@ from pydantic import Field
 
 from sale_graph import entropy
 from sale_graph.agents import Agent
-from sale_graph.calls import content_text
+from sale_graph.calls import content_text, wants_tokens
 from sale_graph.errors import ModelFileError, PoolConfigError
 from sale_graph.model_files import MODELS, model_path
 from sale_graph.native_build import ensure_safe_build
@@ -609,7 +604,7 @@ class LlamaCppChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        if not (run_manager and _wants_tokens(run_manager.handlers)):
+        if not (run_manager and wants_tokens(run_manager.handlers)):
             return self._run(messages, stop, None, kwargs)
         message_id = _message_id(run_manager.run_id)
 
@@ -628,7 +623,7 @@ class LlamaCppChatModel(BaseChatModel):
         # A worker thread keeps the event loop free; if the caller gives up, the
         # event stops the generation at the next token and releases the CPU gate.
         cancel = threading.Event()
-        if not (run_manager and _wants_tokens(run_manager.handlers)):
+        if not (run_manager and wants_tokens(run_manager.handlers)):
             try:
                 return await asyncio.to_thread(self._run, messages, stop, cancel, kwargs)
             except asyncio.CancelledError:
@@ -658,12 +653,6 @@ class LlamaCppChatModel(BaseChatModel):
         pieces.put_nowait(None)
         await relay
         return result
-
-
-def _wants_tokens(handlers: Sequence[Any]) -> bool:
-    """Whether any handler listens to tokens (a stream, a tracer); a usage counter does not."""
-    quiet = (BaseCallbackHandler.on_llm_new_token, AsyncCallbackHandler.on_llm_new_token)
-    return any(type(h).on_llm_new_token not in quiet for h in handlers)
 
 
 def _message_id(run_id: Any) -> str:

@@ -181,7 +181,7 @@ def test_an_app_streaming_messages_gets_the_answer_tokens_by_their_tag(memory):
     come from node "execute" with ANSWER_TAG, inside the run (not detached from it)."""
     from langchain_core.messages import AIMessageChunk
 
-    from sale_graph.execution import ANSWER_TAG
+    from sale_graph import ANSWER_TAG
 
     pool = make_pool(**{n: {"execute": f"the answer from {n}, in words"}
                         for n in ("small", "mid", "large")})

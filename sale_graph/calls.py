@@ -285,10 +285,20 @@ def wants_tokens(handlers: Sequence[Any]) -> bool:
 
 
 def can_stream(model: Any) -> bool:
-    """Whether a chat model has a streaming form (``stream=True`` selects it per call)."""
+    """Whether a chat model has a streaming form that ``stream=True`` selects per call.
+
+    A model built with ``disable_streaming=True`` or ``streaming=False`` answers whole
+    even when asked, and the ``stream`` flag would then reach its request: one that
+    streams back is a reply its own parser refuses.
+    """
     kind = type(model)
-    return isinstance(model, BaseChatModel) and (
-        kind._astream is not BaseChatModel._astream or kind._stream is not BaseChatModel._stream)
+    if not isinstance(model, BaseChatModel) or (
+            kind._astream is BaseChatModel._astream and kind._stream is BaseChatModel._stream):
+        return False
+    if model.disable_streaming is True:
+        return False
+    told = "streaming" in model.model_fields_set
+    return not (told and getattr(model, "streaming", None) is False)
 
 
 def config_with(handler: BaseCallbackHandler, run_name: str) -> RunnableConfig:

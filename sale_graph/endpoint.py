@@ -176,6 +176,7 @@ def openai_agent(
 
     # A streamed call (any streaming listener makes ChatOpenAI stream: Studio's messages
     # mode) reports usage only when asked; unasked, every bid's cost would be a guess.
+    # A server that ignores the request (llama-cpp-python's 0.3) leaves it a flagged guess.
     kwargs: dict[str, Any] = {"stream_usage": True, **model_kwargs}
     if top_logprobs > 0:
         kwargs["logprobs"] = True

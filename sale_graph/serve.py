@@ -339,9 +339,10 @@ class _AnswerTokens(AsyncCallbackHandler):
 
     Only the call tagged :data:`~sale_graph.execution.ANSWER_TAG` is followed (bids
     and votes are not the answer), through :class:`~sale_graph.execution.AnswerStream`
-    so that echoed plan blocks the stored answer drops are not sent either. Not a
-    streaming handler: a model that streams only when asked (``ChatOpenAI``) keeps
-    answering whole, with its exact usage; the local models hand over every token.
+    so that echoed plan blocks the stored answer drops are not sent either. The local
+    models hand over every token to a listener; the default executor asks an endpoint
+    model to stream its answer when one listens (with its usage, where the server
+    reports usage on a stream).
     """
 
     def __init__(self, put: Any) -> None:

@@ -430,6 +430,12 @@ def test_an_endpoint_winner_streams_its_answer_to_a_listener(usage_on_request_se
     assert bodies[0]["stream"] is True and not bodies[1].get("stream")
     assert (heard["input_tokens"], heard["output_tokens"], heard["tokens_estimated"]) == (
         7, 2, False)
+    # a model that must not stream answers whole, listener or not
+    for setting in ({"disable_streaming": True}, {"streaming": False}):
+        agent = openai_agent("smol", model="m", price=0.01, base_url=url, max_retries=0,
+                             **setting)
+        whole = asyncio.run(RunnableLambda(run).ainvoke(None, config={"callbacks": [listener]}))
+        assert whole["answer"] == "Red" and not bodies[-1].get("stream"), setting
 
 
 # --------------------------------------------------------------- real server

@@ -48,8 +48,9 @@ async def _answer_in_one_call(inputs: dict[str, Any], config: RunnableConfig) ->
     """Default executor: one call that follows the plan to a final answer."""
     model = inputs["model"]
     messages = execute_messages(inputs["agent"], inputs["task"], inputs["strategy"])
-    kwargs: dict[str, Any] = {"max_tokens": inputs["max_tokens"]} if inputs.get(
-        "max_tokens") else {}
+    kwargs: dict[str, Any] = {}
+    if inputs.get("max_tokens"):
+        kwargs["max_tokens"] = inputs["max_tokens"]
     listeners = getattr(config.get("callbacks"), "handlers", None) or []
     if can_stream(model) and wants_tokens(listeners):
         kwargs["stream"] = True  # an endpoint model answers whole unless asked to stream
@@ -185,7 +186,7 @@ async def execute(
     prompt = " ".join(message_text(m) for m in execute_messages(agent.name, task, strategy))
     input_tokens = sum(known_in) if known_in else estimate_tokens(prompt)
     answer = result.get("raw_answer") or result["answer"] or ""
-    output_tokens = sum(known_out) if known_out else estimate_tokens(answer) if answer else 0
+    output_tokens = sum(known_out) if known_out else estimate_tokens(answer)
     estimated = not counts or len(known_in) < len(counts) or len(known_out) < len(counts)
     result.update(
         input_tokens=input_tokens, output_tokens=output_tokens, tokens_estimated=estimated,

@@ -47,7 +47,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sale_graph.calls import content_text, failure_kind
+from sale_graph.calls import content_text, describe_error, failure_kind
 from sale_graph.context import Context
 from sale_graph.errors import (
     ContextError,
@@ -69,6 +69,9 @@ _RESERVE = re.compile(r"0(?:\.\d{1,4})?|1(?:\.0{1,4})?")
 AUCTION_ID_HEADER = "X-Sale-Auction-Id"
 HEARTBEAT_SECONDS = 15.0
 ANSWER_CHUNK_CHARS = 256
+# liveness and readiness probes: open without the API key, and as terse
+PROBES = frozenset({"/health", "/ready"})
+READY_SECONDS = 5.0
 
 
 # ----------------------------------------------------------------------------- errors
@@ -460,6 +463,28 @@ class _Service:
     def _model(self, name: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": self.created, "owned_by": "sale_graph"}
 
+    async def health(self, request: Request) -> Response:
+        """``GET /health``: the process answers (liveness); nothing else is checked."""
+        return JSONResponse({"status": "ok"})
+
+    async def ready(self, request: Request) -> Response:
+        """``GET /ready``: whether a request would be taken now (memory up, room to run).
+
+        Open like ``/health`` (a load balancer's probe may carry no key), so it says
+        only the kind of what is wrong, never a host, path or count.
+        """
+        try:
+            await asyncio.wait_for(self._memory_ready(self.context), READY_SECONDS)
+            memory = "ok"
+        except Exception as exc:  # noqa: BLE001 - reported by kind, logged whole
+            log.warning("readiness: memory: %s", describe_error(exc))
+            memory = failure_kind(describe_error(exc))
+        room = "ok" if len(self.running) < self.max_inflight else "full"
+        ready = memory == "ok" and room == "ok"
+        return JSONResponse({"status": "ready" if ready else "unavailable",
+                             "memory": memory, "auctions": room},
+                            status_code=200 if ready else 503)
+
     async def models(self, request: Request) -> Response:
         """``GET /v1/models``: one model per auction configuration."""
         return JSONResponse({"object": "list", "data": [self._model(m) for m in model_names()]})
@@ -639,13 +664,16 @@ def _handled(endpoint: Any) -> Any:
 
 
 class BearerAuth:
-    """Every request needs ``Authorization: Bearer <key>`` (compared in constant time)."""
+    """Every request needs ``Authorization: Bearer <key>`` (compared in constant time).
+
+    The probes (``/health``, ``/ready``) are open: they say nothing a stranger could use.
+    """
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app, self.key = app, api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == "http" and scope.get("path") not in PROBES:
             given = b""
             for name, value in scope.get("headers") or ():
                 if name.lower() == b"authorization":
@@ -725,6 +753,8 @@ def create_app(
 
     app = Starlette(
         routes=[
+            Route("/health", _handled(service.health), methods=["GET"]),
+            Route("/ready", _handled(service.ready), methods=["GET"]),
             Route("/v1/models", _handled(service.models), methods=["GET"]),
             Route("/v1/models/{model:path}", _handled(service.model), methods=["GET"]),
             Route("/v1/chat/completions", _handled(service.chat), methods=["POST"]),

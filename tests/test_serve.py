@@ -432,6 +432,42 @@ def test_a_key_is_required_on_every_route(loopback, memory):
     assert memory.count() == 1
 
 
+def test_probes_are_open_terse_and_tell_ready_from_unavailable(loopback, memory, tmp_path):
+    """A load balancer's probe carries no key; it learns the kind of fault, no path."""
+    with serving(create_app(context(pool(), memory), api_key="s3cret")) as served:
+        health = httpx.get(served.url + "/health")
+        ready = httpx.get(served.url + "/ready")
+        assert health.status_code == 200 and health.json() == {"status": "ok"}
+        assert ready.status_code == 200
+        assert ready.json() == {"status": "ready", "memory": "ok", "auctions": "ok"}
+        assert httpx.get(served.url + "/health/x").status_code == 401  # only the probes
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    down = AuctionMemory.persistent(blocker, embedder=HashEmbedder())
+    with serving(create_app(Context(agents=pool(), memory=down), max_inflight=1)) as served:
+        unready = httpx.get(served.url + "/ready")
+        assert httpx.get(served.url + "/health").status_code == 200
+    assert unready.status_code == 503 and unready.json()["status"] == "unavailable"
+    assert unready.json()["memory"] == "MemoryUnavailableError"
+    assert str(tmp_path) not in unready.text
+
+
+def test_ready_says_full_while_every_auction_slot_is_taken(loopback, memory):
+    agents = pool(delay=1.0)
+    with serving(create_app(context(agents, memory), max_inflight=1)) as served:
+        pending = threading.Thread(target=served.post, args=("/v1/chat/completions", ask()))
+        pending.start()
+        end = time.time() + 10
+        while not served.running and time.time() < end:
+            time.sleep(0.02)
+        busy = httpx.get(served.url + "/ready")
+        pending.join(30)
+        served.settle()
+        free = httpx.get(served.url + "/ready")
+    assert busy.status_code == 503 and busy.json()["auctions"] == "full"
+    assert free.status_code == 200
+
+
 def test_no_key_means_loopback_only(capsys, monkeypatch):
     monkeypatch.delenv("SALE_API_KEY", raising=False)
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")

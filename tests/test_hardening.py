@@ -162,6 +162,21 @@ def test_racing_resumes_take_exactly_one_decision(memory):
             assert stored is None and out["answer"] is None
 
 
+def test_a_resume_replayed_on_a_decided_checkpoint_says_what_was_decided(memory):
+    """Time travel to the paused step: LangGraph replays the stored reply, so the error
+    must not claim the caller's action had been read."""
+    app, context = _approval_app(make_pool(), memory)
+    config = {"configurable": {"thread_id": "replayed"}}
+    asyncio.run(app.ainvoke({"task": TASK}, config=config, context=context))
+    asyncio.run(app.ainvoke(Command(resume={"action": "approve"}), config=config,
+                            context=context))
+    paused = next(s for s in app.get_state_history(config) if s.next == ("approve",))
+    with pytest.raises(ApprovalError, match=r"already decided \(approve\)") as refused:
+        asyncio.run(app.ainvoke(Command(resume={"action": "reject"}), config=paused.config,
+                                context=context))
+    assert "had no effect" not in str(refused.value) and memory.count() == 1
+
+
 def test_approval_without_a_checkpointer_is_refused_before_any_call(memory):
     pool = make_pool()
     app, context = _approval_app(pool, memory, checkpointer=False)

@@ -1,0 +1,179 @@
+"""What a jury vote knows: how well each juror's votes pick out plans that pass.
+
+The full auction pays for its votes. A listwise jury asks each juror once per round
+rather than once per bid, and a self-jury lets each bidder rate only its own plan.
+Whether they are as informative is measured here on the test auctions: for each
+juror, the AUC of its round-0 votes (expected values) for "the bidder passes this
+task executing its plan alone" (the outcome bank). Round-0 bids are the same in
+every row (their calls replay), so each row's AUC is compared with SALE's per-bid
+jury on the same tasks, resampling tasks for both at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from sale_graph.bench.bank import OutcomeBank
+from sale_graph.bench.config import BenchConfig, Method, _outcome_key, _result_key, methods_for
+from sale_graph.bench.metrics import LEVEL, N_BOOT, _interval, _resamples
+
+REFERENCE = "SALE"
+
+Vote = tuple[float, bool, str]  # the vote, whether the bidder passed, the bidder
+Votes = dict[str, list[Vote]]  # task -> its round-0 bids' votes
+
+
+def jury_methods(config: BenchConfig) -> list[Method]:
+    """SALE and the rows whose jury differs from its own (format or who votes)."""
+    out = []
+    for m in methods_for(config):
+        if m.auction != "full" or m.jury == "none" or m.zero or m.weights != "fitted":
+            continue
+        if m.name == REFERENCE or m.jury_format != "per_bid" or m.jury != "all":
+            out.append(m)
+    return out
+
+
+def _votes(bank: OutcomeBank, method: str, test_ids: Sequence[str]) -> dict[str, Votes] | None:
+    """``{juror: {task: [(vote, passed), ...]}}`` of a row's first order; None if unfinished."""
+    results = bank.records("result")
+    outcomes = bank.records("outcome")
+    out: dict[str, Votes] = {}
+    for t in test_ids:
+        row = results.get(_result_key(method, 0, t))
+        if row is None:
+            return None
+        for bid in (row.get("audit") or {}).get("bids") or ():  # rows of old runs: none
+            outcome = outcomes.get(_outcome_key(t, bid["agent"]))
+            if bid.get("round") != 0 or outcome is None:
+                continue
+            for juror, vote in (bid.get("votes") or {}).items():
+                if vote is not None:
+                    out.setdefault(juror, {}).setdefault(t, []).append(
+                        (float(vote), bool(outcome["passed"]), bid["agent"]))
+    return out
+
+
+def auc(votes: Sequence[Vote], within_bidder: bool = False) -> float:
+    """P(a passing bid's vote > a failing one's), ties counting half; nan without both.
+
+    ``within_bidder`` compares only bids of the same bidder: what the vote knows beyond
+    who bid (the bidder's identity alone separates passes well on a mixed pool).
+    """
+    groups: dict[str, list[Vote]] = {}
+    for v in votes:
+        groups.setdefault(v[2] if within_bidder else "", []).append(v)
+    wins, pairs = 0.0, 0
+    for group in groups.values():
+        pos = np.array([v for v, passed, _ in group if passed])
+        neg = np.array([v for v, passed, _ in group if not passed])
+        if len(pos) and len(neg):
+            wins += float((pos[:, None] > neg[None, :]).sum()
+                          + 0.5 * (pos[:, None] == neg[None, :]).sum())
+            pairs += len(pos) * len(neg)
+    return wins / pairs if pairs else float("nan")
+
+
+def _auc_over(votes: Votes, tasks: Sequence[str], within_bidder: bool) -> float:
+    return auc([v for t in tasks for v in votes.get(t, ())], within_bidder)
+
+
+def jury_signal(
+    bank: OutcomeBank,
+    config: BenchConfig,
+    test_ids: Sequence[str],
+    *,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> dict[str, dict[str, Any]]:
+    """Per finished row and juror: bids rated, AUC with its interval, and against SALE.
+
+    Tasks are resampled (a task's bids move together); resamples where one side has
+    no passing or no failing bid are left out of that interval.
+    """
+    rows = {m.name: v for m in jury_methods(config)
+            if (v := _votes(bank, m.name, test_ids)) is not None}
+    reference = rows.get(REFERENCE, {})
+    tasks = list(test_ids)
+    idx = _resamples(len(tasks), n_boot, seed)
+    samples = [[tasks[i] for i in draw] for draw in idx]
+    out: dict[str, dict[str, Any]] = {}
+    for name, by_juror in rows.items():
+        jurors: dict[str, Any] = {}
+        for juror, votes in sorted(by_juror.items()):
+            entry: dict[str, Any] = {"bids": sum(len(v) for v in votes.values())}
+            for key, within in (("auc", False), ("auc_within_bidder", True)):
+                boot = np.array([_auc_over(votes, s, within) for s in samples])
+                entry[key] = _finite_interval(boot, _auc_over(votes, tasks, within), level)
+                ref = reference.get(juror)
+                if name != REFERENCE and ref:
+                    diff = boot - np.array([_auc_over(ref, s, within) for s in samples])
+                    entry[key + "_vs_reference"] = _finite_interval(
+                        diff, entry[key]["estimate"] - _auc_over(ref, tasks, within), level)
+            jurors[juror] = entry
+        out[name] = {"jurors": jurors, **_vote_calls(bank, name, test_ids)}
+    return out
+
+
+def _finite_interval(stats: np.ndarray, estimate: float, level: float) -> dict[str, float]:
+    kept = stats[np.isfinite(stats)]
+    if not len(kept):
+        return {"estimate": estimate, "lo": float("nan"), "hi": float("nan")}
+    return _interval(kept, estimate, level)
+
+
+def _vote_calls(bank: OutcomeBank, method: str, test_ids: Sequence[str]) -> dict[str, float]:
+    """Round-0 vote calls per auction, and those votes' share of the auction's cost."""
+    results = bank.records("result")
+    calls, vote_cost, auction_cost = 0, 0.0, 0.0
+    for t in test_ids:
+        audit = results[_result_key(method, 0, t)].get("audit") or {}
+        phases: Mapping[str, Any] = audit.get("phases") or {}
+        jury = phases.get("jury") or {}
+        calls += int(jury.get("calls") or 0)
+        vote_cost += float(jury.get("cost_usd") or 0.0)
+        auction_cost += sum(float((phases.get(p) or {}).get("cost_usd") or 0.0)
+                            for p in ("bid", "jury", "refine"))
+    return {"vote_calls_per_auction": calls / max(len(test_ids), 1),
+            "vote_cost_share": vote_cost / auction_cost if auction_cost else 0.0}
+
+
+
+def jury_section(signal: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The report's table: each row's jurors, their AUCs, and the row against SALE's."""
+    if not signal:
+        return []
+    lines = [
+        "", "## What a jury vote knows", "",
+        "AUC of each juror's round-0 votes (expected values) for \"the bidder passes this task "
+        "executing its plan alone\", over the first order's test auctions; \"within bidder\" "
+        "compares only plans of the same bidder (what the vote adds to knowing who bid). "
+        "Against SALE: the same juror on the same tasks, resampled together "
+        f"({LEVEL:.0%} bootstrap over tasks). 0.5 is chance.", "",
+        "| method | juror | bids | AUC [95% CI] | vs SALE | AUC within bidder [95% CI] "
+        "| vs SALE | round-0 vote calls / auction | their share of auction cost |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(stat: Mapping[str, float] | None, signed: bool = False) -> str:
+        if not stat:
+            return ""
+        spec = "+.2f" if signed else ".2f"
+        return f"{stat['estimate']:{spec}} [{stat['lo']:{spec}}, {stat['hi']:{spec}}]"
+
+    for name, row in signal.items():
+        for juror, e in row["jurors"].items():
+            lines.append(
+                f"| {name} | {juror} | {e['bids']} | {cell(e['auc'])} "
+                f"| {cell(e.get('auc_vs_reference'), True)} | {cell(e['auc_within_bidder'])} "
+                f"| {cell(e.get('auc_within_bidder_vs_reference'), True)} "
+                f"| {row['vote_calls_per_auction']:.1f} | {100 * row['vote_cost_share']:.0f}% |"
+            )
+    return lines
+
+
+__all__ = ["auc", "jury_methods", "jury_section", "jury_signal"]

@@ -1,0 +1,64 @@
+"""What a jury vote knows: AUCs of votes against the outcome bank, paired across rows."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from sale_graph.bench.bank import OutcomeBank
+from sale_graph.bench.config import BenchConfig, _outcome_key, _result_key
+from sale_graph.bench.signals import auc, jury_section, jury_signal
+
+
+def test_auc_counts_ties_half_and_can_look_within_each_bidder():
+    # the big agent passes and is voted up: identity alone separates the pool ...
+    votes = [(5.0, True, "big"), (4.0, False, "big"), (1.0, False, "small"), (2.0, True, "small")]
+    assert auc(votes) == pytest.approx(3 / 4)
+    # ... within each bidder the vote ranks both pairs right
+    assert auc(votes, within_bidder=True) == 1.0
+    assert auc([(3.0, True, "a"), (3.0, False, "a")]) == 0.5
+    assert math.isnan(auc([(3.0, True, "a")]))
+
+
+def _audit(votes_by_bid: dict[str, dict[str, float]]) -> dict:
+    bids = [{"agent": agent, "round": 0, "votes": votes} for agent, votes in votes_by_bid.items()]
+    bids.append({"agent": "big", "round": 1, "votes": {"big": 0.0}})  # refined: not counted
+    jury = {"calls": 2 * len(votes_by_bid), "cost_usd": 2.0}
+    return {"bids": bids, "phases": {"bid": {"cost_usd": 1.0}, "jury": jury,
+                                     "refine": {"cost_usd": 1.0}}}
+
+
+def test_rows_are_compared_with_sales_jury_on_the_same_tasks(tmp_path):
+    bank = OutcomeBank(tmp_path / "bank.sqlite")
+    config = BenchConfig(orders=1)
+    tasks = [f"t{i}" for i in range(12)]
+    for i, t in enumerate(tasks):
+        small_passes = i % 2 == 0
+        bank.put("outcome", _outcome_key(t, "small"), {"passed": small_passes})
+        bank.put("outcome", _outcome_key(t, "big"), {"passed": True})
+        # SALE's juror votes the same whatever passes; the listwise juror tells them apart
+        flat = _audit({"small": {"big": 3.0}, "big": {"big": 3.0}})
+        sharp = _audit({"small": {"big": 4.0 if small_passes else 1.0}, "big": {"big": 4.0}})
+        bank.put("result", _result_key("SALE", 0, t), {"audit": flat})
+        bank.put("result", _result_key("SALE listwise jury", 0, t), {"audit": sharp})
+    signal = jury_signal(bank, config, tasks, n_boot=200)
+    assert set(signal) == {"SALE", "SALE listwise jury"}  # the self-jury row has not run
+    sale = signal["SALE"]["jurors"]["big"]
+    listwise = signal["SALE listwise jury"]["jurors"]["big"]
+    assert sale["bids"] == listwise["bids"] == 24
+    assert sale["auc"]["estimate"] == 0.5 and listwise["auc"]["estimate"] == 1.0
+    assert listwise["auc_vs_reference"]["estimate"] == 0.5
+    assert listwise["auc_vs_reference"]["lo"] > 0  # told apart beyond noise
+    assert signal["SALE"]["vote_calls_per_auction"] == 4.0
+    assert signal["SALE"]["vote_cost_share"] == 0.5
+    table = "\n".join(jury_section(signal))
+    assert "| SALE listwise jury | big | 24 | 1.00 [1.00, 1.00] | +0.50 [" in table
+
+
+def test_an_unfinished_row_is_left_out(tmp_path):
+    bank = OutcomeBank(tmp_path / "bank.sqlite")
+    bank.put("outcome", _outcome_key("t0", "big"), {"passed": True})
+    bank.put("result", _result_key("SALE", 0, "t0"), {"audit": _audit({"big": {"big": 3.0}})})
+    assert jury_signal(bank, BenchConfig(orders=1), ["t0", "t1"], n_boot=10) == {}
+    assert jury_section({}) == []

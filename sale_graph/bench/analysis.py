@@ -24,7 +24,7 @@ from sale_graph.bench.config import (
     methods_for,
 )
 from sale_graph.bench.records import Outcome, Record
-from sale_graph.bench.signals import jury_signal
+from sale_graph.bench.signals import jury_signal, refinement_effect
 
 __all__ = ["fit_from_bank", "report_from_bank", "report_from_export"]
 
@@ -401,7 +401,8 @@ def report_from_bank(
         method_order=order,
         execution_lengths=_execution_lengths(bank, test_ids, agents[-1]),
         auction_methods=auctions,
-        jury_signal=jury_signal(bank, config, test_ids),
+        steps={"jury_signal": jury_signal(bank, config, test_ids),
+               "refinement": refinement_effect(bank, config, test_ids)},
     )
 
 

@@ -1,4 +1,6 @@
-"""What a jury vote knows: how well each juror's votes pick out plans that pass.
+"""What the auction's paid steps achieve: jury votes that know, refinements that help.
+
+Votes: how well each juror's votes pick out plans that pass.
 
 The full auction pays for its votes. A listwise jury asks each juror once per round
 rather than once per bid, and a self-jury lets each bidder rate only its own plan.
@@ -7,6 +9,10 @@ juror, the AUC of its round-0 votes (expected values) for "the bidder passes thi
 task executing its plan alone" (the outcome bank). Round-0 bids are the same in
 every row (their calls replay), so each row's AUC is compared with SALE's per-bid
 jury on the same tasks, resampling tasks for both at once.
+
+Refinement: in each test auction a refined bid won, did the task pass where the
+provisional winner's own round-0 plan (the outcome bank, executed the same way)
+would have failed, or the reverse?
 """
 
 from __future__ import annotations
@@ -17,7 +23,14 @@ from typing import Any
 import numpy as np
 
 from sale_graph.bench.bank import OutcomeBank
-from sale_graph.bench.config import BenchConfig, Method, _outcome_key, _result_key, methods_for
+from sale_graph.bench.config import (
+    BenchConfig,
+    Method,
+    _direct_key,
+    _outcome_key,
+    _result_key,
+    methods_for,
+)
 from sale_graph.bench.metrics import LEVEL, N_BOOT, _interval, _resamples
 
 REFERENCE = "SALE"
@@ -143,6 +156,67 @@ def _vote_calls(bank: OutcomeBank, method: str, test_ids: Sequence[str]) -> dict
 
 
 
+def refinement_effect(
+    bank: OutcomeBank, config: BenchConfig, test_ids: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Per finished row that refines: how often a refined bid won, and what it changed.
+
+    ``helped``: the task passed and the provisional winner would have failed it;
+    ``hurt``: the reverse; the rest changed nothing. ``cost_share`` is what refining
+    (refined bids and the votes on them) cost, as a share of the row's whole cost.
+    """
+    results = bank.records("result")
+    plans, directs = bank.records("outcome"), bank.records("direct")
+    out: dict[str, dict[str, Any]] = {}
+    for m in methods_for(config):
+        if m.auction != "full" or not m.refine:
+            continue
+        rows = [results.get(_result_key(m.name, 0, t)) for t in test_ids]
+        if not all(rows) or not all((r or {}).get("audit") for r in rows):
+            continue
+        counts = {"auctions": len(rows), "refined_won": 0, "helped": 0, "hurt": 0}
+        refine_cost = total_cost = 0.0
+        for t, row in zip(test_ids, rows, strict=True):
+            audit, record = row["audit"], row["record"]  # type: ignore[index]
+            phases = audit.get("phases") or {}
+            refine_cost += float((phases.get("refine") or {}).get("cost_usd") or 0.0)
+            total_cost += float(record["cost_auction"]) + float(record["cost_execution"])
+            if not audit.get("refined_won"):
+                continue
+            counts["refined_won"] += 1
+            with_plan = (audit.get("execution") or {}).get("with_plan", True)
+            before = audit.get("provisional_winner") or ""
+            table, key = (plans, _outcome_key) if with_plan else (directs, _direct_key)
+            would = (table.get(key(t, before)) or {}).get("passed")
+            if would is None:
+                continue
+            passed = bool(record["passed"])
+            counts["helped"] += int(passed and not would)
+            counts["hurt"] += int(would and not passed)
+        out[m.name] = {**counts, "net": counts["helped"] - counts["hurt"],
+                       "cost_share": refine_cost / total_cost if total_cost else 0.0}
+    return out
+
+
+def refinement_section(effect: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The report's table of :func:`refinement_effect`."""
+    if not effect:
+        return []
+    lines = [
+        "", "## What refinement changed", "",
+        "First order's test auctions. A refined bid won in the auctions counted; "
+        "\"helped\" means the task passed where the provisional winner's own plan (the "
+        "outcome bank, executed the same way) fails it, \"hurt\" the reverse. Refining's "
+        "cost (refined bids and the votes on them) as a share of the row's whole cost.", "",
+        "| method | auctions | refined bid won | helped | hurt | net (tasks) | cost share |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, e in effect.items():
+        lines.append(f"| {name} | {e['auctions']} | {e['refined_won']} | {e['helped']} "
+                     f"| {e['hurt']} | {e['net']:+d} | {100 * e['cost_share']:.0f}% |")
+    return lines
+
+
 def jury_section(signal: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """The report's table: each row's jurors, their AUCs, and the row against SALE's."""
     if not signal:
@@ -176,4 +250,5 @@ def jury_section(signal: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-__all__ = ["auc", "jury_methods", "jury_section", "jury_signal"]
+__all__ = ["auc", "jury_methods", "jury_section", "jury_signal", "refinement_effect",
+           "refinement_section"]

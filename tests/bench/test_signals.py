@@ -7,8 +7,14 @@ import math
 import pytest
 
 from sale_graph.bench.bank import OutcomeBank
-from sale_graph.bench.config import BenchConfig, _outcome_key, _result_key
-from sale_graph.bench.signals import auc, jury_section, jury_signal
+from sale_graph.bench.config import BenchConfig, _direct_key, _outcome_key, _result_key
+from sale_graph.bench.signals import (
+    auc,
+    jury_section,
+    jury_signal,
+    refinement_effect,
+    refinement_section,
+)
 
 
 def test_auc_counts_ties_half_and_can_look_within_each_bidder():
@@ -62,3 +68,30 @@ def test_an_unfinished_row_is_left_out(tmp_path):
     bank.put("result", _result_key("SALE", 0, "t0"), {"audit": _audit({"big": {"big": 3.0}})})
     assert jury_signal(bank, BenchConfig(orders=1), ["t0", "t1"], n_boot=10) == {}
     assert jury_section({}) == []
+
+
+def test_refinement_is_credited_only_where_it_changed_a_task(tmp_path):
+    """A refined winner that passes where the provisional winner's own plan fails
+    helped; the reverse hurt; a refined winner as good as the first changed nothing."""
+    bank = OutcomeBank(tmp_path / "bank.sqlite")
+    cases = {  # task: (refined bid won, passed, provisional winner's plan passes, with plan)
+        "t0": (True, True, False, True),    # helped
+        "t1": (True, False, True, True),    # hurt
+        "t2": (True, False, True, False),   # hurt, judged on the direct answer
+        "t3": (True, True, True, True),     # no change
+        "t4": (False, False, True, True),   # not refined: not counted
+    }
+    for t, (refined, passed, would, with_plan) in cases.items():
+        key = _outcome_key if with_plan else _direct_key
+        bank.put("outcome" if with_plan else "direct", key(t, "big"), {"passed": would})
+        audit = {"refined_won": refined, "provisional_winner": "big",
+                 "execution": {"with_plan": with_plan},
+                 "phases": {"refine": {"cost_usd": 1.0}}}
+        record = {"passed": passed, "cost_auction": 3.0, "cost_execution": 1.0}
+        for row in ("SALE", "SALE w/o memory"):
+            bank.put("result", _result_key(row, 0, t), {"audit": audit, "record": record})
+    effect = refinement_effect(bank, BenchConfig(orders=1), list(cases))
+    assert set(effect) == {"SALE"}  # the row without refinement is not listed
+    assert effect["SALE"] == {"auctions": 5, "refined_won": 4, "helped": 1, "hurt": 2,
+                              "net": -1, "cost_share": 0.25}
+    assert "| SALE | 5 | 4 | 1 | 2 | -1 | 25% |" in "\n".join(refinement_section(effect))

@@ -47,7 +47,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sale_graph.calls import content_text, describe_error, failure_kind
+from sale_graph.calls import content_text, describe_error, failure_kind, in_own_thread
 from sale_graph.context import Context
 from sale_graph.errors import (
     ContextError,
@@ -456,6 +456,7 @@ class _Service:
         self.context, self.graph, self.timeout = context, graph, timeout
         self.max_inflight, self.max_body_bytes = max_inflight, max_body_bytes
         self.running: set[asyncio.Task[Any]] = set()
+        self._ping: asyncio.Future[Any] | None = None  # the readiness check in flight
         self.created = int(time.time())
 
     # -- models
@@ -473,8 +474,10 @@ class _Service:
         Open like ``/health`` (a load balancer's probe may carry no key), so it says
         only the kind of what is wrong, never a host, path or count.
         """
+        if self._ping is None or self._ping.done():  # one check at a time, however many probes
+            self._ping = asyncio.ensure_future(in_own_thread(self._ping_memory))
         try:
-            await asyncio.wait_for(self._memory_ready(self.context), READY_SECONDS)
+            await asyncio.wait_for(asyncio.shield(self._ping), READY_SECONDS)
             memory = "ok"
         except Exception as exc:  # noqa: BLE001 - reported by kind, logged whole
             log.warning("readiness: memory: %s", describe_error(exc))
@@ -484,6 +487,10 @@ class _Service:
         return JSONResponse({"status": "ready" if ready else "unavailable",
                              "memory": memory, "auctions": room},
                             status_code=200 if ready else 503)
+
+    def _ping_memory(self) -> None:
+        """Open and ping the memory (on a thread of its own: a hung store is abandoned)."""
+        self.context.resolved_memory().ping()
 
     async def models(self, request: Request) -> Response:
         """``GET /v1/models``: one model per auction configuration."""

@@ -452,6 +452,27 @@ def test_probes_are_open_terse_and_tell_ready_from_unavailable(loopback, memory,
     assert str(tmp_path) not in unready.text
 
 
+def test_probes_against_a_hung_memory_share_one_check(loopback, memory, monkeypatch):
+    """Strangers polling /ready must not pile up blocked threads behind a hung store."""
+    from sale_graph import serve
+
+    monkeypatch.setattr(serve, "READY_SECONDS", 0.3)
+    release, calls = threading.Event(), []
+
+    def hung() -> None:
+        calls.append(1)
+        release.wait(20)
+
+    with serving(create_app(context(pool(), memory))) as served:
+        monkeypatch.setattr(served.app.state.service, "_ping_memory", hung)
+        try:
+            answers = [httpx.get(served.url + "/ready") for _ in range(4)]
+        finally:
+            release.set()
+    assert [a.status_code for a in answers] == [503] * 4 and len(calls) == 1
+    assert answers[0].json()["memory"] == "timeout"
+
+
 def test_ready_says_full_while_every_auction_slot_is_taken(loopback, memory):
     agents = pool(delay=1.0)
     with serving(create_app(context(agents, memory), max_inflight=1)) as served:

@@ -17,6 +17,7 @@ would have failed, or the reverse?
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,14 +41,15 @@ Votes = dict[str, list[Vote]]  # task -> its round-0 bids' votes
 
 
 def jury_methods(config: BenchConfig) -> list[Method]:
-    """SALE and the rows whose jury differs from its own (format or who votes)."""
-    out = []
-    for m in methods_for(config):
-        if m.auction != "full" or m.jury == "none" or m.zero or m.weights != "fitted":
-            continue
-        if m.name == REFERENCE or m.jury_format != "per_bid" or m.jury != "all":
-            out.append(m)
-    return out
+    """SALE and the rows that ask its jurors differently (the listwise format).
+
+    Rows with SALE's jury replay its very votes; so does a self-jury, whose vote on a
+    bid is the same call as SALE's, only restricted to the bidder's own plans (its
+    AUC there would differ from SALE's by which bids are rated, not by the votes).
+    """
+    return [m for m in methods_for(config)
+            if m.auction == "full" and m.jury == "all" and not m.zero
+            and m.weights == "fitted" and (m.name == REFERENCE or m.jury_format != "per_bid")]
 
 
 def _votes(bank: OutcomeBank, method: str, test_ids: Sequence[str]) -> dict[str, Votes] | None:
@@ -123,31 +125,49 @@ def jury_signal(
                 boot = np.array([_auc_over(votes, s, within) for s in samples])
                 entry[key] = _finite_interval(boot, _auc_over(votes, tasks, within), level)
                 ref = reference.get(juror)
-                if name != REFERENCE and ref:
+                if name != REFERENCE and ref and entry[key]["estimate"] is not None:
                     diff = boot - np.array([_auc_over(ref, s, within) for s in samples])
                     entry[key + "_vs_reference"] = _finite_interval(
                         diff, entry[key]["estimate"] - _auc_over(ref, tasks, within), level)
             jurors[juror] = entry
-        out[name] = {"jurors": jurors, **_vote_calls(bank, name, test_ids)}
+        listwise = next(m for m in jury_methods(config) if m.name == name).jury_format != \
+            "per_bid"
+        out[name] = {"jurors": jurors, **_vote_calls(bank, name, test_ids, listwise)}
     return out
 
 
-def _finite_interval(stats: np.ndarray, estimate: float, level: float) -> dict[str, float]:
+def _finite_interval(
+    stats: np.ndarray, estimate: float, level: float
+) -> dict[str, float | None]:
+    """An interval over the finite resamples, or None where nothing is defined.
+
+    An AUC needs a pass and a fail among the bids; None keeps the JSON strict.
+    """
     kept = stats[np.isfinite(stats)]
-    if not len(kept):
-        return {"estimate": estimate, "lo": float("nan"), "hi": float("nan")}
-    return _interval(kept, estimate, level)
+    if not math.isfinite(estimate) or not len(kept):
+        return {"estimate": None, "lo": None, "hi": None}
+    return dict(_interval(kept, estimate, level))
 
 
-def _vote_calls(bank: OutcomeBank, method: str, test_ids: Sequence[str]) -> dict[str, float]:
-    """Round-0 vote calls per auction, and those votes' share of the auction's cost."""
+def _vote_calls(
+    bank: OutcomeBank, method: str, test_ids: Sequence[str], listwise: bool
+) -> dict[str, float]:
+    """Round-0 vote calls per auction, and those votes' share of the auction's cost.
+
+    The audit keeps one vote record per bid in either format; a listwise juror wrote
+    all of a round's in one call, so there the calls are the jurors who voted.
+    """
     results = bank.records("result")
     calls, vote_cost, auction_cost = 0, 0.0, 0.0
     for t in test_ids:
         audit = results[_result_key(method, 0, t)].get("audit") or {}
         phases: Mapping[str, Any] = audit.get("phases") or {}
         jury = phases.get("jury") or {}
-        calls += int(jury.get("calls") or 0)
+        if listwise:
+            calls += len({j for b in audit.get("bids") or () if b.get("round") == 0
+                          for j in (b.get("votes") or {})})
+        else:
+            calls += int(jury.get("calls") or 0)
         vote_cost += float(jury.get("cost_usd") or 0.0)
         auction_cost += sum(float((phases.get(p) or {}).get("cost_usd") or 0.0)
                             for p in ("bid", "jury", "refine"))
@@ -174,7 +194,8 @@ def refinement_effect(
         rows = [results.get(_result_key(m.name, 0, t)) for t in test_ids]
         if not all(rows) or not all((r or {}).get("audit") for r in rows):
             continue
-        counts = {"auctions": len(rows), "refined_won": 0, "helped": 0, "hurt": 0}
+        counts = {"auctions": len(rows), "refined_won": 0, "helped": 0, "hurt": 0,
+                  "unjudged": 0}
         refine_cost = total_cost = 0.0
         for t, row in zip(test_ids, rows, strict=True):
             audit, record = row["audit"], row["record"]  # type: ignore[index]
@@ -184,11 +205,13 @@ def refinement_effect(
             if not audit.get("refined_won"):
                 continue
             counts["refined_won"] += 1
-            with_plan = (audit.get("execution") or {}).get("with_plan", True)
+            # a row executes every winner the same way (the paper's rows: the plan)
+            with_plan = (audit.get("execution") or {}).get("with_plan") is not False
             before = audit.get("provisional_winner") or ""
             table, key = (plans, _outcome_key) if with_plan else (directs, _direct_key)
             would = (table.get(key(t, before)) or {}).get("passed")
             if would is None:
+                counts["unjudged"] += 1
                 continue
             passed = bool(record["passed"])
             counts["helped"] += int(passed and not would)
@@ -208,12 +231,14 @@ def refinement_section(effect: Mapping[str, Mapping[str, Any]]) -> list[str]:
         "\"helped\" means the task passed where the provisional winner's own plan (the "
         "outcome bank, executed the same way) fails it, \"hurt\" the reverse. Refining's "
         "cost (refined bids and the votes on them) as a share of the row's whole cost.", "",
-        "| method | auctions | refined bid won | helped | hurt | net (tasks) | cost share |",
-        "|---|---|---|---|---|---|---|",
+        "| method | auctions | refined bid won | helped | hurt | unjudged | net (tasks) "
+        "| cost share |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, e in effect.items():
         lines.append(f"| {name} | {e['auctions']} | {e['refined_won']} | {e['helped']} "
-                     f"| {e['hurt']} | {e['net']:+d} | {100 * e['cost_share']:.0f}% |")
+                     f"| {e['hurt']} | {e['unjudged']} | {e['net']:+d} "
+                     f"| {100 * e['cost_share']:.0f}% |")
     return lines
 
 
@@ -233,9 +258,11 @@ def jury_section(signal: Mapping[str, Mapping[str, Any]]) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|",
     ]
 
-    def cell(stat: Mapping[str, float] | None, signed: bool = False) -> str:
+    def cell(stat: Mapping[str, float | None] | None, signed: bool = False) -> str:
         if not stat:
             return ""
+        if stat["estimate"] is None:
+            return "n/a"
         spec = "+.2f" if signed else ".2f"
         return f"{stat['estimate']:{spec}} [{stat['lo']:{spec}}, {stat['hi']:{spec}}]"
 

@@ -56,10 +56,22 @@ def test_rows_are_compared_with_sales_jury_on_the_same_tasks(tmp_path):
     assert sale["auc"]["estimate"] == 0.5 and listwise["auc"]["estimate"] == 1.0
     assert listwise["auc_vs_reference"]["estimate"] == 0.5
     assert listwise["auc_vs_reference"]["lo"] > 0  # told apart beyond noise
+    # the audit keeps a vote record per bid in both formats; listwise made one call
     assert signal["SALE"]["vote_calls_per_auction"] == 4.0
+    assert signal["SALE listwise jury"]["vote_calls_per_auction"] == 1.0
     assert signal["SALE"]["vote_cost_share"] == 0.5
     table = "\n".join(jury_section(signal))
     assert "| SALE listwise jury | big | 24 | 1.00 [1.00, 1.00] | +0.50 [" in table
+
+
+def test_a_juror_whose_bids_all_pass_has_no_auc(tmp_path):
+    bank = OutcomeBank(tmp_path / "bank.sqlite")
+    for t in ("t0", "t1"):
+        bank.put("outcome", _outcome_key(t, "big"), {"passed": True})
+        bank.put("result", _result_key("SALE", 0, t), {"audit": _audit({"big": {"big": 3.0}})})
+    signal = jury_signal(bank, BenchConfig(orders=1), ["t0", "t1"], n_boot=20)
+    assert signal["SALE"]["jurors"]["big"]["auc"] == {"estimate": None, "lo": None, "hi": None}
+    assert "| SALE | big | 2 | n/a |" in "\n".join(jury_section(signal))
 
 
 def test_an_unfinished_row_is_left_out(tmp_path):
@@ -93,5 +105,5 @@ def test_refinement_is_credited_only_where_it_changed_a_task(tmp_path):
     effect = refinement_effect(bank, BenchConfig(orders=1), list(cases))
     assert set(effect) == {"SALE"}  # the row without refinement is not listed
     assert effect["SALE"] == {"auctions": 5, "refined_won": 4, "helped": 1, "hurt": 2,
-                              "net": -1, "cost_share": 0.25}
-    assert "| SALE | 5 | 4 | 1 | 2 | -1 | 25% |" in "\n".join(refinement_section(effect))
+                              "unjudged": 0, "net": -1, "cost_share": 0.25}
+    assert "| SALE | 5 | 4 | 1 | 2 | 0 | -1 | 25% |" in "\n".join(refinement_section(effect))

@@ -18,6 +18,7 @@ from sale_graph.errors import (
     PoolConfigError,
     SaleError,
 )
+from sale_graph.execution import ANSWER_TAG
 from sale_graph.graph import build_graph, graph, run_auction
 from sale_graph.memory import AuctionMemory, PastAuction, UnknownAuctionError
 from sale_graph.outcomes import record_outcome
@@ -26,6 +27,7 @@ from sale_graph.staged import AgentPolicy, StagedPolicy
 from sale_graph.state import AuctionInput, AuctionOutput
 
 __all__ = [
+    "ANSWER_TAG",
     "Agent",
     "AgentPolicy",
     "ApprovalError",

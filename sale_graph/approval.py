@@ -138,9 +138,12 @@ class _Claims:
                 while len(self._taken) > _CLAIMS_KEPT:
                     self._taken.popitem(last=False)
                 return
+        # Not "this <action> had no effect": a resume replayed from an already decided
+        # checkpoint reads the stored reply, not the caller's, so the action seen here
+        # may not be what the caller sent.
         raise ApprovalError(
-            f"auction {key[2]!r} on thread {key[0]!r} was already decided ({taken}) by another "
-            f"resume; this {action!r} had no effect"
+            f"auction {key[2]!r} on thread {key[0]!r} was already decided ({taken}); a "
+            "later resume cannot change that decision (start a new run to decide again)"
         )
 
 

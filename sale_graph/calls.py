@@ -17,9 +17,24 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from langchain_core.callbacks import (
+    AsyncCallbackHandler,
+    BaseCallbackHandler,
+    BaseCallbackManager,
+)
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.runnables import Runnable, RunnableLambda
+from langchain_core.runnables import (
+    Runnable,
+    RunnableLambda,
+    RunnableParallel,
+    RunnablePassthrough,
+    RunnableSequence,
+)
+from langchain_core.runnables.base import RunnableBindingBase, RunnableEachBase
+from langchain_core.runnables.config import RunnableConfig, ensure_config
+from langchain_core.runnables.fallbacks import RunnableWithFallbacks
+from langchain_core.runnables.passthrough import RunnableAssign
 
 from sale_graph.agents import Agent
 
@@ -208,20 +223,98 @@ def as_runnable(value: Any, name: str) -> Runnable:
     raise TypeError(f"{name} must be a Runnable or a callable, got {type(value).__name__}")
 
 
-def ainvoke_bounded(runnable: Any, inputs: Any, config: Any) -> Any:
-    """``runnable.ainvoke``, except that a sync-only Runnable runs on its own thread.
+def _blocking_parts(runnable: Any) -> tuple[bool, bool]:
+    """(has a blocking-only part, has a part that must be awaited) in a Runnable's tree.
 
-    Runnable's default ``ainvoke`` borrows the event loop's thread pool: a call that
-    hangs there outlives ``wait_for``'s deadline and blocks the run's shutdown. A
-    thread of its own is abandoned at the deadline instead.
+    Wrappers (``with_config``, ``with_retry``, ``bind``), sequences, parallels and
+    fallbacks hand their parts to the loop's pool one by one, so a blocking function
+    inside any of them borrows it as a bare one would. A part must be awaited when it
+    has no blocking form (an async function) or when only ``ainvoke`` can stop it (a
+    natively async chat model: a local model stops at its next token when cancelled,
+    whereas its blocking form runs on to its own deadline, holding the CPU).
     """
     if isinstance(runnable, RunnableLambda):
-        sync_only = getattr(runnable, "afunc", None) is None
-    else:
-        sync_only = type(runnable).ainvoke is Runnable.ainvoke
-    if sync_only:
+        has_sync = getattr(runnable, "func", None) is not None
+        has_async = getattr(runnable, "afunc", None) is not None
+        return not has_async, not has_sync
+    if isinstance(runnable, BaseChatModel):
+        native = has_native_async(runnable)
+        return not native, native
+    if isinstance(runnable, RunnablePassthrough):
+        return runnable.func is not None and runnable.afunc is None, False
+    parts = _parts(runnable)
+    if parts is None:
+        return type(runnable).ainvoke is Runnable.ainvoke, False
+    found = [_blocking_parts(part) for part in parts]
+    return any(s for s, _ in found), any(a for _, a in found)
+
+
+def _parts(runnable: Any) -> list[Any] | None:
+    """The Runnables a composite Runnable delegates to (None for a leaf)."""
+    if isinstance(runnable, (RunnableBindingBase, RunnableEachBase)):
+        return [runnable.bound]
+    if isinstance(runnable, RunnableSequence):
+        return list(runnable.steps)
+    if isinstance(runnable, RunnableParallel):
+        return list(runnable.steps__.values())
+    if isinstance(runnable, RunnableWithFallbacks):
+        return [runnable.runnable, *runnable.fallbacks]
+    if isinstance(runnable, RunnableAssign):
+        return [runnable.mapper]
+    return None
+
+
+def ainvoke_bounded(runnable: Any, inputs: Any, config: Any) -> Any:
+    """``runnable.ainvoke``, except that a Runnable with blocking parts runs on its own thread.
+
+    Runnable's default ``ainvoke`` borrows the event loop's thread pool for blocking
+    code: a call that hangs there outlives ``wait_for``'s deadline and blocks the
+    run's shutdown. A thread of its own is abandoned at the deadline instead. A tree
+    that also holds a part that must be awaited keeps ``ainvoke``.
+    """
+    blocking, awaited = _blocking_parts(runnable)
+    if blocking and not awaited:
         return in_own_thread(runnable.invoke, inputs, config=config)
     return runnable.ainvoke(inputs, config=config)
+
+
+def wants_tokens(handlers: Sequence[Any]) -> bool:
+    """Whether any handler listens to tokens (a stream, a tracer); a usage counter does not."""
+    quiet = (BaseCallbackHandler.on_llm_new_token, AsyncCallbackHandler.on_llm_new_token)
+    return any(type(h).on_llm_new_token not in quiet for h in handlers)
+
+
+def can_stream(model: Any) -> bool:
+    """Whether a chat model has a streaming form that ``stream=True`` selects per call.
+
+    A model built with ``disable_streaming=True`` or ``streaming=False`` answers whole
+    even when asked, and the ``stream`` flag would then reach its request: one that
+    streams back is a reply its own parser refuses.
+    """
+    kind = type(model)
+    if not isinstance(model, BaseChatModel) or (
+            kind._astream is BaseChatModel._astream and kind._stream is BaseChatModel._stream):
+        return False
+    if model.disable_streaming is True:
+        return False
+    told = "streaming" in model.model_fields_set
+    return not (told and getattr(model, "streaming", None) is False)
+
+
+def config_with(handler: BaseCallbackHandler, run_name: str) -> RunnableConfig:
+    """The running step's config with one more handler for a call made inside it.
+
+    A config with its own ``callbacks`` list replaces the inherited ones: the call
+    would drop out of the run's trace and its stream (a token listener, LangGraph's
+    ``messages`` mode). The handler is added to a copy of the inherited manager.
+    """
+    callbacks = ensure_config().get("callbacks")
+    if isinstance(callbacks, BaseCallbackManager):
+        callbacks = callbacks.copy()
+        callbacks.add_handler(handler, inherit=True)
+    else:
+        callbacks = [*(callbacks or []), handler]
+    return {"callbacks": callbacks, "run_name": run_name}
 
 
 def describe_error(exc: BaseException) -> str:

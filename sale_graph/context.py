@@ -495,6 +495,26 @@ class RemoteContext(Context):
     the deployer's paths, URLs and executors cannot be replaced.
     """
 
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        """What a client may send, as the server's schema endpoint shows it.
+
+        The deployer's fields (paths, URLs, objects, code) are left out, since a run
+        that sets them is refused, and every bounded number says its range.
+        """
+        schema = dict(handler.resolve_ref_schema(handler(core_schema)))
+        properties = {name: dict(spec) for name, spec in schema.get("properties", {}).items()
+                      if name not in SERVER_ONLY}
+        for name, (low, high) in _INT_RANGES.items():
+            properties[name].update(minimum=low, maximum=high)
+        for name in ("call_timeout", "execute_timeout"):
+            properties[name].update(exclusiveMinimum=0, maximum=MAX_TIMEOUT)
+        properties["reserve"] = {**properties["reserve"], "anyOf": [
+            {"type": "number", "minimum": 0, "maximum": 1}, {"type": "null"}]}
+        schema["properties"] = properties
+        schema["required"] = [r for r in schema.get("required", []) if r in properties]
+        return schema
+
     def __init__(self, **data: Any) -> None:
         checked = Context.from_untrusted(data, deployed_context())
         for f in fields(Context):

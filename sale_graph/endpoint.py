@@ -174,7 +174,10 @@ def openai_agent(
             )
         key = _PLACEHOLDER_KEY
 
-    kwargs: dict[str, Any] = dict(model_kwargs)
+    # A streamed call (any streaming listener makes ChatOpenAI stream: Studio's messages
+    # mode) reports usage only when asked; unasked, every bid's cost would be a guess.
+    # A server that ignores the request (llama-cpp-python's 0.3) leaves it a flagged guess.
+    kwargs: dict[str, Any] = {"stream_usage": True, **model_kwargs}
     if top_logprobs > 0:
         kwargs["logprobs"] = True
         kwargs["top_logprobs"] = top_logprobs

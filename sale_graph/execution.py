@@ -26,22 +26,36 @@ from sale_graph.calls import (
     ainvoke_bounded,
     ainvoke_model,
     as_runnable,
+    can_stream,
+    config_with,
     describe_error,
     estimate_tokens,
     message_text,
     token_count,
+    wants_tokens,
 )
 from sale_graph.prompts import execute_messages
 from sale_graph.runtime import auction_execute_plan, pool_of, run_context
 from sale_graph.state import Event
+
+# Tag of the default executor's model call: an app streaming the auction with
+# ``stream_mode="messages"`` picks the answer's tokens out of every bid and vote by it
+# (``sale serve`` streams them so).
+ANSWER_TAG = "sale:answer"
 
 
 async def _answer_in_one_call(inputs: dict[str, Any], config: RunnableConfig) -> str:
     """Default executor: one call that follows the plan to a final answer."""
     model = inputs["model"]
     messages = execute_messages(inputs["agent"], inputs["task"], inputs["strategy"])
-    kwargs = {"max_tokens": inputs["max_tokens"]} if inputs.get("max_tokens") else {}
-    reply = await ainvoke_model(model, messages, config=config, **kwargs)
+    kwargs: dict[str, Any] = {}
+    if inputs.get("max_tokens"):
+        kwargs["max_tokens"] = inputs["max_tokens"]
+    listeners = getattr(config.get("callbacks"), "handlers", None) or []
+    if can_stream(model) and wants_tokens(listeners):
+        kwargs["stream"] = True  # an endpoint model answers whole unless asked to stream
+    tagged: RunnableConfig = {**config, "tags": [*(config.get("tags") or []), ANSWER_TAG]}
+    reply = await ainvoke_model(model, messages, config=tagged, **kwargs)
     return message_text(reply)
 
 
@@ -70,6 +84,50 @@ def clean_answer(text: str) -> str:
         end = match.end()
         rest = text[end:]
     return rest if rest.strip() else text
+
+
+class AnswerStream:
+    """The answer as it is written, less the echoed blocks :func:`clean_answer` drops.
+
+    Text is held back while its start could still be an echoed block (an open tag,
+    a block not yet closed, the whitespace after one); once the answer proper has
+    begun, every piece passes at once.
+    """
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.sent = ""
+
+    def feed(self, piece: str) -> str:
+        """Take the next piece written; return what may be sent now."""
+        self.text += piece
+        start = _answer_start(self.text)
+        if start is None:
+            return ""
+        out = self.text[start + len(self.sent):]
+        self.sent += out
+        return out
+
+    def rest(self, answer: str) -> str | None:
+        """What the finished answer holds beyond what was sent (None: they disagree)."""
+        return answer[len(self.sent):] if answer.startswith(self.sent) else None
+
+
+def _answer_start(text: str) -> int | None:
+    """Where the answer proper begins in ``text`` so far; None while that is open."""
+    end = 0
+    while match := _ECHO_BLOCK.match(text, end) or _ECHO_OPEN_LINE.match(text, end):
+        if match.re is _ECHO_OPEN_LINE:
+            return None  # a lone opening tag may yet be closed, making it a block
+        end = match.end()
+    rest = text[end:].lstrip().lower()
+    if not rest:
+        return None  # whitespace may still lead into another echoed block
+    if rest.startswith("<") and any(
+        f"<{tag}>".startswith(rest) or rest.startswith(f"<{tag}>") for tag in _ECHOED
+    ):
+        return None  # an echoed tag being written, or its block not yet closed
+    return end
 
 
 def answer_text(result: Any) -> str:
@@ -105,7 +163,7 @@ async def execute(
     started = time.time()
     result: dict[str, Any] = {"agent": agent.name, "answer": None, "error": None}
     try:
-        config: RunnableConfig = {"callbacks": [usage], "run_name": "execute"}
+        config = config_with(usage, "execute")
         pending = ainvoke_bounded(as_runnable(runnable, "execute"), inputs, config)
         raw = await asyncio.wait_for(pending, timeout)
         text = answer_text(raw)
@@ -121,11 +179,15 @@ async def execute(
     ended = time.time()
     counts = [(token_count(u.get("input_tokens")), token_count(u.get("output_tokens")))
               for u in usage.usage_metadata.values()]
-    input_tokens = sum(n or 0 for n, _ in counts)
-    output_tokens = sum(n or 0 for _, n in counts)
-    estimated = not counts or any(n is None for pair in counts for n in pair)
-    if estimated and result["answer"]:
-        output_tokens = estimate_tokens(result.get("raw_answer") or result["answer"])
+    known_in = [n for n, _ in counts if n is not None]
+    known_out = [n for _, n in counts if n is not None]
+    # An executor that reports no usage (a plain function, a tool loop) still read its
+    # prompt: estimated from what it was given, it is never free (bids are the same).
+    prompt = " ".join(message_text(m) for m in execute_messages(agent.name, task, strategy))
+    input_tokens = sum(known_in) if known_in else estimate_tokens(prompt)
+    answer = result.get("raw_answer") or result["answer"] or ""
+    output_tokens = sum(known_out) if known_out else estimate_tokens(answer)
+    estimated = not counts or len(known_in) < len(counts) or len(known_out) < len(counts)
     result.update(
         input_tokens=input_tokens, output_tokens=output_tokens, tokens_estimated=estimated,
         started=started, ended=ended, seconds=ended - started,

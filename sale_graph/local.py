@@ -16,11 +16,12 @@ so waiting threads can never deadlock.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import math
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,20 +30,22 @@ from typing import Any
 import numpy as np
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models.chat_models import LC_ID_PREFIX
 from langchain_core.messages import (
     AIMessage,
+    AIMessageChunk,
     BaseMessage,
     ChatMessage,
     HumanMessage,
     SystemMessage,
     ToolMessage,
 )
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import Field
 
 from sale_graph import entropy
 from sale_graph.agents import Agent
-from sale_graph.calls import content_text
+from sale_graph.calls import content_text, wants_tokens
 from sale_graph.errors import ModelFileError, PoolConfigError
 from sale_graph.model_files import MODELS, model_path
 from sale_graph.native_build import ensure_safe_build
@@ -348,6 +351,62 @@ class _Deadline:
         return self.expired or self.cancelled
 
 
+class _TokenRelay:
+    """Stopping criterion that never stops: hands each new piece of text to ``emit``.
+
+    It is how a caller streaming the run (LangGraph's ``messages`` mode, ``sale
+    serve``) sees an answer as it is written. llama.cpp shows the criteria the
+    tokens evaluated so far, so the relay trails by one token; ``finish`` sends the
+    rest from the final text. A tail that could begin a stop string is held back
+    (the final text is cut there), so what was sent is always a prefix of it.
+    """
+
+    def __init__(self, llama: Any, prompt_tokens: int, stops: Sequence[str],
+                 emit: Callable[[str], None]) -> None:
+        self.llama = llama
+        self.seen = prompt_tokens
+        self.stops = [s for s in stops if s]
+        self.emit = emit
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
+        self.text = ""
+        self.sent = 0
+        self.stopped = False
+
+    def __call__(self, input_ids: np.ndarray, logits: np.ndarray) -> bool:
+        new = [int(t) for t in input_ids[self.seen:]]
+        self.seen = len(input_ids)
+        if new and not self.stopped:
+            self.text += self.decoder.decode(self.llama.detokenize(new))
+            self._send(self._safe_end())
+        return False
+
+    def _safe_end(self) -> int:
+        """How much of the text cannot change: up to a stop string or its possible start."""
+        end = len(self.text)
+        for stop in self.stops:
+            found = self.text.find(stop, self.sent)
+            if found >= 0:
+                self.stopped = True
+                end = min(end, found)
+            for size in range(min(len(stop) - 1, len(self.text)), 0, -1):
+                if self.text.endswith(stop[:size]):
+                    end = min(end, len(self.text) - size)
+                    break
+        return end
+
+    def _send(self, end: int) -> None:
+        if end > self.sent:
+            piece, self.sent = self.text[self.sent:end], end
+            self.emit(piece)
+
+    def finish(self, final_text: str) -> None:
+        """Send what the final text holds beyond what was sent (nothing if it disagrees)."""
+        sent = self.text[:self.sent]
+        self.text, self.stopped = final_text, True
+        if final_text.startswith(sent):
+            self._send(len(final_text))
+
+
 def _as_list(value: str | list[str] | None) -> list[str]:
     if value is None:
         return []
@@ -453,6 +512,8 @@ class LlamaCppChatModel(BaseChatModel):
         stop: list[str] | None,
         cancel: threading.Event | None,
         options: Mapping[str, Any],
+        emit: Callable[[str], None] | None = None,
+        message_id: str | None = None,
     ) -> ChatResult:
         from llama_cpp import LogitsProcessorList, StoppingCriteriaList
 
@@ -482,7 +543,8 @@ class LlamaCppChatModel(BaseChatModel):
                 prompt.prompt.encode("utf-8"), add_bos=not prompt.added_special, special=True
             )
             stops = list(stop or []) + _as_list(prompt.stop)
-            criteria = [deadline, *(prompt.stopping_criteria or [])]
+            relay = _TokenRelay(loaded.llama, len(tokens), stops, emit) if emit else None
+            criteria = [deadline, *([relay] if relay else []), *(prompt.stopping_criteria or [])]
             response = loaded.llama.create_completion(
                 prompt=tokens,
                 temperature=temperature,
@@ -502,6 +564,8 @@ class LlamaCppChatModel(BaseChatModel):
 
         choice = response["choices"][0]
         text = choice.get("text") or ""
+        if relay is not None:
+            relay.finish(text)
         usage = response.get("usage") or {}
         input_tokens = int(usage.get("prompt_tokens", 0))
         output_tokens = int(usage.get("completion_tokens", 0))
@@ -520,6 +584,7 @@ class LlamaCppChatModel(BaseChatModel):
                                                                     output_tokens)]
         message = AIMessage(
             content=text,
+            id=message_id,
             usage_metadata={
                 "input_tokens": input_tokens,
                 "output_tokens": output_tokens,
@@ -539,7 +604,14 @@ class LlamaCppChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return self._run(messages, stop, None, kwargs)
+        if not (run_manager and wants_tokens(run_manager.handlers)):
+            return self._run(messages, stop, None, kwargs)
+        message_id = _message_id(run_manager.run_id)
+
+        def emit(piece: str) -> None:
+            run_manager.on_llm_new_token(piece, chunk=_chunk(piece, message_id))
+
+        return self._run(messages, stop, None, kwargs, emit, message_id)
 
     async def _agenerate(
         self,
@@ -551,11 +623,48 @@ class LlamaCppChatModel(BaseChatModel):
         # A worker thread keeps the event loop free; if the caller gives up, the
         # event stops the generation at the next token and releases the CPU gate.
         cancel = threading.Event()
+        if not (run_manager and wants_tokens(run_manager.handlers)):
+            try:
+                return await asyncio.to_thread(self._run, messages, stop, cancel, kwargs)
+            except asyncio.CancelledError:
+                cancel.set()
+                raise
+        # The worker never waits for a listener: it queues each piece for one task on
+        # the loop, which hands them over in order; the reply returns once all are out.
+        loop, manager = asyncio.get_running_loop(), run_manager
+        message_id = _message_id(manager.run_id)
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+
+        async def hand_over() -> None:
+            while (piece := await pieces.get()) is not None:
+                await manager.on_llm_new_token(piece, chunk=_chunk(piece, message_id))
+
+        def emit(piece: str) -> None:
+            loop.call_soon_threadsafe(pieces.put_nowait, piece)
+
+        relay = asyncio.create_task(hand_over())
         try:
-            return await asyncio.to_thread(self._run, messages, stop, cancel, kwargs)
-        except asyncio.CancelledError:
+            result = await asyncio.to_thread(self._run, messages, stop, cancel, kwargs,
+                                             emit, message_id)
+        except BaseException:
             cancel.set()
+            relay.cancel()
             raise
+        pieces.put_nowait(None)
+        await relay
+        return result
+
+
+def _message_id(run_id: Any) -> str:
+    """The id a streamed reply's pieces and its final message share.
+
+    A listener that has the pieces (LangGraph's ``messages`` mode) then drops the repeat.
+    """
+    return f"{LC_ID_PREFIX}-{run_id}"
+
+
+def _chunk(piece: str, message_id: str) -> ChatGenerationChunk:
+    return ChatGenerationChunk(message=AIMessageChunk(content=piece, id=message_id))
 
 
 # --- the default local pool ----------------------------------------------------------------------

@@ -36,6 +36,7 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Annotated, Any
 
+from langchain_core.callbacks import AsyncCallbackHandler
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from pydantic import ValidationError as SchemaError
 from starlette.applications import Starlette
@@ -46,7 +47,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sale_graph.calls import failure_kind
+from sale_graph.calls import content_text, describe_error, failure_kind, in_own_thread
 from sale_graph.context import Context
 from sale_graph.errors import (
     ContextError,
@@ -56,6 +57,7 @@ from sale_graph.errors import (
     PoolConfigError,
     SaleError,
 )
+from sale_graph.execution import ANSWER_TAG, AnswerStream
 from sale_graph.memory import UnknownAuctionError
 from sale_graph.opening import auction_id_for, validate_task
 
@@ -67,6 +69,9 @@ _RESERVE = re.compile(r"0(?:\.\d{1,4})?|1(?:\.0{1,4})?")
 AUCTION_ID_HEADER = "X-Sale-Auction-Id"
 HEARTBEAT_SECONDS = 15.0
 ANSWER_CHUNK_CHARS = 256
+# liveness and readiness probes: open without the API key, and as terse
+PROBES = frozenset({"/health", "/ready"})
+READY_SECONDS = 5.0
 
 
 # ----------------------------------------------------------------------------- errors
@@ -332,6 +337,32 @@ def _comment(text: str) -> str:
 # ----------------------------------------------------------------------------- auctions
 
 
+class _AnswerTokens(AsyncCallbackHandler):
+    """The default executor's answer, piece by piece, as its model writes it.
+
+    Only the call tagged :data:`~sale_graph.execution.ANSWER_TAG` is followed (bids
+    and votes are not the answer), through :class:`~sale_graph.execution.AnswerStream`
+    so that echoed plan blocks the stored answer drops are not sent either. The local
+    models hand over every token to a listener; the default executor asks an endpoint
+    model to stream its answer when one listens (with its usage, where the server
+    reports usage on a stream).
+    """
+
+    def __init__(self, put: Any) -> None:
+        self.put = put
+        self.runs: set[Any] = set()
+        self.stream = AnswerStream()
+
+    async def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: Any,
+                                  tags: list[str] | None = None, **kwargs: Any) -> None:
+        if tags and ANSWER_TAG in tags:
+            self.runs.add(run_id)
+
+    async def on_llm_new_token(self, token: Any, *, run_id: Any, **kwargs: Any) -> None:
+        if run_id in self.runs and (piece := self.stream.feed(content_text(token))):
+            self.put(piece)
+
+
 class _Auction:
     """One auction in a task of its own, reporting progress to a queue.
 
@@ -342,21 +373,24 @@ class _Auction:
     """
 
     def __init__(self, graph: Any, task: str, auction_id: str, context: Context,
-                 running: set[asyncio.Task[Any]]) -> None:
+                 running: set[asyncio.Task[Any]], *, stream: bool = False) -> None:
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.final: dict[str, Any] | None = None
         self.error: BaseException | None = None
-        self.task = asyncio.create_task(self._run(graph, task, auction_id, context))
+        self.answer = _AnswerTokens(self._delta)
+        config = {"callbacks": [self.answer]} if stream else {}
+        self.task = asyncio.create_task(self._run(graph, task, auction_id, context, config))
         running.add(self.task)
         self.task.add_done_callback(running.discard)
 
-    async def _run(self, graph: Any, task: str, auction_id: str, context: Context) -> None:
+    async def _run(self, graph: Any, task: str, auction_id: str, context: Context,
+                   config: dict[str, Any]) -> None:
         from sale_graph.cli import _progress
 
         t0 = time.time()
         try:
             async for chunk in graph.astream({"task": task, "auction_id": auction_id},
-                                             context=context, stream_mode="updates"):
+                                             config, context=context, stream_mode="updates"):
                 if not isinstance(chunk, dict) or len(chunk) != 1:
                     continue
                 ((node, data),) = chunk.items()
@@ -373,6 +407,18 @@ class _Auction:
         except Exception as exc:  # noqa: BLE001 - handed to the request, mapped to a status
             self.error = exc
             self.events.put_nowait(("error", exc))
+
+    def _delta(self, piece: str) -> None:
+        """Queue a piece of the answer; a blocking model's listener calls from its thread."""
+        loop = self.task.get_loop()
+        try:
+            here = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            here = False
+        if here:
+            self.events.put_nowait(("delta", piece))
+        else:
+            loop.call_soon_threadsafe(self.events.put_nowait, ("delta", piece))
 
     def cancel(self) -> None:
         """Stop the auction (a model call in flight ends on its own; nothing is written)."""
@@ -410,12 +456,41 @@ class _Service:
         self.context, self.graph, self.timeout = context, graph, timeout
         self.max_inflight, self.max_body_bytes = max_inflight, max_body_bytes
         self.running: set[asyncio.Task[Any]] = set()
+        self._ping: asyncio.Future[Any] | None = None  # the readiness check in flight
         self.created = int(time.time())
 
     # -- models
 
     def _model(self, name: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": self.created, "owned_by": "sale_graph"}
+
+    async def health(self, request: Request) -> Response:
+        """``GET /health``: the process answers (liveness); nothing else is checked."""
+        return JSONResponse({"status": "ok"})
+
+    async def ready(self, request: Request) -> Response:
+        """``GET /ready``: whether a request would be taken now (memory up, room to run).
+
+        Open like ``/health`` (a load balancer's probe may carry no key), so it says
+        only the kind of what is wrong, never a host, path or count.
+        """
+        if self._ping is None or self._ping.done():  # one check at a time, however many probes
+            self._ping = asyncio.ensure_future(in_own_thread(self._ping_memory))
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ping), READY_SECONDS)
+            memory = "ok"
+        except Exception as exc:  # noqa: BLE001 - reported by kind, logged whole
+            log.warning("readiness: memory: %s", describe_error(exc))
+            memory = failure_kind(describe_error(exc))
+        room = "ok" if len(self.running) < self.max_inflight else "full"
+        ready = memory == "ok" and room == "ok"
+        return JSONResponse({"status": "ready" if ready else "unavailable",
+                             "memory": memory, "auctions": room},
+                            status_code=200 if ready else 503)
+
+    def _ping_memory(self) -> None:
+        """Open and ping the memory (on a thread of its own: a hung store is abandoned)."""
+        self.context.resolved_memory().ping()
 
     async def models(self, request: Request) -> Response:
         """``GET /v1/models``: one model per auction configuration."""
@@ -463,7 +538,8 @@ class _Service:
             raise ApiError(429, f"{self.max_inflight} auctions are already running; retry later",
                            type_="rate_limit_error", code="too_many_auctions")
         await self._memory_ready(context)
-        auction = _Auction(self.graph, task, auction_id, context, self.running)
+        auction = _Auction(self.graph, task, auction_id, context, self.running,
+                           stream=bool(body.stream))
         base = {"id": f"chatcmpl-{auction_id}", "created": int(time.time()), "model": body.model}
         headers = {AUCTION_ID_HEADER: auction_id}
         if body.stream:
@@ -520,11 +596,21 @@ class _Service:
                     continue
                 if kind == "progress":
                     yield _comment(f"progress {value}")
-                elif kind == "executed" and value is not None and not sent:
-                    sent = True
-                    yield _chunk(base, {"role": "assistant", "content": ""})
-                    for i in range(0, len(value), ANSWER_CHUNK_CHARS):
-                        yield _chunk(base, {"content": value[i:i + ANSWER_CHUNK_CHARS]})
+                elif kind == "delta":  # the answer as it is written
+                    if not sent:
+                        sent = True
+                        yield _chunk(base, {"role": "assistant", "content": ""})
+                    yield _chunk(base, {"content": value})
+                elif kind == "executed" and value is not None:
+                    rest = auction.answer.stream.rest(value) if sent else value
+                    if rest is None:  # cannot happen: the pieces are the answer's start
+                        log.warning("streamed pieces disagree with the stored answer")
+                        rest = ""
+                    if not sent:
+                        sent = True
+                        yield _chunk(base, {"role": "assistant", "content": ""})
+                    for i in range(0, len(rest), ANSWER_CHUNK_CHARS):
+                        yield _chunk(base, {"content": rest[i:i + ANSWER_CHUNK_CHARS]})
                 elif kind == "error":
                     yield _sse_error(api_error(value))
                     return
@@ -585,13 +671,16 @@ def _handled(endpoint: Any) -> Any:
 
 
 class BearerAuth:
-    """Every request needs ``Authorization: Bearer <key>`` (compared in constant time)."""
+    """Every request needs ``Authorization: Bearer <key>`` (compared in constant time).
+
+    The probes (``/health``, ``/ready``) are open: they say nothing a stranger could use.
+    """
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app, self.key = app, api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == "http" and scope.get("path") not in PROBES:
             given = b""
             for name, value in scope.get("headers") or ():
                 if name.lower() == b"authorization":
@@ -671,6 +760,8 @@ def create_app(
 
     app = Starlette(
         routes=[
+            Route("/health", _handled(service.health), methods=["GET"]),
+            Route("/ready", _handled(service.ready), methods=["GET"]),
             Route("/v1/models", _handled(service.models), methods=["GET"]),
             Route("/v1/models/{model:path}", _handled(service.model), methods=["GET"]),
             Route("/v1/chat/completions", _handled(service.chat), methods=["POST"]),

@@ -8,13 +8,14 @@ fixed entropy like a real backend would. It also counts its calls per kind.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import Field
 
 Reply = str | Exception | Callable[[str], str]
@@ -44,6 +45,10 @@ class ScriptedChatModel(BaseChatModel):
     digit_probs: Any = None
     delay: float = 0.0
     calls: Counter = Field(default_factory=Counter)
+    # prompt kinds whose replies are handed to callbacks word by word before returning
+    stream_kinds: tuple[str, ...] = ()
+    gate: Any = None
+    gate_opened: bool | None = None
     prompts: list[tuple[str, str]] = Field(default_factory=list)
 
     @property
@@ -90,8 +95,23 @@ class ScriptedChatModel(BaseChatModel):
     async def _agenerate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
         if self.delay:
             await asyncio.sleep(self.delay)
-        _, text = self._reply(messages)
+        kind, text = self._reply(messages)
+        if kind in self.stream_kinds and run_manager is not None:
+            message_id = f"lc_run--{run_manager.run_id}"  # pieces and reply share it
+            await self._stream_words(text, run_manager, message_id)
+            result = self._result(text, messages)
+            result.generations[0].message.id = message_id
+            return result
         return self._result(text, messages)
+
+    async def _stream_words(self, text: str, run_manager: Any, message_id: str) -> None:
+        """Hand the reply over word by word, as a streaming backend does; then, given a
+        gate, hold the reply back until a listener has opened it (or 10 s have passed)."""
+        for piece in re.findall(r"\S+\s*|\s+", text):
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece, id=message_id))
+            await run_manager.on_llm_new_token(piece, chunk=chunk)
+        if self.gate is not None:
+            self.gate_opened = await asyncio.to_thread(self.gate.wait, 10)
 
 
 def votes_by_plan(table: dict[str, str], default: str = "3") -> Callable[[str], str]:

@@ -337,6 +337,107 @@ def test_openai_agent_timeout_applies(silent_server: int) -> None:
         agent.model.invoke("hello")
 
 
+@pytest.fixture
+def usage_on_request_server() -> Iterator[tuple[str, list]]:
+    """An OpenAI-style stream that carries usage only when the request asks for it."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    bodies: list = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            bodies.append(body)
+            usage = {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}
+            if not body.get("stream"):
+                whole = {"id": "c1", "object": "chat.completion", "created": 0, "model": "m",
+                         "usage": usage, "choices": [{
+                             "index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": "Red"}}]}
+                self._reply(json.dumps(whole), "application/json")
+                return
+            base = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "m"}
+            events = [{**base, "choices": [{"index": 0, "delta": {"content": word},
+                                            "finish_reason": None}]} for word in ("Re", "d")]
+            events.append({**base, "choices": [{"index": 0, "delta": {},
+                                                "finish_reason": "stop"}]})
+            if (body.get("stream_options") or {}).get("include_usage"):
+                events.append({**base, "choices": [], "usage": usage})
+            payload = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+            self._reply(payload, "text/event-stream")
+
+        def _reply(self, text: str, kind: str) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(text.encode())))
+            self.end_headers()
+            self.wfile.write(text.encode())
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", bodies
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_streamed_call_asks_for_its_usage(usage_on_request_server) -> None:
+    """Any streaming listener (Studio's messages mode) makes ChatOpenAI stream; a
+    streamed reply carries exact usage only when asked, else every cost is a guess."""
+    url, bodies = usage_on_request_server
+    agent = openai_agent("smol", model="m", price=0.01, base_url=url, max_retries=0)
+    reply = None
+    for chunk in agent.model.stream([HumanMessage("Name one primary colour.")]):
+        reply = chunk if reply is None else reply + chunk
+    assert bodies[0]["stream_options"] == {"include_usage": True}
+    assert reply.content == "Red" and reply.usage_metadata["total_tokens"] == 9
+
+
+def test_an_endpoint_winner_streams_its_answer_to_a_listener(usage_on_request_server) -> None:
+    """`sale serve` listens to the answer's tokens: the endpoint is asked to stream it
+    (with its usage); without a listener it answers whole, as before."""
+    import asyncio
+
+    from langchain_core.callbacks import BaseCallbackHandler
+    from langchain_core.runnables import RunnableLambda
+
+    from sale_graph.execution import execute
+
+    class Listener(BaseCallbackHandler):
+        def __init__(self) -> None:
+            self.pieces: list[str] = []
+
+        def on_llm_new_token(self, token, **kwargs) -> None:
+            self.pieces.append(token)
+
+    url, bodies = usage_on_request_server
+    agent = openai_agent("smol", model="m", price=0.01, base_url=url, max_retries=0)
+
+    async def run(_):
+        return await execute(agent, None, task="Name a colour.", strategy="", timeout=10,
+                             max_tokens=8)
+
+    listener = Listener()
+    heard = asyncio.run(RunnableLambda(run).ainvoke(None, config={"callbacks": [listener]}))
+    quiet = asyncio.run(RunnableLambda(run).ainvoke(None))
+    assert [p for p in listener.pieces if p] == ["Re", "d"]
+    assert heard["answer"] == quiet["answer"] == "Red"
+    assert bodies[0]["stream"] is True and not bodies[1].get("stream")
+    assert (heard["input_tokens"], heard["output_tokens"], heard["tokens_estimated"]) == (
+        7, 2, False)
+    # a model that must not stream answers whole, listener or not
+    for setting in ({"disable_streaming": True}, {"streaming": False}):
+        agent = openai_agent("smol", model="m", price=0.01, base_url=url, max_retries=0,
+                             **setting)
+        whole = asyncio.run(RunnableLambda(run).ainvoke(None, config={"callbacks": [listener]}))
+        assert whole["answer"] == "Red" and not bodies[-1].get("stream"), setting
+
+
 # --------------------------------------------------------------- real server
 
 

@@ -176,6 +176,32 @@ class ParentState(TypedDict, total=False):
     reply: str
 
 
+def test_an_app_streaming_messages_gets_the_answer_tokens_by_their_tag(memory):
+    """stream_mode="messages" carries every bid and vote too; the answer's own tokens
+    come from node "execute" with ANSWER_TAG, inside the run (not detached from it)."""
+    from langchain_core.messages import AIMessageChunk
+
+    from sale_graph import ANSWER_TAG
+
+    pool = make_pool(**{n: {"execute": f"the answer from {n}, in words"}
+                        for n in ("small", "mid", "large")})
+    for agent in pool:
+        agent.model.stream_kinds = ("execute", "bid")
+    pieces, final = [], None
+    for mode, chunk in graph.stream({"task": "Add two numbers.", "auction_id": "streamed"},
+                                    context=ctx(pool, memory),
+                                    stream_mode=["messages", "values"]):
+        if mode == "values":
+            final = chunk
+            continue
+        message, meta = chunk
+        if ANSWER_TAG in (meta.get("tags") or []):
+            assert meta["langgraph_node"] == "execute" and isinstance(message, AIMessageChunk)
+            pieces.append(message.content)
+    assert final["answer"] == f"the answer from {final['winner']}, in words"
+    assert "".join(pieces) == final["answer"] and len(pieces) == 6
+
+
 def test_embeds_in_a_parent_graph_with_another_schema(memory):
     pool = make_pool()
     auction = build_graph(Context(agents=pool, memory=memory, refine=False)).compile()

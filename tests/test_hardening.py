@@ -162,6 +162,21 @@ def test_racing_resumes_take_exactly_one_decision(memory):
             assert stored is None and out["answer"] is None
 
 
+def test_a_resume_replayed_on_a_decided_checkpoint_says_what_was_decided(memory):
+    """Time travel to the paused step: LangGraph replays the stored reply, so the error
+    must not claim the caller's action had been read."""
+    app, context = _approval_app(make_pool(), memory)
+    config = {"configurable": {"thread_id": "replayed"}}
+    asyncio.run(app.ainvoke({"task": TASK}, config=config, context=context))
+    asyncio.run(app.ainvoke(Command(resume={"action": "approve"}), config=config,
+                            context=context))
+    paused = next(s for s in app.get_state_history(config) if s.next == ("approve",))
+    with pytest.raises(ApprovalError, match=r"already decided \(approve\)") as refused:
+        asyncio.run(app.ainvoke(Command(resume={"action": "reject"}), config=paused.config,
+                                context=context))
+    assert "had no effect" not in str(refused.value) and memory.count() == 1
+
+
 def test_approval_without_a_checkpointer_is_refused_before_any_call(memory):
     pool = make_pool()
     app, context = _approval_app(pool, memory, checkpointer=False)
@@ -451,6 +466,16 @@ def test_nan_entropy_and_negative_token_counts_neither_win_nor_cost_less(memory,
         assert out["winner"] != "small"
 
 
+def test_an_executor_without_usage_still_pays_for_its_prompt(memory):
+    """A plain function reports no usage: its input is estimated, never free."""
+    out = graph.invoke({"task": TASK, "auction_id": "no-usage"},
+                       context=ctx(make_pool(), memory, executor=lambda inputs: "42"))
+    execution = out["auction"]["phases"]["execute"]
+    assert execution["tokens_estimated"] is True
+    assert execution["input_tokens"] >= len(TASK.split()) and execution["output_tokens"] >= 1
+    assert out["auction"]["totals"]["execution_cost_usd"] > 0
+
+
 # ---- 10. configuration checked where the app is built; the CLI tells what happened -------
 
 
@@ -578,6 +603,20 @@ def test_a_parent_apps_own_context_does_not_reach_the_auction(memory):
     app = parent.compile()
     app.invoke({"task": TASK}, context={"user": "ada", "remember": False})
     assert memory.count() == 1  # the auction's own remember=True held
+
+
+def test_the_servers_context_schema_shows_what_a_client_may_send():
+    """Studio and API clients read this schema: no refused field, every range."""
+    from sale_graph.context import SERVER_ONLY
+    from sale_graph.server import graph as served
+
+    schema = served.get_context_jsonschema()
+    properties = schema["properties"]
+    assert not SERVER_ONLY & set(properties) and {"k", "reserve", "pool"} <= set(properties)
+    assert (properties["k"]["minimum"], properties["k"]["maximum"]) == (1, 100)
+    assert properties["call_timeout"]["exclusiveMinimum"] == 0
+    assert {"type": "number", "minimum": 0, "maximum": 1} in properties["reserve"]["anyOf"]
+    assert set(graph.get_context_jsonschema()["properties"]) >= SERVER_ONLY  # in-process: all
 
 
 def test_studio_gets_input_and_output_schemas():

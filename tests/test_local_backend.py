@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
 from sale_graph import entropy, local, model_files
@@ -215,6 +216,52 @@ def test_generation_reports_tokens_and_exact_entropy(smol):
     )
 
 
+class _Pieces(BaseCallbackHandler):
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+        self.ids: set = set()
+
+    def on_llm_new_token(self, token, *, chunk=None, **kwargs) -> None:
+        self.pieces.append(token)
+        self.ids.add(chunk.message.id)
+
+
+def test_a_listener_gets_the_reply_token_by_token(smol):
+    """Multi-byte characters, a stop string spanning tokens: the pieces add up to the
+    reply, in order, under the reply's own id (so LangGraph's messages mode does not
+    repeat it)."""
+    ask = [HumanMessage("Write 'café ✓ 日本, naïve' and then count to ten.")]
+    whole = smol.invoke(ask, max_tokens=40).content
+    middle = len(whole) // 2
+    for stop in (None, [whole[middle - 2:middle + 2]]):  # cuts the reply in its middle
+        for call in (smol.invoke, lambda m, **kw: asyncio.run(smol.ainvoke(m, **kw))):
+            listener = _Pieces()
+            reply = call(ask, config={"callbacks": [listener]}, max_tokens=40, stop=stop)
+            assert len(listener.pieces) > 3 and "".join(listener.pieces) == reply.content
+            assert listener.ids == {reply.id}
+        assert reply.content == (whole if stop is None else whole[:whole.index(stop[0])])
+
+
+async def test_a_slow_listener_never_slows_the_generation(smol):
+    """The model hands pieces over without waiting for them (it holds the CPU gate);
+    the reply returns once every piece has been handed over, in order."""
+    from langchain_core.callbacks import AsyncCallbackHandler
+
+    class Slow(AsyncCallbackHandler):
+        def __init__(self) -> None:
+            self.pieces: list[str] = []
+
+        async def on_llm_new_token(self, token, **kwargs) -> None:
+            await asyncio.sleep(0.3)
+            self.pieces.append(token)
+
+    slow = Slow()
+    reply = await smol.ainvoke("Count from 1 to 20.", config={"callbacks": [slow]},
+                               max_tokens=16)
+    assert len(slow.pieces) >= 8 and "".join(slow.pieces) == reply.content
+    assert reply.response_metadata["generation_seconds"] < 0.15 * len(slow.pieces)
+
+
 def test_max_tokens_override_and_stop(smol):
     reply = smol.invoke("Count from 1 to 50, separated by spaces.", max_tokens=3)
     assert reply.usage_metadata["output_tokens"] == 3
@@ -322,6 +369,21 @@ async def test_cancelled_call_releases_the_cpu_quickly(smol):
     reply = await smol.ainvoke("Say yes.", max_tokens=2)
     assert reply.response_metadata["queue_seconds"] < 3.0
     assert time.monotonic() - started < 10.0
+
+
+async def test_a_timed_out_executor_chain_stops_its_local_model(smol):
+    """A blocking step before the model must not move the model to its blocking form,
+    which no cancellation reaches (it would hold the CPU gate to its own deadline)."""
+    from langchain_core.runnables import RunnableLambda
+
+    from sale_graph.calls import ainvoke_bounded
+
+    chain = RunnableLambda(lambda inputs: inputs["task"]) | smol.bind(
+        grammar='root ::= "a" root', max_tokens=900)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(ainvoke_bounded(chain, {"task": "Write letters."}, {}), 0.3)
+    reply = await smol.ainvoke("Say yes.", max_tokens=2)
+    assert reply.response_metadata["queue_seconds"] < 3.0
 
 
 def test_message_conversion():

@@ -223,6 +223,24 @@ def test_streaming_sends_progress_comments_then_the_answer_then_usage(served):
     assert lines[-1] == "data: [DONE]"
 
 
+def test_streaming_sends_the_answer_as_the_winner_writes_it(loopback, memory):
+    """The winner's tokens reach the client while its model is still answering,
+    without the plan it echoed first (which the stored answer drops too)."""
+    agents = pool(small={"execute": f"{ECHO}the answer is four, as asked"})
+    winner = agents[0].model
+    winner.stream_kinds, winner.gate = ("execute",), threading.Event()
+    with serving(create_app(context(agents, memory))) as served:
+        pieces = []
+        for chunk in served.client().chat.completions.create(
+                model="sale", messages=[{"role": "user", "content": TASK}], stream=True):
+            if chunk.choices and chunk.choices[0].delta.content:
+                pieces.append(chunk.choices[0].delta.content)
+                winner.gate.set()  # the model returns only once a piece got here
+    assert winner.gate_opened is True
+    assert "".join(pieces) == "the answer is four, as asked" and len(pieces) == 6
+    assert winner.calls["bid"] == 1  # the bids were not streamed as the answer
+
+
 def test_langchain_chat_openai_invokes_and_streams(served):
     from langchain_openai import ChatOpenAI
 
@@ -412,6 +430,63 @@ def test_a_key_is_required_on_every_route(loopback, memory):
             model="sale", messages=ask()["messages"])
         assert reply.choices[0].message.content == "answer from small"
     assert memory.count() == 1
+
+
+def test_probes_are_open_terse_and_tell_ready_from_unavailable(loopback, memory, tmp_path):
+    """A load balancer's probe carries no key; it learns the kind of fault, no path."""
+    with serving(create_app(context(pool(), memory), api_key="s3cret")) as served:
+        health = httpx.get(served.url + "/health")
+        ready = httpx.get(served.url + "/ready")
+        assert health.status_code == 200 and health.json() == {"status": "ok"}
+        assert ready.status_code == 200
+        assert ready.json() == {"status": "ready", "memory": "ok", "auctions": "ok"}
+        assert httpx.get(served.url + "/health/x").status_code == 401  # only the probes
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    down = AuctionMemory.persistent(blocker, embedder=HashEmbedder())
+    with serving(create_app(Context(agents=pool(), memory=down), max_inflight=1)) as served:
+        unready = httpx.get(served.url + "/ready")
+        assert httpx.get(served.url + "/health").status_code == 200
+    assert unready.status_code == 503 and unready.json()["status"] == "unavailable"
+    assert unready.json()["memory"] == "MemoryUnavailableError"
+    assert str(tmp_path) not in unready.text
+
+
+def test_probes_against_a_hung_memory_share_one_check(loopback, memory, monkeypatch):
+    """Strangers polling /ready must not pile up blocked threads behind a hung store."""
+    from sale_graph import serve
+
+    monkeypatch.setattr(serve, "READY_SECONDS", 0.3)
+    release, calls = threading.Event(), []
+
+    def hung() -> None:
+        calls.append(1)
+        release.wait(20)
+
+    with serving(create_app(context(pool(), memory))) as served:
+        monkeypatch.setattr(served.app.state.service, "_ping_memory", hung)
+        try:
+            answers = [httpx.get(served.url + "/ready") for _ in range(4)]
+        finally:
+            release.set()
+    assert [a.status_code for a in answers] == [503] * 4 and len(calls) == 1
+    assert answers[0].json()["memory"] == "timeout"
+
+
+def test_ready_says_full_while_every_auction_slot_is_taken(loopback, memory):
+    agents = pool(delay=1.0)
+    with serving(create_app(context(agents, memory), max_inflight=1)) as served:
+        pending = threading.Thread(target=served.post, args=("/v1/chat/completions", ask()))
+        pending.start()
+        end = time.time() + 10
+        while not served.running and time.time() < end:
+            time.sleep(0.02)
+        busy = httpx.get(served.url + "/ready")
+        pending.join(30)
+        served.settle()
+        free = httpx.get(served.url + "/ready")
+    assert busy.status_code == 503 and busy.json()["auctions"] == "full"
+    assert free.status_code == 200
 
 
 def test_no_key_means_loopback_only(capsys, monkeypatch):

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from langchain_core.runnables import RunnableLambda
 
 from sale_graph import (
     Agent,
@@ -279,7 +280,14 @@ def test_no_answer_is_a_failure_the_verifier_is_not_asked_about(memory):
     assert len(skipped) == 1 and "recorded as failed" in skipped[0]["detail"]
 
 
-def test_a_blocking_verifier_is_held_to_the_call_timeout(memory):
+@pytest.mark.parametrize("wrap", [
+    lambda f: f,
+    lambda f: RunnableLambda(f).with_config(run_name="check"),
+    lambda f: RunnableLambda(f).with_retry(stop_after_attempt=1),
+    lambda f: RunnableLambda(lambda x: x) | RunnableLambda(f),
+], ids=["function", "with_config", "with_retry", "sequence"])
+def test_a_blocking_verifier_is_held_to_the_call_timeout(memory, wrap):
+    """Wrapped or not: a blocking part anywhere would borrow the loop's shared pool."""
     release = threading.Event()
 
     def stuck_verifier(x):
@@ -290,7 +298,7 @@ def test_a_blocking_verifier_is_held_to_the_call_timeout(memory):
         t0 = time.monotonic()
         out = graph.invoke({"task": "t", "auction_id": "slow-check"},
                            context=Context(agents=pool(), memory=memory,
-                                           verifier=stuck_verifier, call_timeout=0.5))
+                                           verifier=wrap(stuck_verifier), call_timeout=0.5))
         took = time.monotonic() - t0
     finally:
         release.set()

@@ -84,6 +84,33 @@ def test_dev_server_runs_an_auction(dev_server):
     assert len(out["auction"]["bids"]) == 2
 
 
+def test_dev_server_streams_the_answer_token_by_token(dev_server):
+    """Studio's messages mode: the winner's tokens arrive tagged, adding up to its answer."""
+    from langgraph_sdk import get_client
+
+    async def go():
+        client = get_client(url=dev_server)
+        pieces, final = [], None
+        async for part in client.runs.stream(
+                None, "sale_auction", stream_mode=["messages-tuple", "values"],
+                input={"task": "Write a Python function that returns the cube of x."},
+                context={"pool": "local-small", "max_bid_tokens": 48,
+                         "max_answer_tokens": 48, "refine": False}):
+            if part.event == "values":
+                final = part.data
+            elif part.event == "messages":
+                message, meta = part.data
+                if "sale:answer" in (meta.get("tags") or []):
+                    assert meta["langgraph_node"] == "execute"
+                    pieces.append(message["content"])
+        return pieces, final
+
+    pieces, final = asyncio.run(go())
+    execution = final["auction"]["execution"]
+    assert len(pieces) > 3
+    assert "".join(pieces) == execution.get("raw_answer", final["answer"])
+
+
 def test_dev_server_rejects_an_empty_task(dev_server):
     from langgraph_sdk import get_client
 

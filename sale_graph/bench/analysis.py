@@ -24,12 +24,15 @@ from sale_graph.bench.config import (
     methods_for,
 )
 from sale_graph.bench.records import Outcome, Record
+from sale_graph.bench.signals import jury_signal, refinement_effect
 
 __all__ = ["fit_from_bank", "report_from_bank", "report_from_export"]
 
 KNN_K = (3, 5, 10, 20, 50)  # neighbour counts the kNN routers are tuned over
 # the ceiling of cheapest-first acceptance (routers.perfect_accept)
 PERFECT_ACCEPT = "perfect accept (staged ceiling)"
+# ... and of acceptance against the dearest agent (routers.perfect_no_loss)
+PERFECT_NO_LOSS = "perfect no-loss (ceiling against the dearest)"
 
 
 # --------------------------------------------------------------------------- fit and report
@@ -213,6 +216,8 @@ def _baseline_records(
                        agents[-1])
     ceiling = routers.perfect_accept(test_ids, best, prices)
     records += routers.routes_to_records(PERFECT_ACCEPT, ceiling, best, domains, bins)
+    no_loss = routers.perfect_no_loss(test_ids, best, prices)
+    records += routers.routes_to_records(PERFECT_NO_LOSS, no_loss, best, domains, bins)
     direct = _outcome_table(bank, test_ids, agents, direct=True)
     if direct:
         records = [r for r in records if r.method != "oracle"]
@@ -387,8 +392,8 @@ def report_from_bank(
     order = list(auctions)
     for a in agents[::-1]:
         order += [f"single: {a}", f"single: {a} (direct)"]
-    order += ["random", "oracle", PERFECT_ACCEPT, "WTP", "CARROT", "kNN on verified outcomes",
-              "cascade", "cascade (fitted)"]
+    order += ["random", "oracle", PERFECT_ACCEPT, PERFECT_NO_LOSS, "WTP", "CARROT",
+              "kNN on verified outcomes", "cascade", "cascade (fitted)"]
     return write_report(
         records,
         out,
@@ -400,6 +405,8 @@ def report_from_bank(
         method_order=order,
         execution_lengths=_execution_lengths(bank, test_ids, agents[-1]),
         auction_methods=auctions,
+        steps={"jury_signal": jury_signal(bank, config, test_ids),
+               "refinement": refinement_effect(bank, config, test_ids)},
     )
 
 
@@ -465,9 +472,11 @@ def _preamble(
                ", else the largest (plans executed: this run has no direct answers)")
         lines.append(
             f"- '{PERFECT_ACCEPT}' takes the cheapest agent that passes{how}, paying for "
-            "nothing it rejects: no staged auction that only decides when to accept a "
-            "cheaper agent can do better; the oracle also sends tasks nobody passes to the "
-            "cheapest agent."
+            "nothing it rejects: no staged auction that accepts a cheaper agent only when it "
+            "would pass can do better, as it still pays the largest for every task nobody "
+            f"passes. '{PERFECT_NO_LOSS}' also takes the cheapest agent where the largest "
+            "would fail too (no loss against it): the ceiling of assessing bids against "
+            "the dearest agent. The oracle takes the cheapest agent on such tasks as well."
         )
         if knobs.get("direct"):
             lines.append(

@@ -34,6 +34,7 @@ from sale_graph.bench.metrics import (
     win_rate_curve,
 )
 from sale_graph.bench.records import Record
+from sale_graph.bench.signals import jury_section, refinement_section
 
 __all__ = ["analyse", "markdown_report", "pareto_front", "references", "write_report"]
 
@@ -72,6 +73,7 @@ def markdown_report(
     analysis: Mapping[str, Any] | None = None,
     images: Sequence[tuple[str, str]] = (),
     auction_methods: Sequence[str] = (),
+    steps: Mapping[str, Any] | None = None,
 ) -> str:
     """Tables of the summary: overall, per bin and domain, the ``analysis`` sections, shares.
 
@@ -135,6 +137,8 @@ def markdown_report(
     lines += targets_section(summary, largest or (agents[-1] if agents else None))
     lines += paired_section(analysis.get("paired") or {}, list(summary))
     lines += bar_section(analysis.get("paired") or {}, summary, auction_methods)
+    lines += jury_section((steps or {}).get("jury_signal") or {})
+    lines += refinement_section((steps or {}).get("refinement") or {})
     lines += break_even_section(analysis)
     lines += longest_section(analysis.get("longest_bin") or {}, list(summary))
     lines += learning_section(analysis.get("learning_curves") or {}, agents)
@@ -586,6 +590,7 @@ def write_report(
     method_order: Sequence[str] = (),
     execution_lengths: Mapping[str, float] | None = None,
     auction_methods: Sequence[str] = (),
+    steps: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Summarise ``records`` and write JSON, Markdown and plots; returns the paths.
 
@@ -593,6 +598,8 @@ def write_report(
     Tables list the methods of ``method_order`` first, in that order, then the rest.
     ``execution_lengths`` (tokens per task) bins the break-even plot and the longest
     tercile; see ``analyse``. ``auction_methods`` are held to the bar (``bar_section``).
+    ``steps`` holds what the auction's paid steps achieved (``sale_graph.bench.signals``:
+    ``jury_signal``, ``refinement``).
     """
     recs = list(records)
     summary = summarise(recs, largest, agents)
@@ -615,6 +622,7 @@ def write_report(
         "summary": summary,
         "win_rate_curves": curves,
         **{k: v for k, v in analysis.items() if k != "execution_lengths"},
+        **{k: v for k, v in (steps or {}).items() if v},
         "records": [r.to_dict() for r in recs],
     }
     paths["json"].write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -625,7 +633,8 @@ def write_report(
         ("auction share of cost against execution length", "break_even.png"),
     ]
     markdown = markdown_report(
-        summary, agents, preamble, largest, analysis, images if plots else (), auction_methods
+        summary, agents, preamble, largest, analysis, images if plots else (), auction_methods,
+        steps,
     )
     paths["markdown"].write_text(markdown, encoding="utf-8")
     if plots:

@@ -126,6 +126,25 @@ def perfect_accept(
     return out
 
 
+def perfect_no_loss(
+    task_ids: Sequence[str], table: OutcomeTable, prices: Mapping[str, float]
+) -> list[Route]:
+    """Cheapest first, accept the first agent that loses nothing to the dearest.
+
+    It passes, or the dearest fails the task too: the ceiling of a staged auction
+    assessed against the dearest agent, which may also spare the dearest the tasks
+    nobody passes (a perfect accept signal still pays the dearest for those).
+    """
+    order = by_price(prices)
+    out = []
+    for t in task_ids:
+        ranked = [a for a in order if a in table[t]]
+        hopeless = not table[t][ranked[-1]].passed
+        a = next((a for a in ranked if hopeless or table[t][a].passed), ranked[-1])
+        out.append(Route(t, a, (a,)))
+    return out
+
+
 # --------------------------------------------------------------------------- kNN routers
 
 

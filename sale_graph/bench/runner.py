@@ -285,7 +285,9 @@ async def _attempt(progress: Progress, what: str, job: Any, *args: Any) -> Any:
 def _schedule(methods: Sequence[Method]) -> list[tuple[Method, int]]:
     """Staged rows first (they replay nearly every call), then SALE's first order.
 
-    After it: the rows without refinement, SALE's other orders, then the ablations.
+    After it: the rows without refinement, the ablations with it (they decide the
+    defaults: refinement, jury format), then SALE's other orders, which only measure
+    its spread over task orders.
     """
     staged = [(m, k) for m in methods if m.auction == "staged" for k in range(m.orders)]
     full = [m for m in methods if m.auction != "staged"]
@@ -294,8 +296,8 @@ def _schedule(methods: Sequence[Method]) -> list[tuple[Method, int]]:
     first, *rest = full
     plan = [*staged, (first, 0)]
     plan += [(m, 0) for m in rest if not m.refine]
-    plan += [(first, k) for k in range(1, first.orders)]
     plan += [(m, 0) for m in rest if m.refine]
+    plan += [(first, k) for k in range(1, first.orders)]
     return plan
 
 

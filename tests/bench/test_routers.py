@@ -194,6 +194,20 @@ def test_perfect_accept_falls_back_to_the_dearest_not_the_cheapest() -> None:
     assert _picks(oracle(["none"], table, PRICES))["none"] == "small"
 
 
+def test_perfect_no_loss_spares_the_dearest_the_tasks_it_fails_too() -> None:
+    from sale_graph.bench.routers import perfect_no_loss
+
+    table, _, _, test = _world()
+    table = dict(table)
+    table["none"] = {a: _outcome(a, False) for a in PRICES}
+    table["only-mid"] = {a: _outcome(a, a == "mid") for a in PRICES}
+    picks = _picks(perfect_no_loss([*test, "none", "only-mid"], table, PRICES))
+    assert all(picks[t] == "small" for t in test if t.startswith("a"))
+    assert all(picks[t] == "large" for t in test if t.startswith("b"))
+    assert picks["none"] == "small"  # the dearest fails it too: nothing to lose
+    assert picks["only-mid"] == "small"  # no loss against the dearest, a loss to mid
+
+
 def test_the_ceiling_counts_either_mode_of_a_cheaper_agent_and_the_dearest_direct() -> None:
     from sale_graph.bench.analysis import _best_modes
     from sale_graph.bench.records import Outcome

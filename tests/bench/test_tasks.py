@@ -112,7 +112,19 @@ def test_reasoning_verify_uses_score_answer(reasoning: list[Task]) -> None:
     assert verify(t, f"Some reasoning.\n{truth}")  # no tags: the last line is the answer
     assert not verify(t, f"<answer>{int(truth) + 1}</answer>")
     assert not verify(t, f"<answer>{truth} or {int(truth) + 1}</answer>")  # partial credit
+    # a math-tuned model's boxed answer counts; the tag, where given, still rules
+    assert verify(t, f"The legs add up: \\(\\boxed{{{truth}}}\\).")
+    assert not verify(t, f"\\boxed{{{truth}}}\n<answer>{int(truth) + 1}</answer>")
     assert 0 < score(t, f"<answer>{truth} or so</answer>") < 1
+
+
+def test_the_last_closed_box_is_the_answer() -> None:
+    from sale_graph.bench.tasks import last_boxed
+
+    assert last_boxed(r"so \boxed{\frac{1}{2}}.") == r"\frac{1}{2}"
+    assert last_boxed(r"\boxed{1} then \boxed{2}") == "2"
+    assert last_boxed(r"\boxed{3} and an unclosed \boxed{4") == "3"
+    assert last_boxed("no box here") is None
 
 
 def test_generator_without_curriculum_is_rejected() -> None:

@@ -183,8 +183,8 @@ async def execute(
     known_out = [n for _, n in counts if n is not None]
     # An executor that reports no usage (a plain function, a tool loop) still read its
     # prompt: estimated from what it was given, it is never free (bids are the same).
-    prompt = " ".join(message_text(m) for m in execute_messages(agent.name, task, strategy))
-    input_tokens = sum(known_in) if known_in else estimate_tokens(prompt)
+    input_tokens = sum(known_in) if known_in else estimate_tokens(
+        " ".join(message_text(m) for m in execute_messages(agent.name, task, strategy)))
     answer = result.get("raw_answer") or result["answer"] or ""
     output_tokens = sum(known_out) if known_out else estimate_tokens(answer)
     estimated = not counts or len(known_in) < len(counts) or len(known_out) < len(counts)

@@ -475,7 +475,7 @@ class _Service:
         only the kind of what is wrong, never a host, path or count.
         """
         if self._ping is None or self._ping.done():  # one check at a time, however many probes
-            self._ping = asyncio.ensure_future(in_own_thread(self._ping_memory))
+            self._ping = asyncio.ensure_future(in_own_thread(self._ping_memory, self.context))
         try:
             await asyncio.wait_for(asyncio.shield(self._ping), READY_SECONDS)
             memory = "ok"
@@ -488,9 +488,9 @@ class _Service:
                              "memory": memory, "auctions": room},
                             status_code=200 if ready else 503)
 
-    def _ping_memory(self) -> None:
-        """Open and ping the memory (on a thread of its own: a hung store is abandoned)."""
-        self.context.resolved_memory().ping()
+    def _ping_memory(self, context: Context) -> None:
+        """Open and ping a context's memory (blocking: callers give it a thread)."""
+        context.resolved_memory().ping()
 
     async def models(self, request: Request) -> Response:
         """``GET /v1/models``: one model per auction configuration."""
@@ -527,8 +527,7 @@ class _Service:
 
     async def _memory_ready(self, context: Context) -> None:
         """Memory unreachable is a 503 before the response starts (streams included)."""
-        memory = await asyncio.to_thread(context.resolved_memory)
-        await asyncio.to_thread(memory.ping)
+        await asyncio.to_thread(self._ping_memory, context)
 
     async def chat(self, request: Request) -> Response:
         """``POST /v1/chat/completions``: the conversation is auctioned, the winner answers."""

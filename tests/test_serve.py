@@ -459,7 +459,7 @@ def test_probes_against_a_hung_memory_share_one_check(loopback, memory, monkeypa
     monkeypatch.setattr(serve, "READY_SECONDS", 0.3)
     release, calls = threading.Event(), []
 
-    def hung() -> None:
+    def hung(context) -> None:
         calls.append(1)
         release.wait(20)
 

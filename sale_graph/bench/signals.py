@@ -52,10 +52,12 @@ def jury_methods(config: BenchConfig) -> list[Method]:
             and m.weights == "fitted" and (m.name == REFERENCE or m.jury_format != "per_bid")]
 
 
-def _votes(bank: OutcomeBank, method: str, test_ids: Sequence[str]) -> dict[str, Votes] | None:
+Records = Mapping[str, Mapping[str, Any]]  # a bank namespace, read once: key -> record
+
+
+def _votes(results: Records, outcomes: Records, method: str,
+           test_ids: Sequence[str]) -> dict[str, Votes] | None:
     """``{juror: {task: [(vote, passed), ...]}}`` of a row's first order; None if unfinished."""
-    results = bank.records("result")
-    outcomes = bank.records("outcome")
     out: dict[str, Votes] = {}
     for t in test_ids:
         row = results.get(_result_key(method, 0, t))
@@ -110,14 +112,15 @@ def jury_signal(
     Tasks are resampled (a task's bids move together); resamples where one side has
     no passing or no failing bid are left out of that interval.
     """
-    rows = {m.name: v for m in jury_methods(config)
-            if (v := _votes(bank, m.name, test_ids)) is not None}
-    reference = rows.get(REFERENCE, {})
+    results, outcomes = bank.records("result"), bank.records("outcome")
+    rows = {m.name: (m, v) for m in jury_methods(config)
+            if (v := _votes(results, outcomes, m.name, test_ids)) is not None}
+    reference = rows[REFERENCE][1] if REFERENCE in rows else {}
     tasks = list(test_ids)
     idx = _resamples(len(tasks), n_boot, seed)
     samples = [[tasks[i] for i in draw] for draw in idx]
     out: dict[str, dict[str, Any]] = {}
-    for name, by_juror in rows.items():
+    for name, (method, by_juror) in rows.items():
         jurors: dict[str, Any] = {}
         for juror, votes in sorted(by_juror.items()):
             entry: dict[str, Any] = {"bids": sum(len(v) for v in votes.values())}
@@ -130,9 +133,8 @@ def jury_signal(
                     entry[key + "_vs_reference"] = _finite_interval(
                         diff, entry[key]["estimate"] - _auc_over(ref, tasks, within), level)
             jurors[juror] = entry
-        listwise = next(m for m in jury_methods(config) if m.name == name).jury_format != \
-            "per_bid"
-        out[name] = {"jurors": jurors, **_vote_calls(bank, name, test_ids, listwise)}
+        listwise = method.jury_format != "per_bid"
+        out[name] = {"jurors": jurors, **_vote_calls(results, name, test_ids, listwise)}
     return out
 
 
@@ -150,14 +152,13 @@ def _finite_interval(
 
 
 def _vote_calls(
-    bank: OutcomeBank, method: str, test_ids: Sequence[str], listwise: bool
+    results: Records, method: str, test_ids: Sequence[str], listwise: bool
 ) -> dict[str, float]:
     """Round-0 vote calls per auction, and those votes' share of the auction's cost.
 
     The audit keeps one vote record per bid in either format; a listwise juror wrote
     all of a round's in one call, so there the calls are the jurors who voted.
     """
-    results = bank.records("result")
     calls, vote_cost, auction_cost = 0, 0.0, 0.0
     for t in test_ids:
         audit = results[_result_key(method, 0, t)].get("audit") or {}

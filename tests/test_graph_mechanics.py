@@ -256,6 +256,91 @@ def test_embeds_as_a_node_of_a_synchronous_parent_graph(memory):
     assert result["winner"] == "large" and result["answer"] == "answer from large"
 
 
+def test_sync_runs_keep_loop_bound_clients_working(memory):
+    """Async clients (langchain-openai's HTTP pool, most SDKs) belong to the loop that
+    first used them; a synchronous run that gave each node a loop of its own broke
+    every call after the first node's."""
+
+    class LoopBound(ScriptedChatModel):
+        loop: object = None
+
+        async def _agenerate(self, messages, stop=None, run_manager=None, **kwargs):
+            here = asyncio.get_running_loop()
+            if self.loop is None:
+                self.loop = here
+            elif self.loop is not here:
+                raise RuntimeError("client bound to a different event loop")
+            return await super()._agenerate(messages, stop, run_manager, **kwargs)
+
+    pool = [Agent(name=a.name, model=LoopBound(script=a.model.script), price=a.price)
+            for a in make_pool()]
+    context = ctx(pool, memory, refine=False)
+    for task in ("Add numbers.", "Count vowels in a word."):  # a script's two runs
+        out = graph.invoke({"task": task}, context=context)
+        assert out["answer"] == "answer from large"
+        assert not out["auction"]["dropped_agents"] and not out["auction"]["dropped_votes"]
+    batch = graph.batch([{"task": "Sort a list."}, {"task": "Reverse a word."}],
+                        context=context)  # threads of one process, one loop
+    assert [o["answer"] for o in batch] == ["answer from large"] * 2
+
+
+def _pausing_graph(step_name: str, result_key: str, result: str):
+    """A one-node LangGraph graph that asks a human, then returns ``result_key``."""
+    from langgraph.types import interrupt
+
+    class Shape(TypedDict, total=False):
+        task: str
+        strategy: str
+        answer: str
+        passed: bool
+
+    def ask(state):
+        said = interrupt({"ask": f"{step_name} for {state['task']}?"})
+        return {result_key: result.format(said=said)} if result_key == "answer" else {
+            "passed": said == "yes"}
+
+    builder = StateGraph(Shape)
+    builder.add_node(step_name, ask)
+    builder.add_edge(START, step_name)
+    builder.add_edge(step_name, END)
+    return builder.compile()
+
+
+def test_an_executor_graph_that_pauses_pauses_the_auction(memory):
+    """A tool-approval step inside the executor stops the run at ``execute`` (nothing
+    stored yet) and resumes there; it is not recorded as a failed execution."""
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.types import Command
+
+    executor = _pausing_graph("confirm_tool", "answer", "tool ran: {said}")
+    context = ctx(make_pool(), memory, refine=False, executor=executor)
+    app = build_graph(context).compile(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "t-exec-pause"}}
+    paused = app.invoke({"task": "Add numbers."}, config=config)
+    assert [i.value for i in paused["__interrupt__"]] == [{"ask": "confirm_tool for Add numbers.?"}]
+    assert app.get_state(config).next == ("execute",) and memory.count() == 0
+    out = app.invoke(Command(resume="yes"), config=config)
+    assert out["answer"] == "tool ran: yes" and out["auction"]["execution"]["error"] is None
+    assert memory.count() == 1
+
+
+def test_a_verifier_that_asks_a_human_pauses_before_the_write(memory):
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.types import Command
+
+    verifier = _pausing_graph("review", "passed", "")
+    context = ctx(make_pool(), memory, refine=False, verifier=verifier)
+    app = build_graph(context).compile(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "t-verify-pause"}}
+    paused = app.invoke({"task": "Add numbers."}, config=config)
+    assert paused["__interrupt__"] and app.get_state(config).next == ("verify",)
+    assert memory.count() == 0
+    out = app.invoke(Command(resume="yes"), config=config)
+    assert out["auction"]["outcome"]["passed"] is True
+    (past,) = memory.similar("Add numbers.", verified=True)
+    assert past.auction_id == out["auction"]["auction_id"]
+
+
 def test_sync_invoke_keeps_the_per_agent_concurrency_bound(memory):
     import threading
 
@@ -304,6 +389,32 @@ def test_empty_task_rejected_before_any_call(memory, task):
         run(task, ctx(pool, memory))
     assert sum(sum(a.model.calls.values()) for a in pool) == 0
     assert memory.count() == 0
+
+
+def test_a_parent_without_a_task_key_is_told_what_the_input_needs(memory):
+    pool = make_pool()
+    auction = build_graph(Context(agents=pool, memory=memory)).compile()
+
+    class Chat(TypedDict, total=False):
+        question: str
+
+    parent = StateGraph(Chat)
+    parent.add_node("auction", auction)
+    parent.add_edge(START, "auction")
+    with pytest.raises(InvalidTaskError, match="'task' key"):
+        parent.compile().invoke({"question": "Add numbers."})
+    assert sum(sum(a.model.calls.values()) for a in pool) == 0
+
+
+def test_a_parents_plain_dict_context_error_says_how_to_pass_one(memory):
+    from sale_graph.errors import ContextError
+
+    pool = make_pool()
+    parent = StateGraph(TypedDict("S", {"task": str, "answer": str}, total=False))
+    parent.add_node("auction", build_graph().compile())
+    parent.add_edge(START, "auction")
+    with pytest.raises(ContextError, match="build_graph"):
+        parent.compile().invoke({"task": "Add numbers."}, context={"agents": pool})
 
 
 def test_oversized_task_rejected(memory):

@@ -98,15 +98,31 @@ def _shared_loop() -> asyncio.AbstractEventLoop:
     """The one event loop every synchronous run of this process shares (made on first use)."""
     global _sync_loop, _sync_thread, _sync_pid
     with _sync_guard:
-        if _sync_loop is None or _sync_pid != os.getpid() or _sync_loop.is_closed():
+        alive = _sync_thread is not None and _sync_thread.is_alive()
+        if _sync_loop is None or _sync_pid != os.getpid() or not alive:
             loop = asyncio.new_event_loop()
             loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(
                 SYNC_LOOP_THREADS, thread_name_prefix="sale-sync"))
-            thread = threading.Thread(target=loop.run_forever, name="sale-sync-loop",
-                                      daemon=True)
+            thread = threading.Thread(target=_keep_running, args=(loop,),
+                                      name="sale-sync-loop", daemon=True)
             thread.start()
             _sync_loop, _sync_thread, _sync_pid = loop, thread, os.getpid()
         return _sync_loop
+
+
+def _keep_running(loop: asyncio.AbstractEventLoop) -> None:
+    """Run the shared loop; a task that raised SystemExit or KeyboardInterrupt stops it.
+
+    asyncio re-raises those out of the loop after handing them to the task's awaiter
+    (``run_sync`` passes them on to its caller); the loop itself must go on serving
+    every other run of the process.
+    """
+    while True:
+        try:
+            loop.run_forever()
+            return  # stopped on purpose
+        except BaseException:  # noqa: BLE001 - already delivered to the run that raised it
+            continue
 
 
 def run_sync(coroutine: Coroutine[Any, Any, Any]) -> Any:
@@ -130,16 +146,26 @@ def run_sync(coroutine: Coroutine[Any, Any, Any]) -> Any:
     done: concurrent.futures.Future[Any] = concurrent.futures.Future()
     started: list[asyncio.Task[Any]] = []
 
+    async def guarded() -> tuple[bool, Any]:
+        try:
+            return True, await coroutine
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - SystemExit would stop the shared loop
+            return False, exc
+
     def settle(task: asyncio.Task[Any]) -> None:
         if task.cancelled():
             done.cancel()
-        elif task.exception() is not None:
-            done.set_exception(task.exception())
+            return
+        ok, value = task.result()
+        if ok:
+            done.set_result(value)
         else:
-            done.set_result(task.result())
+            done.set_exception(value)
 
     def start() -> None:
-        task = loop.create_task(coroutine, context=context)
+        task = loop.create_task(guarded(), context=context)
         started.append(task)
         task.add_done_callback(settle)
 

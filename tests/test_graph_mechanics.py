@@ -284,6 +284,31 @@ def test_sync_runs_keep_loop_bound_clients_working(memory):
     assert [o["answer"] for o in batch] == ["answer from large"] * 2
 
 
+def test_a_base_exception_in_a_sync_run_reaches_the_caller_and_spares_the_loop(memory):
+    """SystemExit from an executor escapes every handler; on the shared loop it must
+    reach the caller (as under asyncio.run), not stop the loop and leave callers waiting."""
+    import threading
+
+    async def leave(inputs: dict) -> str:  # an executor that exits (it runs in a task)
+        raise SystemExit(3)
+
+    outcome: list = []
+
+    def call() -> None:
+        try:
+            graph.invoke({"task": "Add numbers."},
+                         context=ctx(make_pool(), memory, refine=False, executor=leave))
+        except BaseException as exc:  # noqa: BLE001 - what the caller sees
+            outcome.append(exc)
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    caller.join(30)
+    assert not caller.is_alive() and isinstance(outcome[0], SystemExit)
+    out = graph.invoke({"task": "Add numbers."}, context=ctx(make_pool(), memory, refine=False))
+    assert out["answer"] == "answer from large"
+
+
 def _pausing_graph(step_name: str, result_key: str, result: str):
     """A one-node LangGraph graph that asks a human, then returns ``result_key``."""
     from langgraph.types import interrupt

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import os
 import sys
@@ -239,6 +240,11 @@ async def _run(args: argparse.Namespace) -> int:
 
 def _memory(args: argparse.Namespace) -> int:
     context = _context(args)
+    if context.memory_url is None and not os.path.isdir(context.memory_path):
+        # opening an embedded store creates its directory: a mistyped --memory would
+        # leave an empty store behind and blame the collection
+        raise SaleError(f"no auction memory at {context.memory_path}: no such directory; "
+                        "check --memory")
     memory = context.resolved_memory()
     # reading a collection must not create it: a mistyped --collection is an error
     names = memory.collections()
@@ -307,14 +313,41 @@ def _serve(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError as exc:
         raise ContextError('sale serve needs uvicorn: pip install "sale-graph[serve]"') from exc
+    listening = _listen(args.host, args.port)  # before any model is loaded
     app = create_app(context, api_key=api_key, timeout=args.timeout,
                      max_inflight=args.max_inflight)
     print(f"sale serve: http://{args.host}:{args.port}/v1, models {', '.join(model_names())} "
           f"(pool {context.pool if context.agents is None else 'custom'}; "
           f"{'bearer token required' if api_key else 'no API key: loopback only'})",
           file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[listening])
     return 0
+
+
+def _listen(host: str, port: int) -> Any:
+    """The server's socket, bound here so that a taken port is one clear error.
+
+    Left to uvicorn, a busy port printed its own error after the banner and ended the
+    process with status 3, which ``sale`` uses for a failed execution.
+    """
+    import socket
+
+    from sale_graph.errors import ContextError
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ContextError(f"cannot listen on {host}:{port}: {exc}") from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        reason = "the port is in use" if exc.errno == errno.EADDRINUSE else str(exc)
+        raise ContextError(f"cannot listen on {host}:{port}: {reason}") from exc
+    return sock
 
 
 def _common(p: argparse.ArgumentParser) -> None:

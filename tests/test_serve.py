@@ -415,6 +415,34 @@ def test_idempotency_key_names_the_auction(served, memory):
     assert memory.count() == 1 and memory.get("job-42") is not None
 
 
+def test_a_key_reused_for_another_task_is_refused(served, memory):
+    """The key is the auction's id: another task under it would replace the auction
+    (and, before, inherit the verdict recorded on the first task's answer)."""
+    first = served.post("/v1/chat/completions", ask(), headers={"Idempotency-Key": "job-7"})
+    assert first.status_code == 200
+    assert served.post("/v1/sale/outcomes", {"auction_id": "job-7", "passed": True}
+                       ).status_code == 200
+    other = served.post("/v1/chat/completions", ask("Reverse a string."),
+                        headers={"Idempotency-Key": "job-7"})
+    assert other.status_code == 409 and error_of(other)["code"] == "idempotency_key_reused"
+    kept = memory.get("job-7")
+    assert kept.task == TASK and kept.outcome["passed"] is True and memory.count() == 1
+
+
+def test_a_failure_after_the_models_ran_is_not_retried_by_openai_clients(loopback, memory):
+    """OpenAI's client retries a 5xx twice by default: one failed call ran three auctions."""
+    crash = {"execute": RuntimeError("tool crashed"), "direct": RuntimeError("tool crashed")}
+    agents = pool(small=crash, mid=crash, large=crash)
+    with serving(create_app(context(agents, memory))) as served:
+        client = openai.OpenAI(base_url=served.url + "/v1", api_key="unused")  # retries on
+        with pytest.raises(openai.APIStatusError) as failed:
+            client.chat.completions.create(model="sale", messages=ask()["messages"])
+    assert failed.value.status_code == 502
+    assert failed.value.response.headers["x-should-retry"] == "false"
+    executions = sum(a.model.calls["execute"] + a.model.calls["direct"] for a in agents)
+    assert executions == 1 and memory.count() == 1
+
+
 # ---- 3. access ----------------------------------------------------------------------------
 
 
@@ -489,12 +517,54 @@ def test_ready_says_full_while_every_auction_slot_is_taken(loopback, memory):
     assert free.status_code == 200
 
 
+def test_the_auction_limit_holds_for_requests_arriving_together(loopback, memory, monkeypatch):
+    """Requests admitted while an earlier one checked memory all ran: five at once
+    against --max-inflight 2 got five 200s."""
+    agents = pool(delay=0.5)
+    with serving(create_app(context(agents, memory), max_inflight=2)) as served:
+        service = served.app.state.service
+        checked = service._ping_memory
+
+        def slow_check(context) -> None:
+            time.sleep(0.5)  # every request is past the limit check by then
+            checked(context)
+
+        monkeypatch.setattr(service, "_ping_memory", slow_check)
+        with concurrent.futures.ThreadPoolExecutor(5) as pool_:
+            replies = list(pool_.map(lambda _: served.post("/v1/chat/completions", ask()),
+                                     range(5)))
+        served.settle()
+    codes = sorted(r.status_code for r in replies)
+    assert codes == [200, 200, 429, 429, 429], codes
+    assert all(r.headers["Retry-After"] for r in replies if r.status_code == 429)
+    assert memory.count() == 2
+
+
 def test_no_key_means_loopback_only(capsys, monkeypatch):
     monkeypatch.delenv("SALE_API_KEY", raising=False)
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.5")
     assert cli_main(["serve", "--host", "0.0.0.0", "--pool", "local-small"]) == 2
     assert "refusing to bind 0.0.0.0 without an API key" in capsys.readouterr().err
+
+
+def test_a_taken_port_is_one_clear_error(capsys, loopback):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        code = cli_main(["serve", "--port", str(taken.getsockname()[1]),
+                         "--pool", "local-small"])
+    finally:
+        taken.close()
+    err = capsys.readouterr().err
+    assert code == 2 and "the port is in use" in err and "sale serve: http" not in err
+
+
+def test_memory_commands_do_not_create_a_missing_directory(tmp_path, capsys):
+    missing = tmp_path / "typo"
+    assert cli_main(["memory", "stats", "--memory", str(missing)]) == 2
+    assert "no such directory" in capsys.readouterr().err and not missing.exists()
 
 
 # ---- 4. concurrency and disconnects ------------------------------------------------------

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import errno
 import json
+import math
 import os
 import sys
 import time
@@ -288,6 +289,9 @@ def _add_serve_command(sub: Any) -> None:
                    help="seconds a request may take, auction and answer (default: 900)")
     p.add_argument("--max-inflight", type=int, default=64,
                    help="auctions running at once; more get 429 (default: 64)")
+    p.add_argument("--drain", type=float, default=30.0,
+                   help="seconds a stopping server (SIGTERM, Ctrl-C) lets running requests "
+                        "finish before it cancels their auctions (default: 30)")
     p.set_defaults(handler=_serve)
 
 
@@ -298,6 +302,8 @@ def _serve(args: argparse.Namespace) -> int:
     from sale_graph.errors import ContextError
     from sale_graph.serve import create_app, is_loopback, model_names
 
+    if not (math.isfinite(args.drain) and args.drain >= 0):
+        raise ContextError(f"--drain must be a number of seconds >= 0, got {args.drain}")
     api_key = args.api_key or os.environ.get("SALE_API_KEY") or None
     if api_key is None and not is_loopback(args.host):
         raise ContextError(
@@ -320,7 +326,9 @@ def _serve(args: argparse.Namespace) -> int:
           f"(pool {context.pool if context.agents is None else 'custom'}; "
           f"{'bearer token required' if api_key else 'no API key: loopback only'})",
           file=sys.stderr, flush=True)
-    uvicorn.Server(uvicorn.Config(app, log_level="info")).run(sockets=[listening])
+    # without a bound, a stopping server waited for every open request (up to --timeout)
+    config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=math.ceil(args.drain))
+    uvicorn.Server(config).run(sockets=[listening])
     return 0
 
 

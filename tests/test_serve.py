@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import json
+import os
 import socket
 import threading
 import time
@@ -559,6 +560,73 @@ def test_a_taken_port_is_one_clear_error(capsys, loopback):
         taken.close()
     err = capsys.readouterr().err
     assert code == 2 and "the port is in use" in err and "sale serve: http" not in err
+
+
+def test_a_stopping_server_cancels_auctions_after_its_drain_time(loopback, tmp_path):
+    """SIGTERM with a request stuck on a slow model: the server waits --drain seconds,
+    then cancels the auction (no record) and exits, instead of waiting out --timeout."""
+    import signal
+    import subprocess
+    import sys
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from pathlib import Path
+
+    release = threading.Event()
+
+    asked: list[int] = []
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            asked.append(1)
+            release.wait(120)  # a model that takes its time
+
+        def log_message(self, *args) -> None:
+            pass
+
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{upstream.server_address[1]}/v1"
+    pool_file = tmp_path / "pool.json"
+    pool_file.write_text(json.dumps({"agents": [
+        {"name": n, "backend": "openai", "model": n, "price": p, "base_url": base}
+        for n, p in (("small", 0.1), ("large", 0.3))]}))
+    port_probe = socket.socket()
+    port_probe.bind(("127.0.0.1", 0))
+    port = port_probe.getsockname()[1]
+    port_probe.close()
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               ANONYMIZED_TELEMETRY="False", LANGSMITH_TRACING="false")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "sale_graph.cli", "serve", "--pool", str(pool_file), "--port",
+         str(port), "--memory", str(tmp_path / "memory"), "--drain", "1"],
+        cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        end, up = time.time() + 60, False
+        while not up and time.time() < end:
+            try:
+                up = httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert up, server.stderr.read().decode() if server.poll() is not None else "no start"
+        asking = concurrent.futures.ThreadPoolExecutor(1).submit(
+            httpx.post, f"http://127.0.0.1:{port}/v1/chat/completions", json=ask(), timeout=60)
+        time.sleep(3)  # the auction is waiting on its bids
+        stopped = time.time()
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+        took = time.time() - stopped
+    finally:
+        release.set()
+        if server.poll() is None:
+            server.kill()
+        upstream.shutdown()
+    with contextlib.suppress(Exception):
+        asking.result(10)
+    assert asked and took < 15, (len(asked), took)
+    memory = AuctionMemory.persistent(str(tmp_path / "memory"), embedder=HashEmbedder())
+    assert memory.count() == 0
+    memory.close()
 
 
 def test_memory_commands_do_not_create_a_missing_directory(tmp_path, capsys):

@@ -175,7 +175,8 @@ async def execute(
         result["answer"] = clean_answer(text)
         if result["answer"] != text:
             result["raw_answer"] = text  # kept in the audit: what the model actually wrote
-        if not result["answer"].strip():
+        if not result["answer"].strip():  # no answer: failed, as a client and a verifier see it
+            result["answer"] = None
             result["error"] = "empty answer: the executor returned no text"
         if isinstance(raw, dict):
             result["details"] = {k: v for k, v in raw.items() if k != "answer" and _jsonable(v)}

@@ -91,7 +91,8 @@ def _progress(update: dict[str, Any], t0: float, details: bool = True) -> str | 
             return f"{when} {e['agent']} dropped out ({why})"
     if node == "assess":
         for a in data.get("assessments", []):
-            verdict = "accepted" if a["accepted"] else "declined"
+            verdict = ("accepted to explore (too little evidence to trust the assessment)"
+                       if a.get("explored") else "accepted" if a["accepted"] else "declined")
             return (f"{when} {a['agent']}'s bid: {_assessed(a)} vs reserve "
                     f"{a['reserve']:.2f}: {verdict}")
     if node == "memory_retrieve":

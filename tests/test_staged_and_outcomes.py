@@ -466,6 +466,13 @@ def test_progress_lines_say_what_the_staged_auction_did():
     line = _progress({"execute": {"winner": "mid", "execution": {"with_plan": True}}}, 0)
     assert line is not None and line.endswith("mid executed its plan")
     assert _progress({"open_auction": {"mode": "staged"}}, 0).endswith("auction opened")
+    seen = {"agent": "mid", "p_pass": 0.4, "assessed": 0.4, "reserve": 0.5}
+    explored = _progress({"assess": {"assessments": [
+        {**seen, "accepted": True, "explored": True}]}}, 0)
+    assert "0.40 vs reserve 0.50: accepted to explore" in explored
+    declined = _progress({"assess": {"assessments": [
+        {**seen, "accepted": False, "explored": False}]}}, 0)
+    assert declined.endswith("0.40 vs reserve 0.50: declined")
 
 
 def test_against_the_dearest_a_likely_futile_task_stays_with_the_cheapest(memory):

@@ -221,7 +221,8 @@ def openai_agent(
     # mode) reports usage only when asked; unasked, every bid's cost would be a guess.
     # A server that ignores the request (llama-cpp-python's 0.3) leaves it a flagged guess.
     kwargs: dict[str, Any] = {"stream_usage": True, **model_kwargs}
-    kwargs.setdefault("http_async_client", LoopLocalAsyncClient(timeout=timeout))
+    if "openai_proxy" not in kwargs:  # ChatOpenAI builds its own proxied clients
+        kwargs.setdefault("http_async_client", LoopLocalAsyncClient(timeout=timeout))
     if top_logprobs > 0:
         kwargs["logprobs"] = True
         kwargs["top_logprobs"] = top_logprobs

@@ -413,6 +413,13 @@ def test_an_endpoint_agent_works_across_event_loops(usage_on_request_server) -> 
     assert len(bodies) == 4
 
 
+def test_an_agent_behind_a_proxy_keeps_chatopenai_own_clients() -> None:
+    """ChatOpenAI refuses openai_proxy beside a client of ours: such an agent failed to build."""
+    agent = openai_agent("a", model="m", price=0.1, base_url=LOOPBACK,
+                         openai_proxy="http://127.0.0.1:3128")
+    assert agent.model.openai_proxy == "http://127.0.0.1:3128"
+
+
 def test_an_endpoint_winner_streams_its_answer_to_a_listener(usage_on_request_server) -> None:
     """`sale serve` listens to the answer's tokens: the endpoint is asked to stream it
     (with its usage); without a listener it answers whole, as before."""

@@ -343,15 +343,12 @@ def _listen(host: str, port: int) -> Any:
 
     from sale_graph.errors import ContextError
 
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM)[0]
-        sock = socket.socket(family, kind, proto)
-    except OSError as exc:
-        raise ContextError(f"cannot listen on {host}:{port}: {exc}") from exc
+    # as uvicorn binds: IPv6 only for an IPv6 literal, so "localhost" stays 127.0.0.1
+    # and "" is every interface
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
+        sock.bind((host, port))
     except OSError as exc:
         sock.close()
         reason = "the port is in use" if exc.errno == errno.EADDRINUSE else str(exc)

@@ -129,6 +129,10 @@ class LoopLocalAsyncClient(openai.DefaultAsyncHttpxClient):
     def _pool(self) -> Any:
         loop = asyncio.get_running_loop()
         with self._pools_guard:
+            # a pool's open connections keep its loop alive, so the weak key alone never
+            # lets go: a closed loop's pool is dropped here (its sockets with it)
+            for dead in [old for old in self._pools if old.is_closed()]:
+                del self._pools[dead]
             pool = self._pools.get(loop)
             if pool is None:
                 pool = self._pools[loop] = openai.DefaultAsyncHttpxClient(**self._settings)
@@ -221,7 +225,8 @@ def openai_agent(
     # mode) reports usage only when asked; unasked, every bid's cost would be a guess.
     # A server that ignores the request (llama-cpp-python's 0.3) leaves it a flagged guess.
     kwargs: dict[str, Any] = {"stream_usage": True, **model_kwargs}
-    if "openai_proxy" not in kwargs:  # ChatOpenAI builds its own proxied clients
+    if "openai_proxy" not in kwargs and not os.environ.get("OPENAI_PROXY"):
+        # with a proxy ChatOpenAI builds its own clients (and refuses one of ours)
         kwargs.setdefault("http_async_client", LoopLocalAsyncClient(timeout=timeout))
     if top_logprobs > 0:
         kwargs["logprobs"] = True

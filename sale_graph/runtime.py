@@ -87,6 +87,11 @@ async def auction_policy(state: Mapping[str, Any], ctx: Context) -> Any:
 
 # ------------------------------------------------------------ synchronous entry points
 
+# set in every task run on the shared loop (and what it calls, threads included): a
+# synchronous run nested inside one (an executor calling graph.invoke) would wait for a
+# loop its own caller is blocking, so it gets a private loop instead
+_ON_SHARED_LOOP: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "sale_on_shared_loop", default=False)
 SYNC_LOOP_THREADS = 32  # the shared loop's pool for blocking work (memory, embeddings, files)
 _sync_loop: asyncio.AbstractEventLoop | None = None
 _sync_thread: threading.Thread | None = None
@@ -138,11 +143,12 @@ def run_sync(coroutine: Coroutine[Any, Any, Any]) -> Any:
     task is cancelled.
     """
     loop = _shared_loop()
-    if threading.current_thread() is _sync_thread:  # a blocking call on the loop itself
-        context = contextvars.copy_context()  # would wait on itself: use a private loop
+    if _ON_SHARED_LOOP.get() or threading.current_thread() is _sync_thread:
+        context = contextvars.copy_context()  # nested in a shared-loop run: a private loop
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sale-nested") as pool:
             return pool.submit(context.run, asyncio.run, coroutine).result()
     context = contextvars.copy_context()
+    context.run(_ON_SHARED_LOOP.set, True)
     done: concurrent.futures.Future[Any] = concurrent.futures.Future()
     started: list[asyncio.Task[Any]] = []
 

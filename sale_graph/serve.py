@@ -402,6 +402,12 @@ class _Auction:
                 if not isinstance(chunk, dict) or len(chunk) != 1:
                     continue
                 ((node, data),) = chunk.items()
+                if node == "__interrupt__":  # no checkpointer here: a pause cannot resume
+                    raise ApiError(500, "the executor or verifier paused for a human "
+                                   "(interrupt); sale serve cannot resume a paused auction: "
+                                   "use one that does not pause, or serve the graph with a "
+                                   "checkpointer (the LangGraph server)", type_="server_error",
+                                   code="auction_paused", headers=NO_RETRY)
                 line = _progress(chunk, t0, details=False)  # clients get no hosts or paths
                 if line:
                     self.events.put_nowait(("progress", line))

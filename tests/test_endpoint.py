@@ -411,13 +411,18 @@ def test_an_endpoint_agent_works_across_event_loops(usage_on_request_server) -> 
         assert asyncio.run(agent.model.ainvoke("Name a colour.")).content == "Red"
     assert agent.model.invoke("Name a colour.").content == "Red"
     assert len(bodies) == 4
+    # a finished loop's pool is let go (its open connections kept it alive): no pile-up
+    assert len(agent.model.http_async_client._pools) <= 1
 
 
-def test_an_agent_behind_a_proxy_keeps_chatopenai_own_clients() -> None:
-    """ChatOpenAI refuses openai_proxy beside a client of ours: such an agent failed to build."""
+def test_an_agent_behind_a_proxy_keeps_chatopenai_own_clients(monkeypatch) -> None:
+    """ChatOpenAI refuses openai_proxy beside a client of ours: such an agent failed to
+    build, and with OPENAI_PROXY set in the environment every agent did."""
     agent = openai_agent("a", model="m", price=0.1, base_url=LOOPBACK,
                          openai_proxy="http://127.0.0.1:3128")
     assert agent.model.openai_proxy == "http://127.0.0.1:3128"
+    monkeypatch.setenv("OPENAI_PROXY", "http://127.0.0.1:3128")
+    assert openai_agent("b", model="m", price=0.1, base_url=LOOPBACK).model.openai_proxy
 
 
 def test_an_endpoint_winner_streams_its_answer_to_a_listener(usage_on_request_server) -> None:

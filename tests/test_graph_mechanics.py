@@ -309,6 +309,28 @@ def test_a_base_exception_in_a_sync_run_reaches_the_caller_and_spares_the_loop(m
     assert out["answer"] == "answer from large"
 
 
+def test_an_executor_running_an_auction_synchronously_does_not_hang(memory, tmp_path):
+    """An async executor that calls graph.invoke (an auction inside an auction) blocks
+    the shared loop it runs on; the inner run must not wait for that loop."""
+    import threading
+
+    inner_memory = AuctionMemory.persistent(str(tmp_path / "inner"), collection="inner")
+
+    async def nested(inputs: dict) -> str:
+        inner = graph.invoke({"task": "Count vowels in a word."},
+                             context=ctx(make_pool(), inner_memory, refine=False))
+        return f"inner said: {inner['answer']}"
+
+    outcome: list = []
+    caller = threading.Thread(target=lambda: outcome.append(graph.invoke(
+        {"task": "Add numbers."}, context=ctx(make_pool(), memory, refine=False,
+                                              executor=nested))), daemon=True)
+    caller.start()
+    caller.join(60)
+    assert not caller.is_alive(), "the nested synchronous auction hung"
+    assert outcome[0]["answer"] == "inner said: answer from large"
+
+
 def _pausing_graph(step_name: str, result_key: str, result: str):
     """A one-node LangGraph graph that asks a human, then returns ``result_key``."""
     from langgraph.types import interrupt

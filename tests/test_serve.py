@@ -629,6 +629,31 @@ def test_a_stopping_server_cancels_auctions_after_its_drain_time(loopback, tmp_p
     memory.close()
 
 
+def test_the_server_binds_as_uvicorn_did(loopback):
+    from sale_graph.cli import _listen
+
+    for host, family in (("localhost", socket.AF_INET), ("127.0.0.1", socket.AF_INET),
+                         ("", socket.AF_INET)):
+        sock = _listen(host, 0)
+        try:
+            assert sock.family == family
+        finally:
+            sock.close()
+
+
+def test_an_executor_that_pauses_is_a_clear_server_error(loopback, memory):
+    """sale serve has no checkpointer: a pause for a human cannot be resumed there."""
+    from langgraph.types import interrupt
+
+    def asks(inputs: dict) -> str:
+        return str(interrupt({"ask": "run the tool?"}))
+
+    with serving(create_app(context(pool(), memory, executor=asks))) as served:
+        reply = served.post("/v1/chat/completions", ask())
+    assert reply.status_code == 500 and error_of(reply)["code"] == "auction_paused"
+    assert reply.headers["x-should-retry"] == "false"
+
+
 def test_memory_commands_do_not_create_a_missing_directory(tmp_path, capsys):
     missing = tmp_path / "typo"
     assert cli_main(["memory", "stats", "--memory", str(missing)]) == 2

@@ -326,6 +326,12 @@ def _failed_execution(audit: Mapping[str, Any]) -> ApiError:
     )
 
 
+def _key_reused() -> ApiError:
+    return ApiError(409, "Idempotency-Key was first used for a different task; a retry must "
+                    "repeat its request (use a new key for a new task)",
+                    param="Idempotency-Key", code="idempotency_key_reused")
+
+
 def _chunk(base: Mapping[str, Any], delta: Mapping[str, Any], finish: str | None = None,
            **extra: Any) -> str:
     body = {**base, "object": "chat.completion.chunk",
@@ -471,6 +477,7 @@ class _Service:
         self.max_inflight, self.max_body_bytes = max_inflight, max_body_bytes
         self.running: set[asyncio.Task[Any]] = set()
         self.admitting = 0  # requests past the 429 check, still checking memory
+        self.keyed: dict[str, list[Any]] = {}  # Idempotency-Key in use -> [task, requests]
         self._ping: asyncio.Future[Any] | None = None  # the readiness check in flight
         self.created = int(time.time())
 
@@ -544,6 +551,23 @@ class _Service:
             raise ApiError(400, f"Idempotency-Key: {exc}", param="Idempotency-Key") from exc
         return body, task, auction_id, context
 
+    def _claim(self, auction_id: str, task: str) -> None:
+        """Hold a key for this request; a key running another task is a 409 (this worker)."""
+        held = self.keyed.get(auction_id)
+        if held is not None and held[0] != task:
+            raise _key_reused()
+        if held is None:
+            self.keyed[auction_id] = [task, 1]
+        else:
+            held[1] += 1
+
+    def _release(self, auction_id: str) -> None:
+        held = self.keyed.get(auction_id)
+        if held is not None:
+            held[1] -= 1
+            if held[1] <= 0:
+                del self.keyed[auction_id]
+
     async def _same_request(self, context: Context, auction_id: str, task: str) -> None:
         """A reused Idempotency-Key must repeat its request (409 otherwise).
 
@@ -552,9 +576,7 @@ class _Service:
         """
         past = await asyncio.to_thread(lambda: context.resolved_memory().get(auction_id))
         if past is not None and past.task != task:
-            raise ApiError(409, "Idempotency-Key was first used for a different task; a retry "
-                           "must repeat its request (use a new key for a new task)",
-                           param="Idempotency-Key", code="idempotency_key_reused")
+            raise _key_reused()
 
     async def _memory_ready(self, context: Context) -> None:
         """Memory unreachable is a 503 before the response starts (streams included)."""
@@ -568,15 +590,24 @@ class _Service:
             raise ApiError(429, f"{self.max_inflight} auctions are already running; retry later",
                            type_="rate_limit_error", code="too_many_auctions",
                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        keyed = request.headers.get("idempotency-key") is not None
+        if keyed:
+            self._claim(auction_id, task)  # before any await: two at once see each other
         self.admitting += 1  # the slot is held across the awaits below
         try:
             await self._memory_ready(context)
-            if request.headers.get("idempotency-key") is not None:
+            if keyed:
                 await self._same_request(context, auction_id, task)
             auction = _Auction(self.graph, task, auction_id, context, self.running,
                                stream=bool(body.stream))
+        except BaseException:
+            if keyed:
+                self._release(auction_id)
+            raise
         finally:
             self.admitting -= 1
+        if keyed:
+            auction.task.add_done_callback(lambda _: self._release(auction_id))
         base = {"id": f"chatcmpl-{auction_id}", "created": int(time.time()), "model": body.model}
         headers = {AUCTION_ID_HEADER: auction_id}
         if body.stream:

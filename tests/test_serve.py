@@ -430,6 +430,24 @@ def test_a_key_reused_for_another_task_is_refused(served, memory):
     assert kept.task == TASK and kept.outcome["passed"] is True and memory.count() == 1
 
 
+def test_one_key_sent_at_once_with_two_tasks_runs_one_of_them(loopback, memory):
+    """Before either is stored, the second of two simultaneous requests with one key and
+    different tasks is refused too (the stored-record check cannot see it yet)."""
+    agents = pool(delay=0.3)
+    with serving(create_app(context(agents, memory))) as served:
+        with concurrent.futures.ThreadPoolExecutor(2) as both:
+            replies = list(both.map(
+                lambda text: served.post("/v1/chat/completions", ask(text),
+                                         headers={"Idempotency-Key": "job-9"}),
+                (TASK, "Reverse a string.")))
+        served.settle()
+        again = served.post("/v1/chat/completions", ask(memory.get("job-9").task),
+                            headers={"Idempotency-Key": "job-9"})
+    assert sorted(r.status_code for r in replies) == [200, 409]
+    assert again.status_code == 200 and not served.app.state.service.keyed
+    assert memory.count() == 1
+
+
 def test_a_failure_after_the_models_ran_is_not_retried_by_openai_clients(loopback, memory):
     """OpenAI's client retries a 5xx twice by default: one failed call ran three auctions."""
     crash = {"execute": RuntimeError("tool crashed"), "direct": RuntimeError("tool crashed")}

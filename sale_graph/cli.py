@@ -20,9 +20,10 @@ from typing import Any
 
 from langgraph.types import StreamMode
 
-from sale_graph.calls import failure_kind
 from sale_graph.context import Context, default_memory_path
 from sale_graph.errors import SaleError
+from sale_graph.progress import assessed as _assessed
+from sale_graph.progress import describe_update as _progress
 
 
 def _port(text: str) -> int:
@@ -55,63 +56,6 @@ def _context(args: argparse.Namespace) -> Context:
     return context
 
 
-def _progress(update: dict[str, Any], t0: float, details: bool = True) -> str | None:
-    """One human line per finished graph step (``details=False``: failure kinds only)."""
-    (node, data), = update.items()
-    data = data or {}
-    when = f"[{time.time() - t0:6.1f}s]"
-    if node == "open_auction":
-        mode = data.get("mode")
-        return f"{when} auction opened" + ("" if mode == "staged" else
-                                           "; agents are writing bids")
-    if node in ("bid", "refine"):
-        for b in data.get("bids", []):
-            kind = "refined bid" if node == "refine" else "bid"
-            return f"{when} {kind} from {b['agent']}: {b['tokens']} tokens"
-        for e in data.get("events", []):
-            why = e["detail"] if details else failure_kind(e["detail"])
-            return f"{when} {e['agent']} dropped out ({why})"
-    if node == "vote":
-        for v in data.get("votes", []):
-            shown = v["score"] if v["score"] is not None else "dropped"
-            return f"{when} {v['juror']} votes {shown} on {v['bid_id']}"
-    if node == "score":
-        return f"{when} bids scored"
-    if node == "estimate":
-        est = data.get("estimates") or {}
-        shown = ", ".join(f"{a} p={e['p']:.2f} (n={e['n']:.1f})" for a, e in est.items())
-        return f"{when} memory's success estimates: {shown or 'none'}"
-    if node == "offer":
-        for b in data.get("bids", []):
-            if b.get("direct"):  # the last resort, or an agent memory alone accepts
-                return f"{when} {data.get('stop') or b['agent'] + ' answers directly'}"
-            return f"{when} bid from {b['agent']}: {b['tokens']} tokens"
-        for e in data.get("events", []):
-            why = e["detail"] if details else failure_kind(e["detail"])
-            return f"{when} {e['agent']} dropped out ({why})"
-    if node == "assess":
-        for a in data.get("assessments", []):
-            verdict = ("accepted to explore (too little evidence to trust the assessment)"
-                       if a.get("explored") else "accepted" if a["accepted"] else "declined")
-            return (f"{when} {a['agent']}'s bid: {_assessed(a)} vs reserve "
-                    f"{a['reserve']:.2f}: {verdict}")
-    if node == "memory_retrieve":
-        n = (data.get("retrieved") or {}).get("count", 0)
-        return f"{when} memory: {n} similar past auctions retrieved"
-    if node == "execute":
-        how = ("executed its plan" if (data.get("execution") or {}).get("with_plan", True)
-               else "answered directly")
-        return f"{when} {data.get('winner')} {how}"
-    if node == "remember":
-        status = ((data.get("auction") or {}).get("memory") or {}).get("write", "")
-        if status == "ok":
-            return f"{when} auction stored in memory"
-        # the reason's detail (a path, a URL) goes to the audit's notes, not to this line,
-        # which `sale serve` also streams to its clients
-        return f"{when} auction not stored in memory ({failure_kind(status or 'unknown')})"
-    return None
-
-
 def format_table(audit: dict[str, Any]) -> str:
     """The auction table: one row per bid."""
     if audit.get("mode") == "staged":
@@ -128,16 +72,6 @@ def format_table(audit: dict[str, Any]) -> str:
             "<==" if b["id"] == audit["winning_bid"] else "",
         ))
     return _columns(head, rows)
-
-
-def _assessed(a: dict[str, Any], short: bool = False) -> str:
-    """An assessment: p(pass), and against the dearest agent the chance of no loss."""
-    if "p_dearest" not in a:
-        return f"{a['p_pass']:.2f}" if short else f"p(pass)={a['p_pass']:.2f}"
-    if short:
-        return f"{a['p_pass']:.2f} (no loss {a['assessed']:.2f})"
-    return (f"p(pass)={a['p_pass']:.2f}, dearest's {a['p_dearest']:.2f}, "
-            f"p(no loss)={a['assessed']:.2f}")
 
 
 def _staged_table(audit: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, cast, get_args, get_origin, get_type_hints
 
 from langchain_core.runnables import RunnableLambda
+from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import get_runtime
 from langgraph.types import Command
@@ -44,6 +45,7 @@ from sale_graph import (
 from sale_graph.bidding import bid_id
 from sale_graph.context import Context
 from sale_graph.opening import auction_id_for, validate_task
+from sale_graph.progress import describe_update
 from sale_graph.runtime import run_sync
 from sale_graph.state import AuctionInput, AuctionOutput, AuctionState, BidRequest, VoteRequest
 
@@ -117,12 +119,20 @@ def _sync_and_async(name: str, node: Node, bound: Context | None) -> RunnableLam
     """
 
     def run(state: Any) -> Any:
-        return run_sync(node(state, get_runtime(Context), bound))
+        return _told(name, run_sync(node(state, get_runtime(Context), bound)))
 
     async def arun(state: Any) -> Any:
-        return await node(state, get_runtime(Context), bound)
+        return _told(name, await node(state, get_runtime(Context), bound))
 
     return RunnableLambda(run, afunc=arun, name=name)
+
+
+def _told(name: str, result: Any) -> Any:
+    """Write the step's progress line to LangGraph's ``custom`` stream (a no-op unless asked)."""
+    line = describe_update({name: result})
+    if line:
+        get_stream_writer()({"sale": line})
+    return result
 
 
 def run_auction(task: str, context: Context | None = None) -> AuctionOutput:

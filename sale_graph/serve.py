@@ -60,6 +60,7 @@ from sale_graph.errors import (
 from sale_graph.execution import ANSWER_TAG, AnswerStream
 from sale_graph.memory import UnknownAuctionError
 from sale_graph.opening import auction_id_for, validate_task
+from sale_graph.progress import describe_update
 
 log = logging.getLogger(__name__)
 
@@ -399,8 +400,6 @@ class _Auction:
 
     async def _run(self, graph: Any, task: str, auction_id: str, context: Context,
                    config: dict[str, Any]) -> None:
-        from sale_graph.cli import _progress
-
         t0 = time.time()
         try:
             async for chunk in graph.astream({"task": task, "auction_id": auction_id},
@@ -414,7 +413,7 @@ class _Auction:
                                    "use one that does not pause, or serve the graph with a "
                                    "checkpointer (the LangGraph server)", type_="server_error",
                                    code="auction_paused", headers=NO_RETRY)
-                line = _progress(chunk, t0, details=False)  # clients get no hosts or paths
+                line = describe_update(chunk, t0, details=False)  # clients get no hosts or paths
                 if line:
                     self.events.put_nowait(("progress", line))
                 if node == "execute":

@@ -202,6 +202,25 @@ def test_an_app_streaming_messages_gets_the_answer_tokens_by_their_tag(memory):
     assert "".join(pieces) == final["answer"] and len(pieces) == 6
 
 
+def test_progress_in_words_reaches_the_custom_stream(memory):
+    """An app showing progress gets the lines `sale run` prints, sync and async."""
+    from sale_graph import describe_update
+
+    context = ctx(make_pool(), memory, refine=False)
+    lines = [c["sale"] for c in graph.stream({"task": "Add numbers."}, context=context,
+                                             stream_mode="custom")]
+    assert lines[0] == "auction opened; agents are writing bids"
+    assert "large executed its plan" in lines and lines[-1] == "auction stored in memory"
+
+    async def collect():
+        return [c["sale"] async for c in graph.astream(
+            {"task": "Sort a list."}, context=context, stream_mode="custom")]
+
+    assert asyncio.run(collect())[-1] == "auction stored in memory"
+    said = describe_update({"execute": {"winner": "mid", "execution": {"with_plan": False}}})
+    assert said == "mid answered directly"
+
+
 def test_embeds_in_a_parent_graph_with_another_schema(memory):
     pool = make_pool()
     auction = build_graph(Context(agents=pool, memory=memory, refine=False)).compile()

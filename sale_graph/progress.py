@@ -36,9 +36,7 @@ def describe_update(
         for b in data.get("bids", []):
             kind = "refined bid" if node == "refine" else "bid"
             return f"{when}{kind} from {b['agent']}: {b['tokens']} tokens"
-        for e in data.get("events", []):
-            why = e["detail"] if details else failure_kind(e["detail"])
-            return f"{when}{e['agent']} dropped out ({why})"
+        return _dropped(data, when, details)
     if node == "vote":
         for v in data.get("votes", []):
             shown = v["score"] if v["score"] is not None else "dropped"
@@ -54,9 +52,7 @@ def describe_update(
             if b.get("direct"):  # the last resort, or an agent memory alone accepts
                 return f"{when}{data.get('stop') or b['agent'] + ' answers directly'}"
             return f"{when}bid from {b['agent']}: {b['tokens']} tokens"
-        for e in data.get("events", []):
-            why = e["detail"] if details else failure_kind(e["detail"])
-            return f"{when}{e['agent']} dropped out ({why})"
+        return _dropped(data, when, details)
     if node == "assess":
         for a in data.get("assessments", []):
             verdict = ("accepted to explore (too little evidence to trust the assessment)"
@@ -77,6 +73,14 @@ def describe_update(
         # the reason's detail (a path, a URL) goes to the audit's notes, not to this line,
         # which `sale serve` also streams to its clients
         return f"{when}auction not stored in memory ({failure_kind(status or 'unknown')})"
+    return None
+
+
+def _dropped(data: Mapping[str, Any], when: str, details: bool) -> str | None:
+    """A bidder's step with no bid: the first agent that dropped out, and why."""
+    for e in data.get("events", []):
+        why = e["detail"] if details else failure_kind(e["detail"])
+        return f"{when}{e['agent']} dropped out ({why})"
     return None
 
 

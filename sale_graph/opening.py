@@ -107,6 +107,9 @@ async def open_auction(
         "weights": weights.to_dict(),
         # resolved once (a weights file is read here, not in every later node)
         "execute_plan": await asyncio.to_thread(ctx.resolved_execute_plan),
+        # decided when the auction opens: a resume sent without approval in its context
+        # must not skip the decision the paused run is waiting for
+        "approval_required": bool(ctx.approval),
     }
     if mode == "staged":
         policy = await asyncio.to_thread(ctx.resolved_staged)

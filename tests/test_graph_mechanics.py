@@ -688,6 +688,22 @@ def test_approval_pauses_before_execution_and_override_changes_the_winner(memory
     assert memory.get(out["auction"]["auction_id"]).winner == "small"
 
 
+def test_a_resume_without_approval_in_its_context_still_takes_the_decision(memory):
+    """The LangGraph server resumes with the new run's context: one without
+    approval=True skipped the pending decision, so a rejected plan ran and was stored."""
+    from langgraph.types import Command
+
+    pool = make_pool()
+    app, context = approval_graph(pool, memory)
+    config = {"configurable": {"thread_id": "t-reject-bare"}}
+    asyncio.run(app.ainvoke({"task": "Add numbers."}, config=config, context=context))
+    bare = ctx(pool, memory, refine=False)  # approval off
+    out = asyncio.run(app.ainvoke(Command(resume={"action": "reject"}), config=config,
+                                  context=bare))
+    assert out["winner"] is None and out["answer"] is None
+    assert sum(a.model.calls["execute"] for a in pool) == 0 and memory.count() == 0
+
+
 def test_rejected_auction_is_not_executed_nor_remembered(memory):
     from langgraph.types import Command
 

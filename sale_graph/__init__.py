@@ -22,6 +22,7 @@ from sale_graph.execution import ANSWER_TAG
 from sale_graph.graph import build_graph, graph, run_auction
 from sale_graph.memory import AuctionMemory, PastAuction, UnknownAuctionError
 from sale_graph.outcomes import record_outcome
+from sale_graph.progress import describe_update
 from sale_graph.scoring import Weights
 from sale_graph.staged import AgentPolicy, StagedPolicy
 from sale_graph.state import AuctionInput, AuctionOutput
@@ -47,6 +48,7 @@ __all__ = [
     "UnknownAuctionError",
     "Weights",
     "build_graph",
+    "describe_update",
     "graph",
     "record_outcome",
     "run_auction",

@@ -173,7 +173,7 @@ async def approve(
 ) -> Command[Literal["execute", "remember"]]:
     """Graph node: pass through, or ask a person (``Context.approval``)."""
     ctx = run_context(runtime, bound)
-    if not ctx.approval:
+    if not state.get("approval_required", ctx.approval):  # as the auction opened
         return Command(goto="execute")
     winning = next(b for b in state["bids"] if b["id"] == state["winning_bid"])
     agents = await pool_of(ctx)

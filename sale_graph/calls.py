@@ -35,10 +35,16 @@ from langchain_core.runnables.base import RunnableBindingBase, RunnableEachBase
 from langchain_core.runnables.config import RunnableConfig, ensure_config
 from langchain_core.runnables.fallbacks import RunnableWithFallbacks
 from langchain_core.runnables.passthrough import RunnableAssign
+from langgraph.errors import GraphBubbleUp
 
 from sale_graph.agents import Agent
 
 LOCAL_LLM_TYPE = "llama-cpp-local"
+
+# LangGraph's own signals (a pause for a human inside an executor or verifier that is a
+# graph, a command to a parent graph): code that records a runnable's failure in the
+# audit lets these through, or a pause would be stored as a failed execution.
+GRAPH_SIGNALS: tuple[type[BaseException], ...] = (GraphBubbleUp,)
 
 
 @dataclass(frozen=True)
@@ -301,20 +307,28 @@ def can_stream(model: Any) -> bool:
     return not (told and getattr(model, "streaming", None) is False)
 
 
-def config_with(handler: BaseCallbackHandler, run_name: str) -> RunnableConfig:
-    """The running step's config with one more handler for a call made inside it.
+def config_with(
+    handler: BaseCallbackHandler, run_name: str, configurable: Mapping[str, Any] | None = None
+) -> RunnableConfig:
+    """The running step's config with one more handler (and configurable keys) for a call.
 
     A config with its own ``callbacks`` list replaces the inherited ones: the call
     would drop out of the run's trace and its stream (a token listener, LangGraph's
     ``messages`` mode). The handler is added to a copy of the inherited manager.
+    ``configurable`` is merged into the inherited one for the same reason (it carries
+    the run's thread and checkpoint namespace, which a graph called here needs).
     """
-    callbacks = ensure_config().get("callbacks")
+    inherited = ensure_config()
+    callbacks = inherited.get("callbacks")
     if isinstance(callbacks, BaseCallbackManager):
         callbacks = callbacks.copy()
         callbacks.add_handler(handler, inherit=True)
     else:
         callbacks = [*(callbacks or []), handler]
-    return {"callbacks": callbacks, "run_name": run_name}
+    config: RunnableConfig = {"callbacks": callbacks, "run_name": run_name}
+    if configurable:
+        config["configurable"] = {**(inherited.get("configurable") or {}), **configurable}
+    return config
 
 
 def describe_error(exc: BaseException) -> str:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
+import math
 import os
 import sys
 import time
@@ -18,9 +20,10 @@ from typing import Any
 
 from langgraph.types import StreamMode
 
-from sale_graph.calls import failure_kind
 from sale_graph.context import Context, default_memory_path
 from sale_graph.errors import SaleError
+from sale_graph.progress import assessed as _assessed
+from sale_graph.progress import describe_update as _progress
 
 
 def _port(text: str) -> int:
@@ -53,62 +56,6 @@ def _context(args: argparse.Namespace) -> Context:
     return context
 
 
-def _progress(update: dict[str, Any], t0: float, details: bool = True) -> str | None:
-    """One human line per finished graph step (``details=False``: failure kinds only)."""
-    (node, data), = update.items()
-    data = data or {}
-    when = f"[{time.time() - t0:6.1f}s]"
-    if node == "open_auction":
-        mode = data.get("mode")
-        return f"{when} auction opened" + ("" if mode == "staged" else
-                                           "; agents are writing bids")
-    if node in ("bid", "refine"):
-        for b in data.get("bids", []):
-            kind = "refined bid" if node == "refine" else "bid"
-            return f"{when} {kind} from {b['agent']}: {b['tokens']} tokens"
-        for e in data.get("events", []):
-            why = e["detail"] if details else failure_kind(e["detail"])
-            return f"{when} {e['agent']} dropped out ({why})"
-    if node == "vote":
-        for v in data.get("votes", []):
-            shown = v["score"] if v["score"] is not None else "dropped"
-            return f"{when} {v['juror']} votes {shown} on {v['bid_id']}"
-    if node == "score":
-        return f"{when} bids scored"
-    if node == "estimate":
-        est = data.get("estimates") or {}
-        shown = ", ".join(f"{a} p={e['p']:.2f} (n={e['n']:.1f})" for a, e in est.items())
-        return f"{when} memory's success estimates: {shown or 'none'}"
-    if node == "offer":
-        for b in data.get("bids", []):
-            if b.get("direct"):  # the last resort, or an agent memory alone accepts
-                return f"{when} {data.get('stop') or b['agent'] + ' answers directly'}"
-            return f"{when} bid from {b['agent']}: {b['tokens']} tokens"
-        for e in data.get("events", []):
-            why = e["detail"] if details else failure_kind(e["detail"])
-            return f"{when} {e['agent']} dropped out ({why})"
-    if node == "assess":
-        for a in data.get("assessments", []):
-            verdict = "accepted" if a["accepted"] else "declined"
-            return (f"{when} {a['agent']}'s bid: {_assessed(a)} vs reserve "
-                    f"{a['reserve']:.2f}: {verdict}")
-    if node == "memory_retrieve":
-        n = (data.get("retrieved") or {}).get("count", 0)
-        return f"{when} memory: {n} similar past auctions retrieved"
-    if node == "execute":
-        how = ("executed its plan" if (data.get("execution") or {}).get("with_plan", True)
-               else "answered directly")
-        return f"{when} {data.get('winner')} {how}"
-    if node == "remember":
-        status = ((data.get("auction") or {}).get("memory") or {}).get("write", "")
-        if status == "ok":
-            return f"{when} auction stored in memory"
-        # the reason's detail (a path, a URL) goes to the audit's notes, not to this line,
-        # which `sale serve` also streams to its clients
-        return f"{when} auction not stored in memory ({failure_kind(status or 'unknown')})"
-    return None
-
-
 def format_table(audit: dict[str, Any]) -> str:
     """The auction table: one row per bid."""
     if audit.get("mode") == "staged":
@@ -125,16 +72,6 @@ def format_table(audit: dict[str, Any]) -> str:
             "<==" if b["id"] == audit["winning_bid"] else "",
         ))
     return _columns(head, rows)
-
-
-def _assessed(a: dict[str, Any], short: bool = False) -> str:
-    """An assessment: p(pass), and against the dearest agent the chance of no loss."""
-    if "p_dearest" not in a:
-        return f"{a['p_pass']:.2f}" if short else f"p(pass)={a['p_pass']:.2f}"
-    if short:
-        return f"{a['p_pass']:.2f} (no loss {a['assessed']:.2f})"
-    return (f"p(pass)={a['p_pass']:.2f}, dearest's {a['p_dearest']:.2f}, "
-            f"p(no loss)={a['assessed']:.2f}")
 
 
 def _staged_table(audit: dict[str, Any]) -> str:
@@ -239,6 +176,11 @@ async def _run(args: argparse.Namespace) -> int:
 
 def _memory(args: argparse.Namespace) -> int:
     context = _context(args)
+    if context.memory_url is None and not os.path.isdir(context.memory_path):
+        # opening an embedded store creates its directory: a mistyped --memory would
+        # leave an empty store behind and blame the collection
+        raise SaleError(f"no auction memory at {context.memory_path}: no such directory; "
+                        "check --memory")
     memory = context.resolved_memory()
     # reading a collection must not create it: a mistyped --collection is an error
     names = memory.collections()
@@ -282,6 +224,9 @@ def _add_serve_command(sub: Any) -> None:
                    help="seconds a request may take, auction and answer (default: 900)")
     p.add_argument("--max-inflight", type=int, default=64,
                    help="auctions running at once; more get 429 (default: 64)")
+    p.add_argument("--drain", type=float, default=30.0,
+                   help="seconds a stopping server (SIGTERM, Ctrl-C) lets running requests "
+                        "finish before it cancels their auctions (default: 30)")
     p.set_defaults(handler=_serve)
 
 
@@ -292,6 +237,8 @@ def _serve(args: argparse.Namespace) -> int:
     from sale_graph.errors import ContextError
     from sale_graph.serve import create_app, is_loopback, model_names
 
+    if not (math.isfinite(args.drain) and args.drain >= 0):
+        raise ContextError(f"--drain must be a number of seconds >= 0, got {args.drain}")
     api_key = args.api_key or os.environ.get("SALE_API_KEY") or None
     if api_key is None and not is_loopback(args.host):
         raise ContextError(
@@ -307,14 +254,40 @@ def _serve(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError as exc:
         raise ContextError('sale serve needs uvicorn: pip install "sale-graph[serve]"') from exc
+    listening = _listen(args.host, args.port)  # before any model is loaded
     app = create_app(context, api_key=api_key, timeout=args.timeout,
                      max_inflight=args.max_inflight)
     print(f"sale serve: http://{args.host}:{args.port}/v1, models {', '.join(model_names())} "
           f"(pool {context.pool if context.agents is None else 'custom'}; "
           f"{'bearer token required' if api_key else 'no API key: loopback only'})",
           file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    # without a bound, a stopping server waited for every open request (up to --timeout)
+    config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=math.ceil(args.drain))
+    uvicorn.Server(config).run(sockets=[listening])
     return 0
+
+
+def _listen(host: str, port: int) -> Any:
+    """The server's socket, bound here so that a taken port is one clear error.
+
+    Left to uvicorn, a busy port printed its own error after the banner and ended the
+    process with status 3, which ``sale`` uses for a failed execution.
+    """
+    import socket
+
+    from sale_graph.errors import ContextError
+
+    # as uvicorn binds: IPv6 only for an IPv6 literal, so "localhost" stays 127.0.0.1
+    # and "" is every interface
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        reason = "the port is in use" if exc.errno == errno.EADDRINUSE else str(exc)
+        raise ContextError(f"cannot listen on {host}:{port}: {reason}") from exc
+    return sock
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -30,9 +30,10 @@ JuryFormat = Literal["per_bid", "listwise"]
 RefineSource = Literal["votes", "outcomes"]
 
 
-# Fields only the deployer of a server sets: they name files, URLs or code to run.
+# Fields only the deployer of a server sets: they name files, URLs or code to run, or
+# where memory grows (a client naming collections would create them at will).
 SERVER_ONLY = frozenset(
-    {"memory_path", "memory_url", "memory", "agents", "executor", "verifier"}
+    {"memory_path", "memory_url", "memory", "collection", "agents", "executor", "verifier"}
 )
 MAX_TIMEOUT = 86_400.0
 _INT_RANGES = {

@@ -34,15 +34,19 @@ holds the key (``api_key_env``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
+import threading
 import tomllib
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import openai
 from langchain_core.language_models import LanguageModelInput
 from langchain_openai import ChatOpenAI
 from pydantic import SecretStr, ValidationError
@@ -101,6 +105,49 @@ class OpenAICompatibleChat(ChatOpenAI):
         if self.mirror_max_tokens and limit is not None and "messages" in payload:
             payload.setdefault("max_tokens", limit)
         return payload
+
+
+class LoopLocalAsyncClient(openai.DefaultAsyncHttpxClient):
+    """An async HTTP client that keeps one connection pool per event loop.
+
+    httpx's pooled connections belong to the loop that opened them, and ChatOpenAI
+    otherwise shares one async client per process: after one ``asyncio.run`` (a
+    script's second run, a notebook mixing ``invoke`` and ``ainvoke``) every call
+    reused a dead loop's connection and failed ("Event loop is closed", "bound to a
+    different event loop"). Requests are built here and sent by the running loop's
+    own client, made with the OpenAI SDK's defaults (and its HTTP library, whichever
+    that is); a loop's pool goes with the loop.
+    """
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)  # builds requests; its own pool is never used
+        self._settings = settings
+        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary())
+        self._pools_guard = threading.Lock()
+
+    def _pool(self) -> Any:
+        loop = asyncio.get_running_loop()
+        with self._pools_guard:
+            # a pool's open connections keep its loop alive, so the weak key alone never
+            # lets go: a closed loop's pool is dropped here (its sockets with it)
+            for dead in [old for old in self._pools if old.is_closed()]:
+                del self._pools[dead]
+            pool = self._pools.get(loop)
+            if pool is None:
+                pool = self._pools[loop] = openai.DefaultAsyncHttpxClient(**self._settings)
+            return pool
+
+    async def send(self, request: Any, **kwargs: Any) -> Any:
+        return await self._pool().send(request, **kwargs)
+
+    async def aclose(self) -> None:
+        """Close this loop's pool (another loop's connections can only close on it)."""
+        with self._pools_guard:
+            pool = self._pools.pop(asyncio.get_running_loop(), None)
+        if pool is not None:
+            await pool.aclose()
+        await super().aclose()
 
 
 def _describe(exc: ValidationError) -> str:
@@ -178,6 +225,9 @@ def openai_agent(
     # mode) reports usage only when asked; unasked, every bid's cost would be a guess.
     # A server that ignores the request (llama-cpp-python's 0.3) leaves it a flagged guess.
     kwargs: dict[str, Any] = {"stream_usage": True, **model_kwargs}
+    if "openai_proxy" not in kwargs and not os.environ.get("OPENAI_PROXY"):
+        # with a proxy ChatOpenAI builds its own clients (and refuses one of ours)
+        kwargs.setdefault("http_async_client", LoopLocalAsyncClient(timeout=timeout))
     if top_logprobs > 0:
         kwargs["logprobs"] = True
         kwargs["top_logprobs"] = top_logprobs

@@ -15,14 +15,16 @@ import asyncio
 import re
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, get_type_hints
 
 from langchain_core.callbacks import UsageMetadataCallbackHandler
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
+from langgraph.pregel import Pregel
 
 from sale_graph.agents import Agent
 from sale_graph.calls import (
+    GRAPH_SIGNALS,
     ainvoke_bounded,
     ainvoke_model,
     as_runnable,
@@ -163,17 +165,23 @@ async def execute(
     started = time.time()
     result: dict[str, Any] = {"agent": agent.name, "answer": None, "error": None}
     try:
-        config = config_with(usage, "execute")
-        pending = ainvoke_bounded(as_runnable(runnable, "execute"), inputs, config)
+        # the model also rides in the config: a graph executor keeps it out of its state,
+        # which a checkpointer must serialise (an executor that pauses for a human)
+        config = config_with(usage, "execute", {"sale_model": agent.model})
+        runnable = as_runnable(runnable, "execute")
+        pending = ainvoke_bounded(runnable, graph_inputs(runnable, inputs), config)
         raw = await asyncio.wait_for(pending, timeout)
         text = answer_text(raw)
         result["answer"] = clean_answer(text)
         if result["answer"] != text:
             result["raw_answer"] = text  # kept in the audit: what the model actually wrote
-        if not result["answer"].strip():
+        if not result["answer"].strip():  # no answer: failed, as a client and a verifier see it
+            result["answer"] = None
             result["error"] = "empty answer: the executor returned no text"
         if isinstance(raw, dict):
             result["details"] = {k: v for k, v in raw.items() if k != "answer" and _jsonable(v)}
+    except GRAPH_SIGNALS:  # a pause for a human: the run stops here and resumes
+        raise
     except Exception as exc:  # noqa: BLE001 - the auction's audit must survive a bad executor
         result["error"] = describe_error(exc)
     ended = time.time()
@@ -193,6 +201,24 @@ async def execute(
         started=started, ended=ended, seconds=ended - started,
     )
     return result
+
+
+def graph_inputs(runnable: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The executor's inputs, cut to the keys a LangGraph state graph declares.
+
+    A state graph keeps only its own keys in its state, but its raw input is
+    checkpointed too, and a chat model is not serialisable: an executor graph that
+    paused (``interrupt``) could not resume. A graph that declares ``model`` gets it.
+    """
+    builder = getattr(runnable, "builder", None)
+    schema = getattr(builder, "input_schema", None)
+    if not isinstance(runnable, Pregel) or schema is None:
+        return inputs
+    try:
+        declared = set(get_type_hints(schema))
+    except Exception:  # noqa: BLE001 - an unreadable schema: give it everything, as before
+        return inputs
+    return {k: v for k, v in inputs.items() if k in declared} if declared else inputs
 
 
 def _jsonable(value: Any) -> bool:

@@ -21,13 +21,11 @@ graph for embedding (the parent compiles it with its own checkpointer and store)
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast, get_args, get_origin, get_type_hints
 
 from langchain_core.runnables import RunnableLambda
+from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import get_runtime
 from langgraph.types import Command
@@ -47,6 +45,8 @@ from sale_graph import (
 from sale_graph.bidding import bid_id
 from sale_graph.context import Context
 from sale_graph.opening import auction_id_for, validate_task
+from sale_graph.progress import describe_update
+from sale_graph.runtime import run_sync
 from sale_graph.state import AuctionInput, AuctionOutput, AuctionState, BidRequest, VoteRequest
 
 Node = Callable[[Any, Any, Context | None], Coroutine[Any, Any, Any]]
@@ -112,26 +112,27 @@ def _destinations(node: Node) -> tuple[str, ...] | None:
 def _sync_and_async(name: str, node: Node, bound: Context | None) -> RunnableLambda:
     """A node that serves ``invoke`` as well as ``ainvoke``.
 
-    The nodes are coroutines. Under ``invoke`` (a synchronous parent graph, a script)
-    the coroutine runs to completion on a private event loop in a worker thread, so
-    it works even where a loop is already running (Jupyter). The context is copied
-    across, so ``interrupt`` (human approval) and callbacks behave as under ``ainvoke``.
+    The nodes are coroutines. Under ``invoke`` (a synchronous parent graph, a script,
+    Jupyter) each runs on the one event loop synchronous runs share
+    (``runtime.run_sync``), with the caller's context, so ``interrupt`` (human
+    approval), callbacks and async clients behave as under ``ainvoke``.
     """
 
     def run(state: Any) -> Any:
-        coroutine = node(state, get_runtime(Context), bound)
-        context = contextvars.copy_context()
-
-        def in_thread() -> Any:
-            return context.run(asyncio.run, coroutine)
-
-        with ThreadPoolExecutor(1, thread_name_prefix=f"sale-{name}") as pool:
-            return pool.submit(in_thread).result()
+        return _told(name, run_sync(node(state, get_runtime(Context), bound)))
 
     async def arun(state: Any) -> Any:
-        return await node(state, get_runtime(Context), bound)
+        return _told(name, await node(state, get_runtime(Context), bound))
 
     return RunnableLambda(run, afunc=arun, name=name)
+
+
+def _told(name: str, result: Any) -> Any:
+    """Write the step's progress line to LangGraph's ``custom`` stream (a no-op unless asked)."""
+    line = describe_update({name: result})
+    if line:
+        get_stream_writer()({"sale": line})
+    return result
 
 
 def run_auction(task: str, context: Context | None = None) -> AuctionOutput:

@@ -547,10 +547,15 @@ class AuctionMemory:
             col = self._col()
         embedding = self._embed(task)
         with self._record_lock, self._guard():
-            found = col.get(ids=[auction_id], include=["metadatas"])
+            found = col.get(ids=[auction_id], include=["metadatas", "documents"])
             metas = found.get("metadatas") or []
             stored = metas[0] if found["ids"] and metas else None
-            if given is None and stored is not None and stored.get("winner") == winner:
+            docs = found.get("documents") or []
+            same_task = bool(found["ids"]) and bool(docs) and docs[0] == task
+            # a rerun of the same auction keeps its verified outcome; another task under
+            # the same id (a reused key) must not inherit a verdict on a different answer
+            if given is None and stored is not None and same_task and (
+                    stored.get("winner") == winner):
                 given = _stored_outcome(stored)
             metadata.update(given or {})
             col.upsert(

@@ -30,6 +30,11 @@ _AUCTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 def validate_task(task: Any, max_chars: int) -> str:
     """Reject empty, whitespace-only, non-string and oversized tasks before any model runs."""
+    if task is None:
+        raise InvalidTaskError(
+            "no task: the auction's input is {'task': str} (a parent graph needs a 'task' "
+            "key in its state, or calls the auction from a node with one)"
+        )
     if not isinstance(task, str):
         raise InvalidTaskError(f"task must be a string, got {type(task).__name__}")
     try:
@@ -102,6 +107,9 @@ async def open_auction(
         "weights": weights.to_dict(),
         # resolved once (a weights file is read here, not in every later node)
         "execute_plan": await asyncio.to_thread(ctx.resolved_execute_plan),
+        # decided when the auction opens: a resume sent without approval in its context
+        # must not skip the decision the paused run is waiting for
+        "approval_required": bool(ctx.approval),
     }
     if mode == "staged":
         policy = await asyncio.to_thread(ctx.resolved_staged)

@@ -24,7 +24,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sale_graph.calls import ainvoke_bounded, as_runnable, describe_error
+from sale_graph.calls import GRAPH_SIGNALS, ainvoke_bounded, as_runnable, describe_error
 from sale_graph.runtime import run_context
 
 DEFAULT_PRIOR = 0.4
@@ -90,6 +90,8 @@ async def verify(
             ainvoke_bounded(runnable, inputs, {"run_name": "verify"}), timeout
         )
         return {**read_verdict(raw), "error": None, "source": "verifier"}
+    except GRAPH_SIGNALS:  # a pause for a human: the run stops here and resumes
+        raise
     except Exception as exc:  # noqa: BLE001 - a broken verifier must not lose the auction
         return {"passed": None, "score": None, "detail": "", "error": describe_error(exc),
                 "source": "verifier"}

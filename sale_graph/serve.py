@@ -60,6 +60,7 @@ from sale_graph.errors import (
 from sale_graph.execution import ANSWER_TAG, AnswerStream
 from sale_graph.memory import UnknownAuctionError
 from sale_graph.opening import auction_id_for, validate_task
+from sale_graph.progress import describe_update
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,13 @@ class ApiError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
+# OpenAI's clients retry 5xx (twice by default) unless told not to: an auction that failed
+# after its models ran would be run, and paid for, again and again (one failed call
+# cost three auctions). A client that wants another try sends the request again.
+NO_RETRY = {"x-should-retry": "false"}
+RETRY_AFTER_SECONDS = 5  # a 429's hint: about one short auction
+
+
 def api_error(exc: BaseException) -> ApiError:
     """Map what an auction raises to an HTTP status (the README's table)."""
     if isinstance(exc, ApiError):
@@ -121,16 +129,17 @@ def api_error(exc: BaseException) -> ApiError:
         log.warning("no bids: %s", exc)
         kinds = "; ".join(f"{a}: {failure_kind(d)}" for a, d in exc.failures.items())
         return ApiError(502, f"every agent failed to bid ({kinds or 'none asked'}); the "
-                        "server's log says why", type_="server_error", code="no_bids")
+                        "server's log says why", type_="server_error", code="no_bids",
+                        headers=NO_RETRY)
     if isinstance(exc, TimeoutError):
         return ApiError(504, f"deadline passed: {exc}" if str(exc) else "deadline passed",
-                        type_="server_error", code="deadline_exceeded")
+                        type_="server_error", code="deadline_exceeded", headers=NO_RETRY)
     if isinstance(exc, SaleError):
         log.warning("auction error: %s", exc)
         return ApiError(500, f"auction error ({type(exc).__name__}); the server's log says why",
-                        type_="server_error", code="auction_error")
+                        type_="server_error", code="auction_error", headers=NO_RETRY)
     return ApiError(500, f"internal error ({type(exc).__name__})", type_="server_error",
-                    code="internal_error")
+                    code="internal_error", headers=NO_RETRY)
 
 
 def _schema_error(exc: SchemaError) -> ApiError:
@@ -313,9 +322,15 @@ def _failed_execution(audit: Mapping[str, Any]) -> ApiError:
         504 if timed_out else 502,
         f"the winner ({audit.get('winner')}) failed to execute: {failure_kind(error)}",
         type_="server_error", code="deadline_exceeded" if timed_out else "execution_failed",
-        headers={AUCTION_ID_HEADER: str(audit.get("auction_id"))},
+        headers={AUCTION_ID_HEADER: str(audit.get("auction_id")), **NO_RETRY},
         extra={"sale": sale_object(audit)},
     )
+
+
+def _key_reused() -> ApiError:
+    return ApiError(409, "Idempotency-Key was first used for a different task; a retry must "
+                    "repeat its request (use a new key for a new task)",
+                    param="Idempotency-Key", code="idempotency_key_reused")
 
 
 def _chunk(base: Mapping[str, Any], delta: Mapping[str, Any], finish: str | None = None,
@@ -385,8 +400,6 @@ class _Auction:
 
     async def _run(self, graph: Any, task: str, auction_id: str, context: Context,
                    config: dict[str, Any]) -> None:
-        from sale_graph.cli import _progress
-
         t0 = time.time()
         try:
             async for chunk in graph.astream({"task": task, "auction_id": auction_id},
@@ -394,7 +407,13 @@ class _Auction:
                 if not isinstance(chunk, dict) or len(chunk) != 1:
                     continue
                 ((node, data),) = chunk.items()
-                line = _progress(chunk, t0, details=False)  # clients get no hosts or paths
+                if node == "__interrupt__":  # no checkpointer here: a pause cannot resume
+                    raise ApiError(500, "the executor or verifier paused for a human "
+                                   "(interrupt); sale serve cannot resume a paused auction: "
+                                   "use one that does not pause, or serve the graph with a "
+                                   "checkpointer (the LangGraph server)", type_="server_error",
+                                   code="auction_paused", headers=NO_RETRY)
+                line = describe_update(chunk, t0, details=False)  # clients get no hosts or paths
                 if line:
                     self.events.put_nowait(("progress", line))
                 if node == "execute":
@@ -456,6 +475,8 @@ class _Service:
         self.context, self.graph, self.timeout = context, graph, timeout
         self.max_inflight, self.max_body_bytes = max_inflight, max_body_bytes
         self.running: set[asyncio.Task[Any]] = set()
+        self.admitting = 0  # requests past the 429 check, still checking memory
+        self.keyed: dict[str, list[Any]] = {}  # Idempotency-Key in use -> [task, requests]
         self._ping: asyncio.Future[Any] | None = None  # the readiness check in flight
         self.created = int(time.time())
 
@@ -482,11 +503,15 @@ class _Service:
         except Exception as exc:  # noqa: BLE001 - reported by kind, logged whole
             log.warning("readiness: memory: %s", describe_error(exc))
             memory = failure_kind(describe_error(exc))
-        room = "ok" if len(self.running) < self.max_inflight else "full"
+        room = "ok" if self._taken() < self.max_inflight else "full"
         ready = memory == "ok" and room == "ok"
         return JSONResponse({"status": "ready" if ready else "unavailable",
                              "memory": memory, "auctions": room},
                             status_code=200 if ready else 503)
+
+    def _taken(self) -> int:
+        """Auction slots in use: running, or admitted and about to run."""
+        return len(self.running) + self.admitting
 
     def _ping_memory(self, context: Context) -> None:
         """Open and ping a context's memory (blocking: callers give it a thread)."""
@@ -525,6 +550,33 @@ class _Service:
             raise ApiError(400, f"Idempotency-Key: {exc}", param="Idempotency-Key") from exc
         return body, task, auction_id, context
 
+    def _claim(self, auction_id: str, task: str) -> None:
+        """Hold a key for this request; a key running another task is a 409 (this worker)."""
+        held = self.keyed.get(auction_id)
+        if held is not None and held[0] != task:
+            raise _key_reused()
+        if held is None:
+            self.keyed[auction_id] = [task, 1]
+        else:
+            held[1] += 1
+
+    def _release(self, auction_id: str) -> None:
+        held = self.keyed.get(auction_id)
+        if held is not None:
+            held[1] -= 1
+            if held[1] <= 0:
+                del self.keyed[auction_id]
+
+    async def _same_request(self, context: Context, auction_id: str, task: str) -> None:
+        """A reused Idempotency-Key must repeat its request (409 otherwise).
+
+        The key is the auction's id: a different task under it would replace the
+        stored auction, and the convention is to refuse a key reused for another body.
+        """
+        past = await asyncio.to_thread(lambda: context.resolved_memory().get(auction_id))
+        if past is not None and past.task != task:
+            raise _key_reused()
+
     async def _memory_ready(self, context: Context) -> None:
         """Memory unreachable is a 503 before the response starts (streams included)."""
         await asyncio.to_thread(self._ping_memory, context)
@@ -533,12 +585,28 @@ class _Service:
         """``POST /v1/chat/completions``: the conversation is auctioned, the winner answers."""
         payload = await _read_json(request, self.max_body_bytes)
         body, task, auction_id, context = self._prepare(payload, request)
-        if len(self.running) >= self.max_inflight:
+        if self._taken() >= self.max_inflight:
             raise ApiError(429, f"{self.max_inflight} auctions are already running; retry later",
-                           type_="rate_limit_error", code="too_many_auctions")
-        await self._memory_ready(context)
-        auction = _Auction(self.graph, task, auction_id, context, self.running,
-                           stream=bool(body.stream))
+                           type_="rate_limit_error", code="too_many_auctions",
+                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        keyed = request.headers.get("idempotency-key") is not None
+        if keyed:
+            self._claim(auction_id, task)  # before any await: two at once see each other
+        self.admitting += 1  # the slot is held across the awaits below
+        try:
+            await self._memory_ready(context)
+            if keyed:
+                await self._same_request(context, auction_id, task)
+            auction = _Auction(self.graph, task, auction_id, context, self.running,
+                               stream=bool(body.stream))
+        except BaseException:
+            if keyed:
+                self._release(auction_id)
+            raise
+        finally:
+            self.admitting -= 1
+        if keyed:
+            auction.task.add_done_callback(lambda _: self._release(auction_id))
         base = {"id": f"chatcmpl-{auction_id}", "created": int(time.time()), "model": body.model}
         headers = {AUCTION_ID_HEADER: auction_id}
         if body.stream:
@@ -557,7 +625,8 @@ class _Service:
             if watcher in done:  # nobody is listening any more
                 return Response(status_code=499)
             raise ApiError(504, f"deadline passed: the auction took over {self.timeout:g} s",
-                           type_="server_error", code="deadline_exceeded", headers=headers)
+                           type_="server_error", code="deadline_exceeded",
+                           headers={**headers, **NO_RETRY})
         if auction.error is not None:
             raise api_error(auction.error)
         assert auction.final is not None

@@ -102,6 +102,7 @@ class AuctionState(TypedDict, total=False):
     weights: dict[str, Any]  # snapshot taken when the auction opened
     execute_plan: Any  # snapshot: plan or direct answer (True, False or {agent: bool})
     staged_policy: dict[str, Any]  # snapshot of the staged auction's policy
+    approval_required: bool  # snapshot: a person decides before execution
     provisional_winner: str | None  # bid id
     winning_bid: str | None  # bid id
     refiners: list[str]

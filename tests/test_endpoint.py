@@ -345,6 +345,8 @@ def usage_on_request_server() -> Iterator[tuple[str, list]]:
     bodies: list = []
 
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keeps connections open, as real servers do
+
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             bodies.append(body)
@@ -396,6 +398,31 @@ def test_a_streamed_call_asks_for_its_usage(usage_on_request_server) -> None:
         reply = chunk if reply is None else reply + chunk
     assert bodies[0]["stream_options"] == {"include_usage": True}
     assert reply.content == "Red" and reply.usage_metadata["total_tokens"] == 9
+
+
+def test_an_endpoint_agent_works_across_event_loops(usage_on_request_server) -> None:
+    """A script's second ``asyncio.run``, or a notebook mixing ``invoke`` and
+    ``ainvoke``: a pooled connection of a finished loop must not be reused."""
+    import asyncio
+
+    url, bodies = usage_on_request_server
+    agent = openai_agent("smol", model="m", price=0.01, base_url=url, max_retries=0)
+    for _ in range(3):
+        assert asyncio.run(agent.model.ainvoke("Name a colour.")).content == "Red"
+    assert agent.model.invoke("Name a colour.").content == "Red"
+    assert len(bodies) == 4
+    # a finished loop's pool is let go (its open connections kept it alive): no pile-up
+    assert len(agent.model.http_async_client._pools) <= 1
+
+
+def test_an_agent_behind_a_proxy_keeps_chatopenai_own_clients(monkeypatch) -> None:
+    """ChatOpenAI refuses openai_proxy beside a client of ours: such an agent failed to
+    build, and with OPENAI_PROXY set in the environment every agent did."""
+    agent = openai_agent("a", model="m", price=0.1, base_url=LOOPBACK,
+                         openai_proxy="http://127.0.0.1:3128")
+    assert agent.model.openai_proxy == "http://127.0.0.1:3128"
+    monkeypatch.setenv("OPENAI_PROXY", "http://127.0.0.1:3128")
+    assert openai_agent("b", model="m", price=0.1, base_url=LOOPBACK).model.openai_proxy
 
 
 def test_an_endpoint_winner_streams_its_answer_to_a_listener(usage_on_request_server) -> None:

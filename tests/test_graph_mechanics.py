@@ -202,6 +202,25 @@ def test_an_app_streaming_messages_gets_the_answer_tokens_by_their_tag(memory):
     assert "".join(pieces) == final["answer"] and len(pieces) == 6
 
 
+def test_progress_in_words_reaches_the_custom_stream(memory):
+    """An app showing progress gets the lines `sale run` prints, sync and async."""
+    from sale_graph import describe_update
+
+    context = ctx(make_pool(), memory, refine=False)
+    lines = [c["sale"] for c in graph.stream({"task": "Add numbers."}, context=context,
+                                             stream_mode="custom")]
+    assert lines[0] == "auction opened; agents are writing bids"
+    assert "large executed its plan" in lines and lines[-1] == "auction stored in memory"
+
+    async def collect():
+        return [c["sale"] async for c in graph.astream(
+            {"task": "Sort a list."}, context=context, stream_mode="custom")]
+
+    assert asyncio.run(collect())[-1] == "auction stored in memory"
+    said = describe_update({"execute": {"winner": "mid", "execution": {"with_plan": False}}})
+    assert said == "mid answered directly"
+
+
 def test_embeds_in_a_parent_graph_with_another_schema(memory):
     pool = make_pool()
     auction = build_graph(Context(agents=pool, memory=memory, refine=False)).compile()
@@ -256,6 +275,138 @@ def test_embeds_as_a_node_of_a_synchronous_parent_graph(memory):
     assert result["winner"] == "large" and result["answer"] == "answer from large"
 
 
+def test_sync_runs_keep_loop_bound_clients_working(memory):
+    """Async clients (langchain-openai's HTTP pool, most SDKs) belong to the loop that
+    first used them; a synchronous run that gave each node a loop of its own broke
+    every call after the first node's."""
+
+    class LoopBound(ScriptedChatModel):
+        loop: object = None
+
+        async def _agenerate(self, messages, stop=None, run_manager=None, **kwargs):
+            here = asyncio.get_running_loop()
+            if self.loop is None:
+                self.loop = here
+            elif self.loop is not here:
+                raise RuntimeError("client bound to a different event loop")
+            return await super()._agenerate(messages, stop, run_manager, **kwargs)
+
+    pool = [Agent(name=a.name, model=LoopBound(script=a.model.script), price=a.price)
+            for a in make_pool()]
+    context = ctx(pool, memory, refine=False)
+    for task in ("Add numbers.", "Count vowels in a word."):  # a script's two runs
+        out = graph.invoke({"task": task}, context=context)
+        assert out["answer"] == "answer from large"
+        assert not out["auction"]["dropped_agents"] and not out["auction"]["dropped_votes"]
+    batch = graph.batch([{"task": "Sort a list."}, {"task": "Reverse a word."}],
+                        context=context)  # threads of one process, one loop
+    assert [o["answer"] for o in batch] == ["answer from large"] * 2
+
+
+def test_a_base_exception_in_a_sync_run_reaches_the_caller_and_spares_the_loop(memory):
+    """SystemExit from an executor escapes every handler; on the shared loop it must
+    reach the caller (as under asyncio.run), not stop the loop and leave callers waiting."""
+    import threading
+
+    async def leave(inputs: dict) -> str:  # an executor that exits (it runs in a task)
+        raise SystemExit(3)
+
+    outcome: list = []
+
+    def call() -> None:
+        try:
+            graph.invoke({"task": "Add numbers."},
+                         context=ctx(make_pool(), memory, refine=False, executor=leave))
+        except BaseException as exc:  # noqa: BLE001 - what the caller sees
+            outcome.append(exc)
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    caller.join(30)
+    assert not caller.is_alive() and isinstance(outcome[0], SystemExit)
+    out = graph.invoke({"task": "Add numbers."}, context=ctx(make_pool(), memory, refine=False))
+    assert out["answer"] == "answer from large"
+
+
+def test_an_executor_running_an_auction_synchronously_does_not_hang(memory, tmp_path):
+    """An async executor that calls graph.invoke (an auction inside an auction) blocks
+    the shared loop it runs on; the inner run must not wait for that loop."""
+    import threading
+
+    inner_memory = AuctionMemory.persistent(str(tmp_path / "inner"), collection="inner")
+
+    async def nested(inputs: dict) -> str:
+        inner = graph.invoke({"task": "Count vowels in a word."},
+                             context=ctx(make_pool(), inner_memory, refine=False))
+        return f"inner said: {inner['answer']}"
+
+    outcome: list = []
+    caller = threading.Thread(target=lambda: outcome.append(graph.invoke(
+        {"task": "Add numbers."}, context=ctx(make_pool(), memory, refine=False,
+                                              executor=nested))), daemon=True)
+    caller.start()
+    caller.join(60)
+    assert not caller.is_alive(), "the nested synchronous auction hung"
+    assert outcome[0]["answer"] == "inner said: answer from large"
+
+
+def _pausing_graph(step_name: str, result_key: str, result: str):
+    """A one-node LangGraph graph that asks a human, then returns ``result_key``."""
+    from langgraph.types import interrupt
+
+    class Shape(TypedDict, total=False):
+        task: str
+        strategy: str
+        answer: str
+        passed: bool
+
+    def ask(state):
+        said = interrupt({"ask": f"{step_name} for {state['task']}?"})
+        return {result_key: result.format(said=said)} if result_key == "answer" else {
+            "passed": said == "yes"}
+
+    builder = StateGraph(Shape)
+    builder.add_node(step_name, ask)
+    builder.add_edge(START, step_name)
+    builder.add_edge(step_name, END)
+    return builder.compile()
+
+
+def test_an_executor_graph_that_pauses_pauses_the_auction(memory):
+    """A tool-approval step inside the executor stops the run at ``execute`` (nothing
+    stored yet) and resumes there; it is not recorded as a failed execution."""
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.types import Command
+
+    executor = _pausing_graph("confirm_tool", "answer", "tool ran: {said}")
+    context = ctx(make_pool(), memory, refine=False, executor=executor)
+    app = build_graph(context).compile(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "t-exec-pause"}}
+    paused = app.invoke({"task": "Add numbers."}, config=config)
+    assert [i.value for i in paused["__interrupt__"]] == [{"ask": "confirm_tool for Add numbers.?"}]
+    assert app.get_state(config).next == ("execute",) and memory.count() == 0
+    out = app.invoke(Command(resume="yes"), config=config)
+    assert out["answer"] == "tool ran: yes" and out["auction"]["execution"]["error"] is None
+    assert memory.count() == 1
+
+
+def test_a_verifier_that_asks_a_human_pauses_before_the_write(memory):
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.types import Command
+
+    verifier = _pausing_graph("review", "passed", "")
+    context = ctx(make_pool(), memory, refine=False, verifier=verifier)
+    app = build_graph(context).compile(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "t-verify-pause"}}
+    paused = app.invoke({"task": "Add numbers."}, config=config)
+    assert paused["__interrupt__"] and app.get_state(config).next == ("verify",)
+    assert memory.count() == 0
+    out = app.invoke(Command(resume="yes"), config=config)
+    assert out["auction"]["outcome"]["passed"] is True
+    (past,) = memory.similar("Add numbers.", verified=True)
+    assert past.auction_id == out["auction"]["auction_id"]
+
+
 def test_sync_invoke_keeps_the_per_agent_concurrency_bound(memory):
     import threading
 
@@ -304,6 +455,32 @@ def test_empty_task_rejected_before_any_call(memory, task):
         run(task, ctx(pool, memory))
     assert sum(sum(a.model.calls.values()) for a in pool) == 0
     assert memory.count() == 0
+
+
+def test_a_parent_without_a_task_key_is_told_what_the_input_needs(memory):
+    pool = make_pool()
+    auction = build_graph(Context(agents=pool, memory=memory)).compile()
+
+    class Chat(TypedDict, total=False):
+        question: str
+
+    parent = StateGraph(Chat)
+    parent.add_node("auction", auction)
+    parent.add_edge(START, "auction")
+    with pytest.raises(InvalidTaskError, match="'task' key"):
+        parent.compile().invoke({"question": "Add numbers."})
+    assert sum(sum(a.model.calls.values()) for a in pool) == 0
+
+
+def test_a_parents_plain_dict_context_error_says_how_to_pass_one(memory):
+    from sale_graph.errors import ContextError
+
+    pool = make_pool()
+    parent = StateGraph(TypedDict("S", {"task": str, "answer": str}, total=False))
+    parent.add_node("auction", build_graph().compile())
+    parent.add_edge(START, "auction")
+    with pytest.raises(ContextError, match="build_graph"):
+        parent.compile().invoke({"task": "Add numbers."}, context={"agents": pool})
 
 
 def test_oversized_task_rejected(memory):
@@ -509,6 +686,22 @@ def test_approval_pauses_before_execution_and_override_changes_the_winner(memory
     assert "winner_overridden" in kinds
     assert out["auction"]["approval"]["action"] == "override"
     assert memory.get(out["auction"]["auction_id"]).winner == "small"
+
+
+def test_a_resume_without_approval_in_its_context_still_takes_the_decision(memory):
+    """The LangGraph server resumes with the new run's context: one without
+    approval=True skipped the pending decision, so a rejected plan ran and was stored."""
+    from langgraph.types import Command
+
+    pool = make_pool()
+    app, context = approval_graph(pool, memory)
+    config = {"configurable": {"thread_id": "t-reject-bare"}}
+    asyncio.run(app.ainvoke({"task": "Add numbers."}, config=config, context=context))
+    bare = ctx(pool, memory, refine=False)  # approval off
+    out = asyncio.run(app.ainvoke(Command(resume={"action": "reject"}), config=config,
+                                  context=bare))
+    assert out["winner"] is None and out["answer"] is None
+    assert sum(a.model.calls["execute"] for a in pool) == 0 and memory.count() == 0
 
 
 def test_rejected_auction_is_not_executed_nor_remembered(memory):

@@ -264,6 +264,7 @@ def test_call_timeout_bounds_wall_time_for_blocking_models(memory):
     ({"jury": ["all"]}, "jury"),
     ({"weights": {"jury": [1, 2]}}, "jury"),
     ({"no_such_field": 1}, "unknown context field"),
+    ({"collection": "client_chosen"}, "deploys the server"),  # would create collections
 ])
 def test_remote_context_refuses_what_a_client_may_not_set(sent, needle):
     with pytest.raises(ContextError, match=needle):

@@ -226,6 +226,11 @@ def test_a_rewrite_keeps_nothing_of_the_earlier_attempt(memory: AuctionMemory) -
     memory.write("again", LINKED_LIST, auction("small"), "small")
     dropped = memory.get("again")
     assert dropped is not None and dropped.winner == "small" and dropped.outcome is None
+    # the same id reused for another task (a reused key): no verdict on another answer
+    memory.write("again", LINKED_LIST, auction("large"), "large", outcome={"passed": True})
+    memory.write("again", "Sort a list of words by length.", auction("large"), "large")
+    moved = memory.get("again")
+    assert moved is not None and moved.task.startswith("Sort") and moved.outcome is None
     # feedback replaces the whole outcome: an earlier feedback's score does not linger
     memory.record_outcome("again", passed=True, score=0.7)
     memory.record_outcome("again", passed=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import json
+import os
 import socket
 import threading
 import time
@@ -415,6 +416,52 @@ def test_idempotency_key_names_the_auction(served, memory):
     assert memory.count() == 1 and memory.get("job-42") is not None
 
 
+def test_a_key_reused_for_another_task_is_refused(served, memory):
+    """The key is the auction's id: another task under it would replace the auction
+    (and, before, inherit the verdict recorded on the first task's answer)."""
+    first = served.post("/v1/chat/completions", ask(), headers={"Idempotency-Key": "job-7"})
+    assert first.status_code == 200
+    assert served.post("/v1/sale/outcomes", {"auction_id": "job-7", "passed": True}
+                       ).status_code == 200
+    other = served.post("/v1/chat/completions", ask("Reverse a string."),
+                        headers={"Idempotency-Key": "job-7"})
+    assert other.status_code == 409 and error_of(other)["code"] == "idempotency_key_reused"
+    kept = memory.get("job-7")
+    assert kept.task == TASK and kept.outcome["passed"] is True and memory.count() == 1
+
+
+def test_one_key_sent_at_once_with_two_tasks_runs_one_of_them(loopback, memory):
+    """Before either is stored, the second of two simultaneous requests with one key and
+    different tasks is refused too (the stored-record check cannot see it yet)."""
+    agents = pool(delay=0.3)
+    with serving(create_app(context(agents, memory))) as served:
+        with concurrent.futures.ThreadPoolExecutor(2) as both:
+            replies = list(both.map(
+                lambda text: served.post("/v1/chat/completions", ask(text),
+                                         headers={"Idempotency-Key": "job-9"}),
+                (TASK, "Reverse a string.")))
+        served.settle()
+        again = served.post("/v1/chat/completions", ask(memory.get("job-9").task),
+                            headers={"Idempotency-Key": "job-9"})
+    assert sorted(r.status_code for r in replies) == [200, 409]
+    assert again.status_code == 200 and not served.app.state.service.keyed
+    assert memory.count() == 1
+
+
+def test_a_failure_after_the_models_ran_is_not_retried_by_openai_clients(loopback, memory):
+    """OpenAI's client retries a 5xx twice by default: one failed call ran three auctions."""
+    crash = {"execute": RuntimeError("tool crashed"), "direct": RuntimeError("tool crashed")}
+    agents = pool(small=crash, mid=crash, large=crash)
+    with serving(create_app(context(agents, memory))) as served:
+        client = openai.OpenAI(base_url=served.url + "/v1", api_key="unused")  # retries on
+        with pytest.raises(openai.APIStatusError) as failed:
+            client.chat.completions.create(model="sale", messages=ask()["messages"])
+    assert failed.value.status_code == 502
+    assert failed.value.response.headers["x-should-retry"] == "false"
+    executions = sum(a.model.calls["execute"] + a.model.calls["direct"] for a in agents)
+    assert executions == 1 and memory.count() == 1
+
+
 # ---- 3. access ----------------------------------------------------------------------------
 
 
@@ -489,12 +536,146 @@ def test_ready_says_full_while_every_auction_slot_is_taken(loopback, memory):
     assert free.status_code == 200
 
 
+def test_the_auction_limit_holds_for_requests_arriving_together(loopback, memory, monkeypatch):
+    """Requests admitted while an earlier one checked memory all ran: five at once
+    against --max-inflight 2 got five 200s."""
+    agents = pool(delay=0.5)
+    with serving(create_app(context(agents, memory), max_inflight=2)) as served:
+        service = served.app.state.service
+        checked = service._ping_memory
+
+        def slow_check(context) -> None:
+            time.sleep(0.5)  # every request is past the limit check by then
+            checked(context)
+
+        monkeypatch.setattr(service, "_ping_memory", slow_check)
+        with concurrent.futures.ThreadPoolExecutor(5) as pool_:
+            replies = list(pool_.map(lambda _: served.post("/v1/chat/completions", ask()),
+                                     range(5)))
+        served.settle()
+    codes = sorted(r.status_code for r in replies)
+    assert codes == [200, 200, 429, 429, 429], codes
+    assert all(r.headers["Retry-After"] for r in replies if r.status_code == 429)
+    assert memory.count() == 2
+
+
 def test_no_key_means_loopback_only(capsys, monkeypatch):
     monkeypatch.delenv("SALE_API_KEY", raising=False)
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.5")
     assert cli_main(["serve", "--host", "0.0.0.0", "--pool", "local-small"]) == 2
     assert "refusing to bind 0.0.0.0 without an API key" in capsys.readouterr().err
+
+
+def test_a_taken_port_is_one_clear_error(capsys, loopback):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        code = cli_main(["serve", "--port", str(taken.getsockname()[1]),
+                         "--pool", "local-small"])
+    finally:
+        taken.close()
+    err = capsys.readouterr().err
+    assert code == 2 and "the port is in use" in err and "sale serve: http" not in err
+
+
+def test_a_stopping_server_cancels_auctions_after_its_drain_time(loopback, tmp_path):
+    """SIGTERM with a request stuck on a slow model: the server waits --drain seconds,
+    then cancels the auction (no record) and exits, instead of waiting out --timeout."""
+    import signal
+    import subprocess
+    import sys
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from pathlib import Path
+
+    release = threading.Event()
+
+    asked: list[int] = []
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            asked.append(1)
+            release.wait(120)  # a model that takes its time
+
+        def log_message(self, *args) -> None:
+            pass
+
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{upstream.server_address[1]}/v1"
+    pool_file = tmp_path / "pool.json"
+    pool_file.write_text(json.dumps({"agents": [
+        {"name": n, "backend": "openai", "model": n, "price": p, "base_url": base}
+        for n, p in (("small", 0.1), ("large", 0.3))]}))
+    port_probe = socket.socket()
+    port_probe.bind(("127.0.0.1", 0))
+    port = port_probe.getsockname()[1]
+    port_probe.close()
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               ANONYMIZED_TELEMETRY="False", LANGSMITH_TRACING="false")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "sale_graph.cli", "serve", "--pool", str(pool_file), "--port",
+         str(port), "--memory", str(tmp_path / "memory"), "--drain", "1"],
+        cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        end, up = time.time() + 60, False
+        while not up and time.time() < end:
+            try:
+                up = httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert up, server.stderr.read().decode() if server.poll() is not None else "no start"
+        asking = concurrent.futures.ThreadPoolExecutor(1).submit(
+            httpx.post, f"http://127.0.0.1:{port}/v1/chat/completions", json=ask(), timeout=60)
+        time.sleep(3)  # the auction is waiting on its bids
+        stopped = time.time()
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+        took = time.time() - stopped
+    finally:
+        release.set()
+        if server.poll() is None:
+            server.kill()
+        upstream.shutdown()
+    with contextlib.suppress(Exception):
+        asking.result(10)
+    assert asked and took < 15, (len(asked), took)
+    memory = AuctionMemory.persistent(str(tmp_path / "memory"), embedder=HashEmbedder())
+    assert memory.count() == 0
+    memory.close()
+
+
+def test_the_server_binds_as_uvicorn_did(loopback):
+    from sale_graph.cli import _listen
+
+    for host, family in (("localhost", socket.AF_INET), ("127.0.0.1", socket.AF_INET),
+                         ("", socket.AF_INET)):
+        sock = _listen(host, 0)
+        try:
+            assert sock.family == family
+        finally:
+            sock.close()
+
+
+def test_an_executor_that_pauses_is_a_clear_server_error(loopback, memory):
+    """sale serve has no checkpointer: a pause for a human cannot be resumed there."""
+    from langgraph.types import interrupt
+
+    def asks(inputs: dict) -> str:
+        return str(interrupt({"ask": "run the tool?"}))
+
+    with serving(create_app(context(pool(), memory, executor=asks))) as served:
+        reply = served.post("/v1/chat/completions", ask())
+    assert reply.status_code == 500 and error_of(reply)["code"] == "auction_paused"
+    assert reply.headers["x-should-retry"] == "false"
+
+
+def test_memory_commands_do_not_create_a_missing_directory(tmp_path, capsys):
+    missing = tmp_path / "typo"
+    assert cli_main(["memory", "stats", "--memory", str(missing)]) == 2
+    assert "no such directory" in capsys.readouterr().err and not missing.exists()
 
 
 # ---- 4. concurrency and disconnects ------------------------------------------------------

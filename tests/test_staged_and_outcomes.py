@@ -258,8 +258,10 @@ def test_verifier_pass_fail_and_exception_are_each_written_once_with_the_auction
     assert memory.count() == 3
 
 
-def test_no_answer_is_a_failure_the_verifier_is_not_asked_about(memory):
-    """A verifier could pass an empty answer; a winner that gave none failed the task."""
+@pytest.mark.parametrize("failure", ["raises", "empty"])
+def test_no_answer_is_a_failure_the_verifier_is_not_asked_about(memory, failure):
+    """A verifier could pass an empty answer; a winner that gave none failed the task
+    (an empty answer was returned as the answer: a 200 with no content from the server)."""
     asked = []
 
     def verifier(x):
@@ -267,15 +269,17 @@ def test_no_answer_is_a_failure_the_verifier_is_not_asked_about(memory):
         return True
 
     def broken_executor(inputs):
+        if failure == "empty":
+            return " \n"
         raise RuntimeError("sandbox down")
 
     out = run("t", Context(agents=pool(), memory=memory, verifier=verifier,
                           executor=broken_executor), auction_id="no-answer")
     audit = out["auction"]
-    assert not asked and audit["memory"]["write"] == "ok"
+    assert not asked and audit["memory"]["write"] == "ok" and out["answer"] is None
     outcome = memory.get("no-answer").outcome
     assert outcome["passed"] is False and outcome["source"] == "execution"
-    assert "sandbox down" in outcome["detail"]
+    assert ("sandbox down" if failure == "raises" else "empty answer") in outcome["detail"]
     skipped = [e for e in audit["events"] if e["kind"] == "verifier_skipped"]
     assert len(skipped) == 1 and "recorded as failed" in skipped[0]["detail"]
 
@@ -462,6 +466,13 @@ def test_progress_lines_say_what_the_staged_auction_did():
     line = _progress({"execute": {"winner": "mid", "execution": {"with_plan": True}}}, 0)
     assert line is not None and line.endswith("mid executed its plan")
     assert _progress({"open_auction": {"mode": "staged"}}, 0).endswith("auction opened")
+    seen = {"agent": "mid", "p_pass": 0.4, "assessed": 0.4, "reserve": 0.5}
+    explored = _progress({"assess": {"assessments": [
+        {**seen, "accepted": True, "explored": True}]}}, 0)
+    assert "0.40 vs reserve 0.50: accepted to explore" in explored
+    declined = _progress({"assess": {"assessments": [
+        {**seen, "accepted": False, "explored": False}]}}, 0)
+    assert declined.endswith("0.40 vs reserve 0.50: declined")
 
 
 def test_against_the_dearest_a_likely_futile_task_stays_with_the_cheapest(memory):

@@ -36,6 +36,10 @@ SERVER_ONLY = frozenset(
     {"memory_path", "memory_url", "memory", "collection", "agents", "executor", "verifier"}
 )
 MAX_TIMEOUT = 86_400.0
+# Limits a client may lower but not raise above the deployer's: each bounds how much
+# model time (tokens, prompt length, waiting) one run can take from a shared server.
+CLIENT_CEILINGS = ("max_bid_tokens", "max_answer_tokens", "max_task_chars", "max_pairs",
+                   "call_timeout", "execute_timeout")
 _INT_RANGES = {
     "k": (1, 100),
     "max_pairs": (1, 20),
@@ -65,6 +69,54 @@ def _check_execute_plan(value: Any, error: type[Exception]) -> bool | Mapping[st
     ):
         raise error("execute_plan must be true, false or a dict {agent: bool}")
     return value
+
+
+def client_pools(base: Context) -> frozenset[str]:
+    """The preset pools a remote client may switch a run to, on this deployment.
+
+    ``SALE_CLIENT_POOLS`` (comma-separated presets, or ``none``) decides when set.
+    Unset, a deployment that runs a preset itself lets clients pick any preset (they
+    all run on the same machine's CPU), and one that runs its own pool (endpoints, a
+    pool file, agents) lets them pick none: a client choosing ``local`` there would
+    load the embedded models on a server that was never meant to run them.
+    """
+    listed = os.environ.get("SALE_CLIENT_POOLS")
+    if listed is not None:
+        names = {name.strip() for name in listed.split(",") if name.strip()} - {"none"}
+        unknown = sorted(names - set(PRESETS))
+        if unknown:
+            raise ContextError(
+                f"SALE_CLIENT_POOLS names unknown preset(s) {', '.join(map(repr, unknown))}; "
+                f"presets: {', '.join(PRESETS)} (or 'none')"
+            )
+        return frozenset(names)
+    if base.agents is None and base.pool in PRESETS:
+        return frozenset(PRESETS)
+    return frozenset()
+
+
+def _check_client_pool(value: Any, base: Context) -> None:
+    allowed = client_pools(base)
+    if value in allowed:
+        return
+    if value not in PRESETS:
+        raise ContextError(
+            f"pool {str(value)[:80]!r}: a run may choose a preset, not a pool file; pool "
+            "files are set by whoever deploys the server"
+        )
+    offered = ", ".join(p for p in PRESETS if p in allowed) or "none"
+    raise ContextError(
+        f"pool {value!r} is not offered on this server (presets a run may choose: {offered}); "
+        "whoever deploys the server decides which (SALE_CLIENT_POOLS)"
+    )
+
+
+def _check_ceiling(name: str, value: float, deployed: float) -> None:
+    if value > deployed:
+        raise ContextError(
+            f"{name} may be at most {deployed:g} here: a run may lower the server's limits, "
+            "not raise them"
+        )
 
 
 def default_memory_path() -> str:
@@ -259,10 +311,12 @@ class Context:
     def from_untrusted(cls, data: Any, base: Context | None = None) -> Context:
         """Build a Context from a remote client's mapping, on top of the deployer's ``base``.
 
-        A client may tune the auction (jury, k, limits, flags, inline weights, a preset
-        pool) but not choose where files go, which URLs the server calls or which code
-        it runs: ``memory_path``, ``memory_url``, ``memory``, ``agents``, ``executor``,
-        a pool file and a weights file are refused unless equal to the deployer's.
+        A client may tune the auction (jury, k, flags, inline weights, a preset pool
+        the deployment offers, :func:`client_pools`) and lower its limits, but not raise
+        those limits (:data:`CLIENT_CEILINGS`), choose where files go, which URLs the
+        server calls or which code it runs: ``memory_path``, ``memory_url``, ``memory``,
+        ``agents``, ``executor``, a pool file and a weights file are refused unless
+        equal to the deployer's.
         Types are checked, never coerced (``"false"`` is not a bool).
         """
         base = base if base is not None else Context()
@@ -282,11 +336,8 @@ class Context:
                 raise ContextError(
                     f"context field {key!r} is set by whoever deploys the server, not per run"
                 )
-            if key == "pool" and not same and value not in PRESETS:
-                raise ContextError(
-                    f"pool {value!r}: a run may choose a preset ({', '.join(PRESETS)}); "
-                    "pool files are set by whoever deploys the server"
-                )
+            if key == "pool" and not same:
+                _check_client_pool(value, base)
             if key == "weights" and not same and not (value is None or isinstance(value, Mapping)):
                 raise ContextError(
                     "weights: a run may give inline weights {cost, entropy, jury, "
@@ -298,7 +349,9 @@ class Context:
                     "whoever deploys the server"
                 )
             values[key] = value
-        context = Context(**values)
+        context = Context(**values)  # types and ranges first, then the deployer's ceilings
+        for name in CLIENT_CEILINGS:
+            _check_ceiling(name, getattr(context, name), getattr(base, name))
         if isinstance(context.weights, Mapping):
             try:
                 Weights.coerce(context.weights)
@@ -501,7 +554,8 @@ class RemoteContext(Context):
         """What a client may send, as the server's schema endpoint shows it.
 
         The deployer's fields (paths, URLs, objects, code) are left out, since a run
-        that sets them is refused, and every bounded number says its range.
+        that sets them is refused; the pool lists the presets this deployment offers
+        (none: left out); every bounded number says its range.
         """
         schema = dict(handler.resolve_ref_schema(handler(core_schema)))
         properties = {name: dict(spec) for name, spec in schema.get("properties", {}).items()
@@ -510,6 +564,14 @@ class RemoteContext(Context):
             properties[name].update(minimum=low, maximum=high)
         for name in ("call_timeout", "execute_timeout"):
             properties[name].update(exclusiveMinimum=0, maximum=MAX_TIMEOUT)
+        offered = client_pools(deployed_context())
+        if offered:  # a pool file or endpoints: the field is the deployer's alone
+            properties["pool"] = {
+                **properties["pool"], "enum": [p for p in PRESETS if p in offered],
+                "description": "Agent pool: one of the presets this server offers "
+                               "(default: the server's own pool)."}
+        else:
+            del properties["pool"]
         properties["reserve"] = {**properties["reserve"], "anyOf": [
             {"type": "number", "minimum": 0, "maximum": 1}, {"type": "null"}]}
         schema["properties"] = properties

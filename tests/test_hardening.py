@@ -265,13 +265,68 @@ def test_call_timeout_bounds_wall_time_for_blocking_models(memory):
     ({"weights": {"jury": [1, 2]}}, "jury"),
     ({"no_such_field": 1}, "unknown context field"),
     ({"collection": "client_chosen"}, "deploys the server"),  # would create collections
+    ({"max_answer_tokens": 4096}, "at most 512"),  # an hour of a local model's CPU
+    ({"max_bid_tokens": 8192}, "at most"),
+    ({"call_timeout": 3600}, "at most"),
+    ({"execute_timeout": 86_400}, "at most"),
+    ({"max_task_chars": 1_000_000}, "at most"),
 ])
-def test_remote_context_refuses_what_a_client_may_not_set(sent, needle):
+def test_remote_context_refuses_what_a_client_may_not_set(sent, needle, monkeypatch):
+    monkeypatch.delenv("SALE_CLIENT_POOLS", raising=False)
     with pytest.raises(ContextError, match=needle):
         RemoteContext(**sent)
 
 
-def test_remote_context_accepts_tuning_and_echoed_defaults():
+def test_a_client_picks_only_the_pools_the_deployment_offers(monkeypatch, tmp_path):
+    """An endpoint deployment must not load the embedded models because a client asked."""
+    monkeypatch.delenv("SALE_CLIENT_POOLS", raising=False)
+    pool_file = tmp_path / "endpoints.json"
+    pool_file.write_text("[]")
+    monkeypatch.setenv("SALE_POOL", str(pool_file))
+    for preset in ("local", "local-small"):
+        with pytest.raises(ContextError, match="not offered on this server") as refused:
+            RemoteContext(pool=preset)
+        assert str(pool_file) not in str(refused.value)  # the deployer's path stays private
+    assert RemoteContext(k=2).pool == str(pool_file)
+    monkeypatch.setenv("SALE_CLIENT_POOLS", "local-small")
+    assert RemoteContext(pool="local-small").pool == "local-small"
+    with pytest.raises(ContextError, match="offers: local-small|choose: local-small"):
+        RemoteContext(pool="local")
+    monkeypatch.delenv("SALE_POOL")  # a preset deployment: every preset, unless listed
+    with pytest.raises(ContextError, match="not offered"):
+        RemoteContext(pool="local-coder")
+    monkeypatch.setenv("SALE_CLIENT_POOLS", "none")
+    with pytest.raises(ContextError, match=r"choose: none"):
+        RemoteContext(pool="local-small")
+    monkeypatch.delenv("SALE_CLIENT_POOLS")
+    assert RemoteContext(pool="local-coder").pool == "local-coder"
+
+
+def test_a_mistyped_client_pool_list_fails_when_the_server_loads(monkeypatch):
+    from sale_graph.server import build_server_graph
+
+    monkeypatch.setenv("SALE_CLIENT_POOLS", "local,locall")
+    with pytest.raises(ContextError, match="unknown preset.*'locall'"):
+        build_server_graph()
+
+
+def test_the_schema_offers_only_the_deployments_pools(monkeypatch, tmp_path):
+    from sale_graph.server import graph as served
+
+    monkeypatch.delenv("SALE_POOL", raising=False)
+    monkeypatch.setenv("SALE_CLIENT_POOLS", "local-small, local")
+    pool = served.get_context_jsonschema()["properties"]["pool"]
+    assert pool["enum"] == ["local", "local-small"] and "file" not in pool["description"]
+    pool_file = tmp_path / "endpoints.json"
+    pool_file.write_text("[]")
+    monkeypatch.setenv("SALE_POOL", str(pool_file))
+    monkeypatch.delenv("SALE_CLIENT_POOLS")
+    assert "pool" not in served.get_context_jsonschema()["properties"]
+
+
+def test_remote_context_accepts_tuning_and_echoed_defaults(monkeypatch):
+    monkeypatch.delenv("SALE_POOL", raising=False)
+    monkeypatch.delenv("SALE_CLIENT_POOLS", raising=False)
     base = Context()
     got = RemoteContext(k=3, refine=False, jury="peers", call_timeout=5,
                         weights={"cost": 0.0, "entropy": 1.0}, pool="local-small",
@@ -606,8 +661,10 @@ def test_a_parent_apps_own_context_does_not_reach_the_auction(memory):
     assert memory.count() == 1  # the auction's own remember=True held
 
 
-def test_the_servers_context_schema_shows_what_a_client_may_send():
+def test_the_servers_context_schema_shows_what_a_client_may_send(monkeypatch):
     """Studio and API clients read this schema: no refused field, every range."""
+    monkeypatch.delenv("SALE_POOL", raising=False)
+    monkeypatch.delenv("SALE_CLIENT_POOLS", raising=False)
     from sale_graph.context import SERVER_ONLY
     from sale_graph.server import graph as served
 

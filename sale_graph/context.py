@@ -540,6 +540,39 @@ def deployed_context() -> Context:
     return Context()
 
 
+def _inline_schemas(properties: Mapping[str, Any]) -> dict[str, Any]:
+    """Typed schemas of the fields a client gives as JSON objects (files are the deployer's).
+
+    In Python they are ``Any`` (an object, a dict or a path), which left Studio and API
+    clients with an untyped box; these say what the server accepts.
+    """
+    number = {"type": "number"}
+    agent_model = {"type": "object", "additionalProperties": False, "properties": {
+        **{k: number for k in ("bias", "entropy", "length", "memory", "jury")},
+        "reserve": {"type": "number", "minimum": 0, "maximum": 1},
+        "offered": {"type": "boolean"}}}
+    weights = {"type": "object", "additionalProperties": False, "properties": {
+        **{k: number for k in ("cost", "entropy", "memory", "jury_default")},
+        "jury": {"type": "object", "additionalProperties": number}}}
+    staged = {"type": "object", "additionalProperties": False, "properties": {
+        "agents": {"type": "object", "additionalProperties": agent_model},
+        "fallback": agent_model, "dearest": agent_model,
+        "juror": {"type": ["string", "null"]},
+        "dearest_agent": {"type": ["string", "null"]},
+        "explore": {"type": "number", "minimum": 0, "maximum": 1},
+        "fitted": {"type": "boolean"}}}
+    return {
+        "weights": {**properties["weights"], "anyOf": [weights, {"type": "null"}],
+                    "description": "Inline score weights {cost, entropy, memory, jury: "
+                                   "{juror: weight}, jury_default} (default: the server's)."},
+        "staged": {**properties["staged"], "anyOf": [staged, {"type": "null"}],
+                   "description": "Inline staged auction policy (default: the server's)."},
+        "execute_plan": {**properties["execute_plan"], "anyOf": [
+            {"type": "boolean"}, {"type": "object", "additionalProperties": {"type": "boolean"}},
+            {"type": "null"}]},
+    }
+
+
 class RemoteContext(Context):
     """The Context a LangGraph server builds from a client's JSON.
 
@@ -572,6 +605,7 @@ class RemoteContext(Context):
                                "(default: the server's own pool)."}
         else:
             del properties["pool"]
+        properties.update(_inline_schemas(properties))
         properties["reserve"] = {**properties["reserve"], "anyOf": [
             {"type": "number", "minimum": 0, "maximum": 1}, {"type": "null"}]}
         schema["properties"] = properties

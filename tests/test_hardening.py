@@ -681,3 +681,33 @@ def test_studio_gets_input_and_output_schemas():
     schema = graph.get_input_jsonschema()
     assert schema["required"] == ["task"] and "auction_id" in schema["properties"]
     assert set(graph.get_output_jsonschema()["properties"]) == {"winner", "answer", "auction"}
+
+
+def test_the_servers_schema_types_what_a_client_sends_as_objects(monkeypatch):
+    """Weights, a staged policy and execute_plan were untyped boxes in Studio; the schema
+    must accept what the server accepts and reject what it refuses."""
+    import jsonschema
+
+    from sale_graph.server import graph as served
+    from sale_graph.staged import AgentPolicy, StagedPolicy
+
+    monkeypatch.delenv("SALE_POOL", raising=False)
+    monkeypatch.delenv("SALE_CLIENT_POOLS", raising=False)
+    schema = served.get_context_jsonschema()
+    fitted = StagedPolicy(agents={"small": AgentPolicy(bias=-1.0, memory=4.0, reserve=0.7)},
+                          dearest=AgentPolicy(bias=0.2, memory=3.0), dearest_agent="large",
+                          fitted=True).to_dict()
+    good = [{"weights": {"cost": 1.0, "entropy": 0.5, "jury": {"large": 0.3}}},
+            {"staged": fitted}, {"staged": StagedPolicy().to_dict()},
+            {"execute_plan": {"small": False}}, {"execute_plan": True}, {"weights": None}]
+    bad = [{"weights": "/etc/passwd"}, {"weights": {"jury": [1, 2]}},
+           {"execute_plan": "yes"}, {"staged": {"agents": {"a": {"reserve": 2}}}},
+           {"staged": {"explore": 3}}, {"weights": {"bogus": 1}}]
+    for sent in good:
+        jsonschema.validate(sent, schema)
+        RemoteContext(**sent)
+    for sent in bad:
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(sent, schema)
+        with pytest.raises(ContextError):
+            RemoteContext(**sent)

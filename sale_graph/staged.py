@@ -329,7 +329,7 @@ def _direct_bid(agent: Agent) -> Bid:
 
 async def offer(
     state: Mapping[str, Any], runtime: Any, bound: Any
-) -> Command[Literal["assess", "offer", "approve"]]:
+) -> Command[Literal["assess", "offer", "award"]]:
     """Graph node: the next agent, cheapest first, writes its bid; the dearest answers."""
     ctx = run_context(runtime, bound)
     agents = await pool_of(ctx)
@@ -361,7 +361,7 @@ async def offer(
                 "assessments": [*skipped, verdict], "bids": [entry], "winning_bid": entry["id"],
                 "stop": f"memory alone accepts {remaining[0]} ({how}); it answers directly "
                         "(no bid: its assessment does not read one)",
-            }, goto="approve")
+            }, goto="award")
         skipped.append(verdict)
         remaining.pop(0)
     passed_over = {"offered": [s["agent"] for s in skipped], "assessments": skipped}
@@ -373,7 +373,7 @@ async def offer(
             "bids": [entry], "winning_bid": entry["id"],
             "stop": f"last resort: {agent.name}, the dearest agent, answers directly "
                     "(no bid, no jury)",
-        }, goto="approve")
+        }, goto="award")
     try:
         new = await write_bid(agent, bid_messages(agent.name, state["task"]), round_=0,
                               max_tokens=ctx.max_bid_tokens, timeout=ctx.call_timeout)
@@ -473,7 +473,7 @@ def _why(verdict: Mapping[str, Any], dearest: str) -> str:
 
 async def assess(
     state: Mapping[str, Any], runtime: Any, bound: Any
-) -> Command[Literal["offer", "approve"]]:
+) -> Command[Literal["offer", "award"]]:
     """Graph node: accept the newest bid if its assessment clears the reserve, else go on."""
     ctx = run_context(runtime, bound)
     policy = await auction_policy(state, ctx)
@@ -508,4 +508,4 @@ async def assess(
            else f"{name}'s bid assessed {_why(verdict, dearest)}")
     if policy.juror in agents and model.jury and vote is None:
         why += f" (without {policy.juror}'s vote: it was dropped, see events)"
-    return Command(update={**update, "winning_bid": bid["id"], "stop": why}, goto="approve")
+    return Command(update={**update, "winning_bid": bid["id"], "stop": why}, goto="award")

@@ -127,8 +127,8 @@ def test_fence_lookalikes_and_names_cannot_break_the_refine_prompt(lookalike):
 
 # ---- 4. approval ------------------------------------------------------------------------
 
-def _approval_app(pool, memory, checkpointer=True):
-    context = ctx(pool, memory, refine=False, approval=True)
+def _approval_app(pool, memory, checkpointer=True, **kw):
+    context = ctx(pool, memory, refine=False, approval=True, **kw)
     saver = InMemorySaver() if checkpointer else None
     return build_graph(context).compile(checkpointer=saver), context
 
@@ -213,6 +213,151 @@ def test_odd_resume_values_leave_the_thread_paused_and_resumable(memory, odd):
     assert app.get_state(config).next == ("approve",)
     out = asyncio.run(app.ainvoke(Command(resume="approve"), config=config, context=context))
     assert out["winner"] == "large" and calls(pool) == paid + 1  # only the execution
+
+
+# A state edit at the pause (update_state, Studio's "edit state") goes on to the decision:
+# it ended the run, and a resume then returned {} with nothing executed or stored.
+
+def _executed(seen):
+    """An executor that records what it was given (agent, task, plan)."""
+    from langchain_core.runnables import RunnableLambda
+
+    def run(inputs):
+        seen.append((inputs["agent"], inputs["task"], inputs["strategy"]))
+        return f"done by {inputs['agent']}"
+
+    return RunnableLambda(run)
+
+
+def _paused(app, context, thread):
+    config = {"configurable": {"thread_id": thread}}
+    app.invoke({"task": TASK}, config=config, context=context)
+    assert app.get_state(config).next == ("approve",)
+    return config
+
+
+def _edits(out):
+    return [e["detail"] for e in out["auction"]["events"] if e["kind"] == "state_edited"]
+
+
+def test_an_edit_at_the_approval_pause_goes_on_to_the_decision(memory):
+    seen = []
+    app, context = _approval_app(make_pool(), memory, executor=_executed(seen))
+    config = _paused(app, context, "edit-task")
+    app.update_state(config, {"task": TASK + " Use integers."})
+    assert app.get_state(config).next == ("approve",)
+    out = app.invoke(Command(resume="approve"), config=config, context=context)
+    assert out["winner"] == "large" and out["answer"] == "done by large"
+    assert seen == [("large", TASK + " Use integers.", "LARGE plan one two three four")]
+    assert memory.get(out["auction"]["auction_id"]).task == TASK + " Use integers."
+    assert out["auction"]["approval"] == {"action": "approve", "by": "human"}
+    (edited,) = _edits(out)
+    assert "task" in edited
+
+
+def test_an_edit_naming_another_bidders_bid_executes_that_agent(memory):
+    pool = make_pool()
+    app, context = _approval_app(pool, memory)
+    config = _paused(app, context, "edit-winner")
+    app.update_state(config, {"winning_bid": "small#0"})
+    out = asyncio.run(app.ainvoke(Command(resume={"action": "approve"}), config=config,
+                                  context=context))
+    assert out["winner"] == "small" and out["answer"] == "answer from small"
+    assert [a.model.calls["execute"] for a in pool] == [1, 0, 0]  # small, mid, large
+    assert _edits(out) == ["edited at the approval pause: winning bid large#0 -> small#0"]
+    assert memory.get(out["auction"]["auction_id"]).winner == "small"
+
+
+@pytest.mark.parametrize("how", ["added", "in place"])
+def test_an_edited_plan_is_the_plan_executed_and_remembered(memory, how):
+    """An edited plan is added under an id of its own, or sent back under its id (Studio
+    sends the whole list): the winner executes it, memory keeps it as the win."""
+    seen = []
+    app, context = _approval_app(make_pool(), memory, executor=_executed(seen))
+    config = _paused(app, context, f"edit-plan-{how}")
+    bids = app.get_state(config).values["bids"]
+    plan = "EDITED: return a + b"
+    if how == "added":
+        small = next(b for b in bids if b["agent"] == "small")
+        edit = {"bids": [{**small, "id": "small#edited", "strategy": plan}],
+                "winning_bid": "small#edited"}
+        agent, changed = "small", "winning bid large#0 -> small#edited"
+    else:
+        edit = {"bids": [{**b, "strategy": plan} if b["agent"] == "large" else b
+                         for b in bids]}
+        agent, changed = "large", "plan of large#0"
+    app.update_state(config, edit)
+    again = app.invoke(None, config=config, context=context)  # asks again, with the edit
+    (request,) = [i.value for i in again["__interrupt__"]]
+    assert request["strategy"] == plan and changed in request["edited"][0]
+    out = app.invoke(Command(resume="approve"), config=config, context=context)
+    assert seen == [(agent, TASK, plan)] and out["winner"] == agent
+    assert len(out["auction"]["bids"]) == (4 if how == "added" else 3)
+    assert changed in _edits(out)[0]
+    stored = memory.get(out["auction"]["auction_id"])
+    assert stored.winner == agent and stored.winning_bid["strategy"] == plan
+    assert len(stored.bids) == 3  # one bid per agent: the edited plan stands for small#0
+
+
+_BROKEN = {
+    "missing bid": ({"winning_bid": "ghost#0"}, r'"ghost#0" names no bid',
+                    {"winning_bid": "mid#0"}, "mid"),
+    "agent outside the pool": (
+        {"bids": [{"id": "x#0", "agent": "mallory", "round": 0, "strategy": "rm -rf",
+                   "price": 0.1, "tokens": 2, "started": 1.0, "ended": 2.0}],
+         "winning_bid": "x#0"},
+        r'"mallory", which is not in the pool', {"winning_bid": "large#0"}, "large"),
+    "bid without its numbers": (
+        {"bids": [{"id": "small#edited", "agent": "small", "strategy": "EDITED"}],
+         "winning_bid": "small#edited"},
+        "lacks a valid round, price, tokens, started, ended",
+        {"bids": [{"id": "small#edited", "agent": "small", "round": 0, "strategy": "EDITED",
+                   "price": 0.05, "tokens": 1, "started": 1.0, "ended": 2.0}]}, "small"),
+    "empty task": ({"task": "  "}, "task was edited", {"task": TASK}, "large"),
+}
+
+
+@pytest.mark.parametrize("broken", list(_BROKEN))
+def test_an_edit_that_breaks_the_award_is_refused_before_anything_is_paid(memory, broken):
+    """Refused with ApprovalError naming the problem (not StopIteration or KeyError);
+    nothing executes or is stored, and a corrected edit resumes the thread."""
+    edit, problem, fix, winner = _BROKEN[broken]
+    pool = make_pool()
+    app, context = _approval_app(pool, memory)
+    config = _paused(app, context, f"broken-{broken}")
+    paid = calls(pool)
+    app.update_state(config, edit)
+    with pytest.raises(ApprovalError, match=problem):
+        app.invoke(Command(resume="approve"), config=config, context=context)
+    assert calls(pool) == paid and memory.count() == 0
+    assert app.get_state(config).next == ("approve",)
+    app.update_state(config, fix)
+    out = app.invoke(Command(resume="approve"), config=config, context=context)
+    assert out["winner"] == winner and calls(pool) == paid + 1  # only the execution
+    assert memory.get(out["auction"]["auction_id"]).winner == winner
+
+
+def test_an_edit_at_a_staged_auctions_approval_pause_goes_on(memory):
+    """Staged: small is declined, mid accepted; the edit gives the task back to small."""
+    specs = {"small": 0.05, "mid": 0.16, "large": 0.36}
+    pool = [Agent(name=n, model=ScriptedChatModel(
+        script={"bid": f"{n.upper()} plan one two", "vote": "3",
+                "execute": f"answer from {n}"}, entropy=0.5), price=p)
+            for n, p in specs.items()]
+    reserves = {"small": 0.9, "mid": 0.4}
+    staged = StagedPolicy(agents={n: AgentPolicy(bias=-0.5, entropy=1.0, memory=0.0, reserve=r)
+                                  for n, r in reserves.items()}, fitted=True)
+    app, context = _approval_app(pool, memory, auction="staged", staged=staged)
+    config = _paused(app, context, "edit-staged")
+    state = app.get_state(config).values
+    assert state["winning_bid"] == "mid#0" and state["offered"] == ["small", "mid"]
+    app.update_state(config, {"winning_bid": "small#0"})
+    assert app.get_state(config).next == ("approve",)
+    out = app.invoke(Command(resume="approve"), config=config, context=context)
+    assert out["winner"] == "small" and out["answer"] == "answer from small"
+    assert out["auction"]["mode"] == "staged"
+    assert _edits(out) == ["edited at the approval pause: winning bid mid#0 -> small#0"]
+    assert memory.get(out["auction"]["auction_id"]).winner == "small"
 
 
 # ---- 5. deadlines for models without an async path --------------------------------------

@@ -24,6 +24,7 @@ import socket
 import sys
 import threading
 from typing import Any
+from urllib.parse import urlparse
 
 GRAPH = "sale_auction"
 TASK = "Write a Python function that adds two numbers."
@@ -75,6 +76,8 @@ def cases(canary_port: int) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
         ("k huge", task, {"k": 10**9}),
         ("call_timeout null (NaN)", task, {"call_timeout": None}),
         ("jury weights not a map", task, {"weights": {"jury": [1, 2]}}),
+        ("policy file inside weights", task, {"weights": {"staged": "/etc/passwd"}}),
+        ("policy file as staged", task, {"staged": "/etc/passwd"}),
         ("answer cap raised", task, {"max_answer_tokens": 65_536}),
         ("call_timeout raised", task, {"call_timeout": 86_400}),
         ("empty task", {"task": "   "}, {}),
@@ -87,12 +90,26 @@ async def probe(url: str, timeout: float) -> int:
     from langgraph_sdk import get_client
 
     client = get_client(url=url)
-    (assistant,) = await client.assistants.search(graph_id=GRAPH, limit=1)
-    schema = await client.assistants.get_schemas(assistant["assistant_id"])
-    listed = set((schema.get("context_schema") or {}).get("properties", {}))
+    found = await client.assistants.search(graph_id=GRAPH, limit=1)
+    if not found:
+        print(f"probe_server: {url} serves no graph {GRAPH!r}", file=sys.stderr)
+        return 2
+    schema = await client.assistants.get_schemas(found[0]["assistant_id"])
+    context_schema = (schema.get("context_schema") or {}).get("properties", {})
+    listed = set(context_schema)
+    if os.path.exists(PLANTED):
+        print(f"probe_server: remove {PLANTED} first (left by an earlier run?)", file=sys.stderr)
+        return 2
+    if urlparse(url).hostname not in ("127.0.0.1", "localhost", "::1"):
+        print("note: not a loopback server; the planted-path check only sees this machine")
     canary = Listener()
     tally = {"refused": 0, "ignored": 0, "accepted": 0}
     all_cases = cases(canary.port)
+    offered = (context_schema.get("pool") or {}).get("enum")
+    withheld = [p for p in ("local", "local-small", "local-coder") if p not in (offered or [])]
+    if withheld:  # a preset this deployment does not offer (none listed: the field is dropped)
+        all_cases.append((f"pool {withheld[0]} not offered", {"task": TASK},
+                          {"pool": withheld[0]}))
     try:
         for name, run_input, context in all_cases:
             thread = await client.threads.create()

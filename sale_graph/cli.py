@@ -215,6 +215,9 @@ def _add_serve_command(sub: Any) -> None:
     p.add_argument("--memory-url", default=None, help="Chroma server URL (http://host:port)")
     p.add_argument("--collection", default=None)
     p.add_argument("--weights", default=None, help="weights JSON file (from `sale fit`)")
+    p.add_argument("--context", default=None, metavar="JSON",
+                   help="the deployment's defaults and limits as a JSON object, e.g. "
+                        "'{\"max_answer_tokens\": 2048}' (default: $SALE_CONTEXT)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
     p.add_argument("--port", type=_port, default=8000, help="1-65535 (default: 8000)")
     p.add_argument("--api-key", default=None,
@@ -248,7 +251,7 @@ def _serve(args: argparse.Namespace) -> int:
     flags = {"pool": args.pool, "weights": args.weights, "memory_path": args.memory,
              "memory_url": args.memory_url, "collection": args.collection}
     context = dataclasses.replace(
-        deployed_context(), **{k: v for k, v in flags.items() if v is not None}
+        deployed_context(args.context), **{k: v for k, v in flags.items() if v is not None}
     )
     try:
         import uvicorn

@@ -96,6 +96,8 @@ def client_pools(base: Context) -> frozenset[str]:
 
 
 def _check_client_pool(value: Any, base: Context) -> None:
+    if not isinstance(value, str):
+        raise ContextError(f"pool must be a preset name, got {type(value).__name__}")
     allowed = client_pools(base)
     if value in allowed:
         return
@@ -343,6 +345,16 @@ class Context:
                     "weights: a run may give inline weights {cost, entropy, jury, "
                     "jury_default}; weights files are set by whoever deploys the server"
                 )
+            if key == "weights" and not same and isinstance(value, Mapping):
+                # a weights file's other sections name files (staged) and modes; a run
+                # gives those as its own fields, which are checked as such
+                extra = sorted(set(value) & {"staged", "execute_plan", "defaults"})
+                if extra:
+                    raise ContextError(
+                        f"weights: {', '.join(map(repr, extra))} belong to a weights file; "
+                        "a run sets them as its own context fields (staged, execute_plan, "
+                        "auction)"
+                    )
             if key == "staged" and not same and not (value is None or isinstance(value, Mapping)):
                 raise ContextError(
                     "staged: a run may give an inline policy; policy files are set by "
@@ -530,14 +542,37 @@ def _pool_from_spec(spec: str) -> tuple[Agent, ...]:
         return _POOLS[key]
 
 
-def deployed_context() -> Context:
+def deployed_context(settings: str | None = None) -> Context:
     """The server deployer's Context: the defaults, which read the server's environment.
 
     ``SALE_POOL`` (a preset or pool file), ``SALE_WEIGHTS`` (a weights file),
     ``SALE_MEMORY_PATH`` and ``SALE_MEMORY_URL`` are read in the server's own process
     (a run that sends no context gets the same); a client's run can never set them.
+    ``settings`` (else ``SALE_CONTEXT``) is a JSON object of the other fields: the
+    deployment's defaults and the limits no client may raise, e.g.
+    ``{"max_answer_tokens": 2048, "call_timeout": 600, "auction": "staged"}``.
     """
-    return Context()
+    source = "--context" if settings is not None else "SALE_CONTEXT"
+    raw = settings if settings is not None else os.environ.get("SALE_CONTEXT")
+    if not raw or not raw.strip():
+        return Context()
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise ContextError(f"{source} must be a JSON object: {exc}") from exc
+    if not isinstance(data, Mapping):
+        raise ContextError(f"{source} must be a JSON object, got {type(data).__name__}")
+    names = {f.name for f in fields(Context)}
+    unknown = sorted(str(k) for k in data if k not in names)
+    own = sorted(str(k) for k in data if k in SERVER_ONLY | {"pool", "weights"})
+    if unknown or own:
+        raise ContextError(
+            f"{source}: " + "; ".join(
+                ([f"unknown field(s) {', '.join(map(repr, unknown))}"] if unknown else [])
+                + ([f"{', '.join(map(repr, own))} have their own settings (SALE_POOL, "
+                    "SALE_WEIGHTS, SALE_MEMORY_PATH, SALE_MEMORY_URL, or code)"] if own else []))
+        )
+    return Context(**data)
 
 
 def _inline_schemas(properties: Mapping[str, Any]) -> dict[str, Any]:
@@ -555,8 +590,10 @@ def _inline_schemas(properties: Mapping[str, Any]) -> dict[str, Any]:
         **{k: number for k in ("cost", "entropy", "memory", "jury_default")},
         "jury": {"type": "object", "additionalProperties": number}}}
     staged = {"type": "object", "additionalProperties": False, "properties": {
-        "agents": {"type": "object", "additionalProperties": agent_model},
-        "fallback": agent_model, "dearest": agent_model,
+        "agents": {"anyOf": [{"type": "object", "additionalProperties": agent_model},
+                             {"type": "null"}]},
+        "fallback": {"anyOf": [agent_model, {"type": "null"}]},
+        "dearest": {"anyOf": [agent_model, {"type": "null"}]},
         "juror": {"type": ["string", "null"]},
         "dearest_agent": {"type": ["string", "null"]},
         "explore": {"type": "number", "minimum": 0, "maximum": 1},
@@ -593,17 +630,24 @@ class RemoteContext(Context):
         schema = dict(handler.resolve_ref_schema(handler(core_schema)))
         properties = {name: dict(spec) for name, spec in schema.get("properties", {}).items()
                       if name not in SERVER_ONLY}
+        deployed = deployed_context()
+        for name, spec in properties.items():  # the defaults a run gets here (SALE_CONTEXT)
+            if "default" in spec and isinstance(getattr(deployed, name), (str, int, float, bool)):
+                spec["default"] = getattr(deployed, name)
         for name, (low, high) in _INT_RANGES.items():
             properties[name].update(minimum=low, maximum=high)
         for name in ("call_timeout", "execute_timeout"):
             properties[name].update(exclusiveMinimum=0, maximum=MAX_TIMEOUT)
-        offered = client_pools(deployed_context())
-        if offered:  # a pool file or endpoints: the field is the deployer's alone
+        for name in CLIENT_CEILINGS:  # a run may lower the deployer's limits, not raise them
+            properties[name].update(maximum=min(properties[name]["maximum"],
+                                                getattr(deployed, name)))
+        offered = client_pools(deployed) | ({deployed.pool} & set(PRESETS))
+        if offered:
             properties["pool"] = {
                 **properties["pool"], "enum": [p for p in PRESETS if p in offered],
                 "description": "Agent pool: one of the presets this server offers "
                                "(default: the server's own pool)."}
-        else:
+        else:  # a pool file or endpoints: the field is the deployer's alone
             del properties["pool"]
         properties.update(_inline_schemas(properties))
         properties["reserve"] = {**properties["reserve"], "anyOf": [

@@ -127,7 +127,8 @@ class LoopLocalAsyncClient(openai.DefaultAsyncHttpxClient):
     def __init__(self, *, socket_options: Any = None, **settings: Any) -> None:
         super().__init__(**settings)  # builds requests; its own pool is never used
         self._settings = settings
-        self._socket_options = socket_options
+        # a caller's own transport (or mounts) decides its sockets itself
+        self._socket_options = () if {"transport", "mounts"} & set(settings) else socket_options
         self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary())
         self._pools_guard = threading.Lock()
@@ -157,6 +158,19 @@ class LoopLocalAsyncClient(openai.DefaultAsyncHttpxClient):
         await super().aclose()
 
 
+def _proxy_in_environment(socket_options: Any) -> bool:
+    """Whether langchain-openai would leave sockets alone to keep httpx's proxy detection."""
+    try:
+        from langchain_openai.chat_models import _client_utils as lc
+
+        return bool(lc._should_bypass_socket_options_for_proxy_env(
+            http_socket_options=socket_options, http_client=None,
+            http_async_client=None, openai_proxy=None,
+        ))
+    except (ImportError, AttributeError, TypeError):
+        return False
+
+
 def _keepalive_transport(socket_options: Any) -> dict[str, Any]:
     """``{"transport": ...}`` with ChatOpenAI's socket options, or ``{}`` for the SDK's own.
 
@@ -164,14 +178,11 @@ def _keepalive_transport(socket_options: Any) -> dict[str, Any]:
     a proxy in the environment keeping httpx's proxy detection); a langchain-openai
     without them leaves the SDK's defaults.
     """
+    if _proxy_in_environment(socket_options):
+        return {}
     try:
         from langchain_openai.chat_models import _client_utils as lc
 
-        if lc._should_bypass_socket_options_for_proxy_env(
-            http_socket_options=socket_options, http_client=None,
-            http_async_client=None, openai_proxy=None,
-        ):
-            return {}
         options = lc._resolve_socket_options(socket_options)
         if not options:
             return {}
@@ -258,6 +269,10 @@ def openai_agent(
     kwargs: dict[str, Any] = {"stream_usage": True, **model_kwargs}
     if "openai_proxy" not in kwargs and not os.environ.get("OPENAI_PROXY"):
         # with a proxy ChatOpenAI builds its own clients (and refuses one of ours)
+        if _proxy_in_environment(kwargs.get("http_socket_options")):
+            # ChatOpenAI skips its socket options for an environment proxy only when
+            # given no client; beside ours its sync client would lose the proxy
+            kwargs["http_socket_options"] = ()
         kwargs.setdefault("http_async_client", LoopLocalAsyncClient(
             timeout=timeout, socket_options=kwargs.get("http_socket_options")))
     if top_logprobs > 0:

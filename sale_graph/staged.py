@@ -242,8 +242,11 @@ class StagedPolicy:
             0.0 <= explore <= 1.0
         ):
             raise SaleError("staged policy 'explore' must lie in [0, 1]")
+        fitted = value.get("fitted", bool(parsed))
+        if not isinstance(fitted, bool):  # "false" must not read as fitted
+            raise SaleError("staged policy 'fitted' must be true or false")
         policy = cls(agents=parsed, juror=juror, explore=float(explore),
-                     fitted=bool(value.get("fitted", bool(parsed))), dearest=dearest,
+                     fitted=fitted, dearest=dearest,
                      dearest_agent=dearest_agent)
         return replace(policy, fallback=fallback) if fallback else policy
 

@@ -536,3 +536,24 @@ def test_endpoint_connections_keep_chatopenai_tcp_keepalive(usage_on_request_ser
     assert _socket_options_of(off) == ()
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")  # httpx's proxy detection stays
     assert _socket_options_of(openai_agent("d", model="m", price=0.01, base_url=url)) == ()
+
+
+def test_a_callers_own_transport_is_kept_and_an_environment_proxy_too(monkeypatch) -> None:
+    import asyncio
+
+    import openai
+
+    from sale_graph.endpoint import LoopLocalAsyncClient
+
+    transport_type = type(openai.DefaultAsyncHttpxClient()._transport)
+    mine = LoopLocalAsyncClient(transport=transport_type())
+
+    async def pool():
+        return mine._pool()
+
+    asyncio.run(pool())  # two transports for one client raised TypeError here
+    monkeypatch.delenv("LANGCHAIN_OPENAI_TCP_KEEPALIVE", raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    agent = openai_agent("p", model="m", price=0.1, base_url=LOOPBACK)
+    # ChatOpenAI's own sync client keeps httpx's proxy detection (no custom transport)
+    assert tuple(agent.model.http_socket_options) == ()

@@ -856,3 +856,65 @@ def test_the_servers_schema_types_what_a_client_sends_as_objects(monkeypatch):
             jsonschema.validate(sent, schema)
         with pytest.raises(ContextError):
             RemoteContext(**sent)
+
+
+@pytest.mark.parametrize(("sent", "needle"), [
+    ({"weights": {"staged": "/etc/passwd"}}, "belong to a weights file"),  # was opened
+    ({"weights": {"execute_plan": "yes"}}, "belong to a weights file"),
+    ({"weights": {"defaults": {"auction": "bogus"}}}, "belong to a weights file"),
+    ({"pool": ["local"]}, "pool must be a preset name"),
+    ({"pool": {"x": 1}}, "pool must be a preset name"),
+    ({"staged": {"fitted": "false"}}, "fitted"),
+])
+def test_remote_context_refuses_files_and_odd_types_inside_objects(sent, needle, monkeypatch):
+    monkeypatch.delenv("SALE_CLIENT_POOLS", raising=False)
+    monkeypatch.delenv("SALE_CONTEXT", raising=False)
+    with pytest.raises(ContextError, match=needle):
+        RemoteContext(**sent)
+
+
+def test_the_deployer_sets_the_limits_a_client_may_not_raise(monkeypatch):
+    """SALE_CONTEXT: without it the ceilings were the package defaults for every deployment."""
+    from sale_graph.context import deployed_context
+    from sale_graph.server import build_server_graph
+    from sale_graph.server import graph as served
+
+    monkeypatch.delenv("SALE_CLIENT_POOLS", raising=False)
+    monkeypatch.setenv("SALE_CONTEXT", '{"max_answer_tokens": 2048, "call_timeout": 600, '
+                                       '"jury": "peers"}')
+    assert deployed_context().max_answer_tokens == 2048
+    got = RemoteContext(max_answer_tokens=2048, call_timeout=600)
+    assert (got.max_answer_tokens, got.jury) == (2048, "peers")
+    assert RemoteContext().max_answer_tokens == 2048  # the deployment's default too
+    with pytest.raises(ContextError, match="at most 2048"):
+        RemoteContext(max_answer_tokens=2049)
+    properties = served.get_context_jsonschema()["properties"]
+    assert properties["max_answer_tokens"]["maximum"] == 2048
+    assert properties["max_answer_tokens"]["default"] == 2048
+    assert properties["call_timeout"]["maximum"] == 600
+    assert properties["max_bid_tokens"]["maximum"] == 160  # the default is the ceiling
+    monkeypatch.setenv("SALE_CONTEXT", '{"memory_url": "http://127.0.0.1:9"}')
+    with pytest.raises(ContextError, match="own settings"):
+        build_server_graph()
+    assert deployed_context('{"k": 3}').k == 3  # sale serve --context
+
+
+def test_the_schema_ranges_are_what_the_server_accepts(monkeypatch):
+    import jsonschema
+
+    from sale_graph.server import graph as served
+
+    monkeypatch.delenv("SALE_CONTEXT", raising=False)
+    monkeypatch.delenv("SALE_POOL", raising=False)
+    monkeypatch.setenv("SALE_CLIENT_POOLS", "local-small")
+    schema = served.get_context_jsonschema()
+    assert schema["properties"]["pool"]["enum"] == ["local", "local-small"]  # echo + offered
+    for sent in ({"max_answer_tokens": 4096}, {"call_timeout": 3600}, {"pool": "local-coder"}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(sent, schema)
+        with pytest.raises(ContextError):
+            RemoteContext(**sent)
+    for sent in ({"max_answer_tokens": 512}, {"pool": "local"},
+                 {"staged": {"agents": None, "dearest": None}}):
+        jsonschema.validate(sent, schema)
+        RemoteContext(**sent)

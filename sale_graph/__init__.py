@@ -24,6 +24,7 @@ from sale_graph.memory import AuctionMemory, PastAuction, UnknownAuctionError
 from sale_graph.outcomes import record_outcome
 from sale_graph.progress import describe_update
 from sale_graph.scoring import Weights
+from sale_graph.seeds import load_seeds, seed_memory
 from sale_graph.staged import AgentPolicy, StagedPolicy
 from sale_graph.state import AuctionInput, AuctionOutput
 
@@ -50,6 +51,8 @@ __all__ = [
     "build_graph",
     "describe_update",
     "graph",
+    "load_seeds",
     "record_outcome",
     "run_auction",
+    "seed_memory",
 ]

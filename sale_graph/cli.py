@@ -176,6 +176,8 @@ async def _run(args: argparse.Namespace) -> int:
 
 def _memory(args: argparse.Namespace) -> int:
     context = _context(args)
+    if args.memory_command == "seed":
+        return _seed(args, context)
     if context.memory_url is None and not os.path.isdir(context.memory_path):
         # opening an embedded store creates its directory: a mistyped --memory would
         # leave an empty store behind and blame the collection
@@ -201,6 +203,23 @@ def _memory(args: argparse.Namespace) -> int:
     for past in memory.search(args.text, args.k):
         print(f"{past.similarity:.3f}  {past.auction_id}  winner={past.winner}  "
               f"{past.task[:100]!r}")
+    return 0
+
+
+def _seed(args: argparse.Namespace, context: Context) -> int:
+    """``sale memory seed``: start a memory from a pool's evaluation (creates the store)."""
+    from sale_graph.seeds import load_seeds, preset_seeds, seed_memory
+
+    path = args.file or (preset_seeds(context.pool) if context.weights is None else None)
+    if path is None:
+        raise SaleError(f"pool {context.pool!r} ships no seed file: give one (`sale fit "
+                        "--seeds-out` writes it from a benchmark run)")
+    seeds = load_seeds(path)  # all checked before the store is opened
+    memory = context.resolved_memory()
+    n = seed_memory(memory, seeds)
+    print(f"seeded {memory.location} ({memory.collection_name}) with {n} verified outcomes "
+          f"from {path} ({sum(s['passed'] for s in seeds)} passed); it holds "
+          f"{memory.count()} auctions")
     return 0
 
 
@@ -337,6 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     verdict.add_argument("--failed", dest="passed", action="store_false")
     feedback.add_argument("--detail", default=None, help="why (kept, capped at 500 chars)")
     _common(feedback)
+    seed = msub.add_parser(
+        "seed", help="add a pool's evaluation (verified outcomes per agent) to the memory")
+    seed.add_argument("file", nargs="?", default=None,
+                      help="a seed file (`sale fit --seeds-out`; default: the preset's own)")
+    _common(seed)
     _add_serve_command(sub)
     try:
         from sale_graph.bench.cli import add_bench_commands

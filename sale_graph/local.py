@@ -52,6 +52,13 @@ from sale_graph.native_build import ensure_safe_build
 
 PARALLEL_ENV = "SALE_LOCAL_PARALLEL"
 
+# llama.cpp's OpenMP threads spin while they wait, holding their core. With two
+# llama.cpp processes on one machine (a server beside a benchmark, a test run), each
+# spun on the cores the other needed: the 1.5B fell to 0.5 tok/s on 2 cores, against
+# 7.8 with passive waiting. Read once, when llama.cpp loads (after this import); a
+# value the user set (OMP_WAIT_POLICY=ACTIVE on a dedicated machine) wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # The paper's ladder tops out at Qwen3 32B for $0.36 per Mtok; local agents are
 # priced on the same per-parameter rate so that cost terms stay comparable.
 PAPER_TOP_PRICE = 0.36

@@ -66,6 +66,7 @@ from sale_graph.opening import bid_sends
 from sale_graph.outcomes import DEFAULT_PRIOR, success_estimates
 from sale_graph.prompts import bid_messages
 from sale_graph.runtime import auction_execute_plan, auction_policy, pool_of, run_context
+from sale_graph.seeds import preset_seeds
 from sale_graph.state import Bid, Event
 
 DEFAULT_RESERVE = 0.5
@@ -313,6 +314,11 @@ async def estimate(
         past = []
         events.append(Event(kind="memory_estimate_failed", agent=None,
                             detail=f"estimates fall back to the prior: {describe_error(exc)}"))
+    if not past and not events and ctx.agents is None and preset_seeds(ctx.pool):
+        # no verified outcome at all: a memory-read assessment trusts no cheaper agent
+        events.append(Event(kind="memory_unseeded", agent=None, detail=(
+            "memory holds no verified outcomes, so every task goes to the dearest agent "
+            "until it does; `sale memory seed` adds the preset's evaluation")))
     estimates = success_estimates(past, agents, prior=DEFAULT_PRIOR)
     info.update(count=len(past), ids=[p.auction_id for p in past], ended=time.time(),
                 prior=DEFAULT_PRIOR)

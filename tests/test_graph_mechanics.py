@@ -840,8 +840,19 @@ def test_weights_file_rewritten_mid_auction_does_not_change_it(memory, tmp_path)
 
 def test_local_preset_defaults_to_its_fitted_weights():
     """Unset weights on the local preset are the benchmark's fit; other pools get defaults."""
-    fitted = Path(__file__).resolve().parents[1] / "benchmarks/results/full/weights.json"
+    from sale_graph.seeds import load_seeds, preset_seeds
+
+    run = Path(__file__).resolve().parents[1] / "benchmarks/results/v2"
+    fitted = run / "weights.json"
     assert Context().resolved_weights() == Weights.coerce(str(fitted))  # shipped copy in sync
+    # the mode, policy and plan-or-direct choice the v2 benchmark measured (step 6 there)
+    assert Context().resolved_auction() == "staged"
+    assert Context().resolved_staged() == Context(weights=str(fitted)).resolved_staged()
+    assert Context().resolved_execute_plan() == Context(weights=str(fitted)).resolved_execute_plan()
+    seeds = load_seeds(preset_seeds("local"))  # the memory its staged rows started from
+    assert len(seeds) == 180 and {s["winner"] for s in seeds} == set(
+        Context().resolved_weights().jury)
+    assert preset_seeds("local-small") is None
     assert Context().resolved_weights() != Weights()
     assert Context(pool="local-small").resolved_weights() == Weights()
     assert Context(agents=make_pool()).resolved_weights() == Weights()

@@ -614,3 +614,20 @@ def test_cli_seeds_a_new_memory_and_refuses_what_it_cannot_read(tmp_path, capsys
                          '"model": "smollm2-135m"}]}')
     assert cli_main(["memory", "seed", "--pool", str(pool_file), "--memory", target]) == 2
     assert "ships no seed file" in capsys.readouterr().err
+
+
+def test_an_unseeded_memory_says_so_and_the_shipped_seeds_give_evidence(tmp_path):
+    """The local preset's staged default reads memory; empty, it can only send every task
+    to the 1.5B, and the audit must say why and what to do. Its shipped seeds fix that."""
+    from sale_graph import staged as staged_module
+    from sale_graph.seeds import load_seeds, preset_seeds, seed_memory
+    from tests.workers.common import HashEmbedder
+
+    mem = AuctionMemory.persistent(str(tmp_path / "m"), collection="seeds", embedder=HashEmbedder())
+    task = {"task": "Write a Python function that reverses a list.", "mode": "staged"}
+    empty = asyncio.run(staged_module.estimate(task, None, Context(pool="local", memory=mem)))
+    assert [e["kind"] for e in empty.update["events"]] == ["memory_unseeded"]
+    seed_memory(mem, load_seeds(preset_seeds("local")))
+    seeded = asyncio.run(staged_module.estimate(task, None, Context(pool="local", memory=mem)))
+    assert seeded.update["events"] == []
+    assert seeded.update["estimates"]["qwen2.5-coder-0.5b"]["count"] > 0

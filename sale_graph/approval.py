@@ -99,8 +99,10 @@ async def award(state: Mapping[str, Any], runtime: Any, bound: Any) -> dict[str,
     lets ``approve`` tell what an edit changed.
     """
     winning = next(b for b in state["bids"] if b["id"] == state["winning_bid"])
+    required = bool(state.get("approval_required", run_context(runtime, bound).approval))
     return {"awarded": {"bid": winning["id"], "agent": winning["agent"],
-                        "plan": _digest(winning["strategy"]), "task": _digest(state["task"])}}
+                        "plan": _digest(winning["strategy"]), "task": _digest(state["task"]),
+                        "approval": required}}
 
 
 def checked_winner(state: Mapping[str, Any], pool: Sequence[str]) -> dict[str, Any]:
@@ -260,7 +262,9 @@ async def approve(
 ) -> Command[Literal["execute", "remember"]]:
     """Graph node: pass through, or ask a person (``Context.approval``)."""
     ctx = run_context(runtime, bound)
-    if not state.get("approval_required", ctx.approval):  # as the auction opened
+    # as the auction opened; an edit at the pause cannot switch the decision off
+    noted = (state.get("awarded") or {}).get("approval") is True
+    if not (state.get("approval_required", ctx.approval) or noted):
         return Command(goto="execute")
     agents = await pool_of(ctx)
     winning = checked_winner(state, sorted(agents))

@@ -255,6 +255,19 @@ def test_an_edit_at_the_approval_pause_goes_on_to_the_decision(memory):
     assert "task" in edited
 
 
+def test_an_edit_cannot_switch_the_pending_decision_off(memory):
+    """Whether a person decides was fixed when the auction opened; an edit that sets
+    approval_required to false must still meet the question, not run unapproved."""
+    seen = []
+    app, context = _approval_app(make_pool(), memory, executor=_executed(seen))
+    config = _paused(app, context, "edit-approval")
+    app.update_state(config, {"approval_required": False})
+    again = app.invoke(None, config=config, context=context)
+    assert again["__interrupt__"] and seen == [] and memory.count() == 0
+    out = app.invoke(Command(resume={"action": "reject"}), config=config, context=context)
+    assert out["answer"] is None and seen == [] and memory.count() == 0
+
+
 def test_an_edit_naming_another_bidders_bid_executes_that_agent(memory):
     pool = make_pool()
     app, context = _approval_app(pool, memory)

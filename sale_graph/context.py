@@ -14,7 +14,7 @@ import math
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -382,10 +382,10 @@ class Context:
         """The weight vector: as given, else the preset's fitted weights, else defaults.
 
         The ``local`` preset ships the weights ``sale bench`` fitted on its training
-        split (``benchmarks/results/full/weights.json``): on that pool the package
-        defaults handed 75% of the benchmark's test tasks to the 135M model, for 16.7%
-        pass@1 against 33.3% with the fitted ones. Weights fitted on one pool mean
-        nothing on another, so every other pool starts from ``Weights()``.
+        split (``benchmarks/results/v2/weights.json``): on the first run's pool the
+        package defaults handed 75% of the test tasks to the 135M model, for 16.7%
+        pass@1 against 33.3% with fitted ones. Weights fitted on one pool mean nothing
+        on another, so every other pool starts from ``Weights()``.
         """
         if self.weights is None and self.agents is None and self.pool in PRESET_WEIGHTS:
             return _preset_weights(self.pool)
@@ -402,6 +402,20 @@ class Context:
             except (OSError, ValueError) as exc:
                 raise PoolConfigError(f"cannot read weights file {source}: {exc}") from exc
         return source if isinstance(source, Mapping) else None
+
+    def _fitted_section(self, name: str) -> Any:
+        """One section of the weights file (mode, policy, plan or direct), else the preset's.
+
+        Score weights given on their own (a ``Weights``, a dict of them, a file with
+        only them) tune the score; they do not unsay the mode, policy and plan choice
+        the preset's benchmark measured, which a pool's own file would name.
+        """
+        own = (self._fitted_file() or {}).get(name)
+        if own is not None or self.agents is not None or self.pool not in PRESET_WEIGHTS:
+            return own
+        if self.weights is None:
+            return None  # _fitted_file already read the preset's file
+        return (replace(self, weights=None)._fitted_file() or {}).get(name)
 
     def check(self) -> None:
         """Resolve everything a run reads from its weights (and file), or fail saying where.
@@ -435,7 +449,7 @@ class Context:
         """
         if self.auction is not None:
             return self.auction
-        defaults = (self._fitted_file() or {}).get("defaults") or {}
+        defaults = self._fitted_section("defaults") or {}
         mode = defaults.get("auction", "full") if isinstance(defaults, Mapping) else None
         if mode not in ("full", "staged"):
             raise PoolConfigError(f"weights file: defaults.auction must be full or staged, "
@@ -446,15 +460,17 @@ class Context:
         """Plan or direct answer per winner: as given, else as fitted for the pool, else plan.
 
         ``sale fit`` measures per agent whether executing its plan passes more training
-        tasks than answering directly and writes the choice beside the weights; the
-        paper's behaviour (always the plan) is what a pool without a fit gets.
+        tasks than answering directly and writes the choice beside the weights, for the
+        staged auction it was measured with. The full auction is the paper's: its
+        winner executes its plan unless ``execute_plan`` says otherwise.
         """
         if self.execute_plan is not None:
             return self.execute_plan
-        fitted = (self._fitted_file() or {}).get("execute_plan")
+        fitted = self._fitted_section("execute_plan")
         if fitted is None:
             return True
-        return _check_execute_plan(fitted, PoolConfigError)
+        checked = _check_execute_plan(fitted, PoolConfigError)  # a bad file fails either way
+        return True if self.resolved_auction() == "full" else checked
 
     def resolved_staged(self) -> Any:
         """The staged auction's policy: as given, else from the weights, else the preset's.
@@ -468,9 +484,9 @@ class Context:
 
         if self.staged is not None:
             return StagedPolicy.coerce(self.staged)
-        source = self._fitted_file()
-        if source is not None and source.get("staged") is not None:
-            return StagedPolicy.coerce(source["staged"])
+        section = self._fitted_section("staged")
+        if section is not None:
+            return StagedPolicy.coerce(section)
         return StagedPolicy()
 
     def resolved_agents(self) -> tuple[Agent, ...]:

@@ -853,6 +853,15 @@ def test_local_preset_defaults_to_its_fitted_weights():
     assert len(seeds) == 180 and {s["winner"] for s in seeds} == set(
         Context().resolved_weights().jury)
     assert preset_seeds("local-small") is None
+    # score weights on their own keep the measured mode, policy and plan choice
+    tuned = Context(weights={"cost": 0.1, "entropy": 0.2})
+    assert tuned.resolved_auction() == "staged"
+    assert tuned.resolved_staged() == Context().resolved_staged()
+    assert tuned.resolved_execute_plan() == Context().resolved_execute_plan()
+    assert Context(weights=Weights(cost=0.1)).resolved_auction() == "staged"
+    # the full auction stays the paper's: its winner executes its plan
+    assert Context(auction="full").resolved_execute_plan() is True
+    assert Context().resolved_execute_plan() != True  # noqa: E712 - the staged fit's dict
     assert Context().resolved_weights() != Weights()
     assert Context(pool="local-small").resolved_weights() == Weights()
     assert Context(agents=make_pool()).resolved_weights() == Weights()

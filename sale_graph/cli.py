@@ -212,8 +212,10 @@ def _seed(args: argparse.Namespace, context: Context) -> int:
 
     path = args.file or (preset_seeds(context.pool) if context.weights is None else None)
     if path is None:
-        raise SaleError(f"pool {context.pool!r} ships no seed file: give one (`sale fit "
-                        "--seeds-out` writes it from a benchmark run)")
+        why = ("with --weights, the preset's evaluation may not match those weights"
+               if context.weights is not None else f"pool {context.pool!r} ships no seed file")
+        raise SaleError(f"{why}: give a seed file (`sale fit --seeds-out` writes one from "
+                        "a benchmark run)")
     seeds = load_seeds(path)  # all checked before the store is opened
     memory = context.resolved_memory()
     n = seed_memory(memory, seeds)
@@ -318,10 +320,12 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "(default: local)")
     p.add_argument("--memory", default=default_memory_path(),
                    help="directory of the embedded auction memory")
-    p.add_argument("--memory-url", default=None, help="Chroma server URL (http://host:port)")
+    p.add_argument("--memory-url", default=os.environ.get("SALE_MEMORY_URL") or None,
+                   help="Chroma server URL (http://host:port; default: $SALE_MEMORY_URL)")
     p.add_argument("--collection", default="sale_auctions")
     p.add_argument("--weights", default=None, help="weights JSON file (from `sale fit`)")
-    p.add_argument("-k", type=int, default=8, help="past auctions retrieved per refinement")
+    p.add_argument("-k", type=int, default=8,
+                   help="past auctions retrieved per refinement (staged: per agent's evidence)")
     p.add_argument("--jury", default="all", choices=["all", "self", "peers", "none"])
     p.add_argument("--no-refine", action="store_true", help="skip memory refinement")
     p.add_argument("--no-remember", action="store_true", help="do not store this auction")

@@ -55,9 +55,11 @@ PARALLEL_ENV = "SALE_LOCAL_PARALLEL"
 # llama.cpp's OpenMP threads spin while they wait, holding their core. With two
 # llama.cpp processes on one machine (a server beside a benchmark, a test run), each
 # spun on the cores the other needed: the 1.5B fell to 0.5 tok/s on 2 cores, against
-# 7.8 with passive waiting. Read once, when llama.cpp loads (after this import); a
-# value the user set (OMP_WAIT_POLICY=ACTIVE on a dedicated machine) wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# 7.8 with passive waiting. OpenMP reads the policy once, when the first runtime loads
+# (torch's, for the embedder, is shared with llama.cpp), so ``sale_graph/__init__.py``
+# sets OMP_WAIT_POLICY=PASSIVE before any import; a value the user set
+# (OMP_WAIT_POLICY=ACTIVE on a dedicated machine) wins. An app that imports torch
+# before sale_graph keeps torch's choice.
 
 # The paper's ladder tops out at Qwen3 32B for $0.36 per Mtok; local agents are
 # priced on the same per-parameter rate so that cost terms stay comparable.

@@ -56,6 +56,13 @@ def check_seed(record: Any, where: str = "seed") -> dict[str, Any]:
     if not isinstance(bids, list) or not any(
             isinstance(b, Mapping) and b.get("agent") == record["winner"] for b in bids):
         raise SeedError(f"{where}: bids must hold the winner's own bid")
+    try:  # what the memory's write checks, so that a bad record fails before any write
+        from sale_graph.memory import _check_bids, _check_text
+
+        _check_text(record["task"])
+        _check_bids(bids, record["winner"])
+    except SaleError as exc:
+        raise SeedError(f"{where}: {exc}") from exc
     return {k: record[k] for k in _FIELDS}
 
 
@@ -63,7 +70,9 @@ def load_seeds(path: str | Path) -> list[dict[str, Any]]:
     """Read a seed file (JSON lines, gzipped if it ends in .gz); every record is checked."""
     path = Path(path)
     try:
-        opener: Any = gzip.open if path.suffix == ".gz" else open
+        with open(path, "rb") as raw:
+            zipped = raw.read(2) == b"\x1f\x8b"  # gzip's magic, whatever the name
+        opener: Any = gzip.open if zipped else open
         with opener(path, "rt", encoding="utf-8") as f:
             lines = [line for line in f if line.strip()]
     except (OSError, EOFError, UnicodeDecodeError) as exc:
@@ -79,9 +88,10 @@ def load_seeds(path: str | Path) -> list[dict[str, Any]]:
 
 
 def save_seeds(seeds: Iterable[Mapping[str, Any]], path: str | Path) -> int:
-    """Write seed records (checked) as gzipped JSON lines; returns how many."""
+    """Write seed records (checked) as JSON lines, gzipped if the name ends in .gz."""
     checked = [check_seed(s) for s in seeds]
-    with gzip.open(Path(path), "wt", encoding="utf-8") as f:
+    opener: Any = gzip.open if str(path).endswith(".gz") else open
+    with opener(Path(path), "wt", encoding="utf-8") as f:
         for seed in checked:
             f.write(json.dumps(seed, sort_keys=True, ensure_ascii=False) + "\n")
     return len(checked)

@@ -314,11 +314,14 @@ async def estimate(
         past = []
         events.append(Event(kind="memory_estimate_failed", agent=None,
                             detail=f"estimates fall back to the prior: {describe_error(exc)}"))
-    if not past and not events and ctx.agents is None and preset_seeds(ctx.pool):
-        # no verified outcome at all: a memory-read assessment trusts no cheaper agent
+    if (not past and not events and state.get("mode") == "staged" and ctx.reserve is None
+            and ctx.agents is None and preset_seeds(ctx.pool)
+            and (await auction_policy(state, ctx)).fitted):
+        # no verified outcome at all: the preset's fitted policy trusts no cheaper agent
         events.append(Event(kind="memory_unseeded", agent=None, detail=(
             "memory holds no verified outcomes, so every task goes to the dearest agent "
-            "until it does; `sale memory seed` adds the preset's evaluation")))
+            "until it does; `sale memory seed` (pointed at this memory) adds the preset's "
+            "evaluation")))
     estimates = success_estimates(past, agents, prior=DEFAULT_PRIOR)
     info.update(count=len(past), ids=[p.auction_id for p in past], ended=time.time(),
                 prior=DEFAULT_PRIOR)

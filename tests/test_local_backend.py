@@ -455,7 +455,7 @@ def test_llama_threads_wait_passively_unless_the_user_chose(tmp_path):
     import subprocess
     import sys
 
-    probe = ("import os, sale_graph.local, llama_cpp; "
+    probe = ("import os, sale_graph, sentence_transformers, llama_cpp; "
              "print(os.environ['OMP_WAIT_POLICY'])")
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     got = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,

@@ -583,6 +583,10 @@ def test_a_seeded_memory_lets_the_staged_auction_trust_a_cheaper_agent(memory, t
     ({"passed": "yes"}, "true or false"),
     ({"winner": "mid"}, "winner's own bid"),
     ({"task": None}, "non-empty text"),
+    ({"bids": [{"agent": "large", "round": 0, "strategy": "p", "score": None,
+                "label": "lose", "price": 0.36}]}, "label"),  # the memory's own check
+    ({"bids": [{"agent": "large", "round": 0, "strategy": 7, "score": None,
+                "label": "win", "price": 0.36}]}, "strategy"),
 ])
 def test_a_bad_seed_is_refused_before_anything_is_written(memory, damage, needle):
     from sale_graph.seeds import SeedError, seed_memory
@@ -614,6 +618,25 @@ def test_cli_seeds_a_new_memory_and_refuses_what_it_cannot_read(tmp_path, capsys
                          '"model": "smollm2-135m"}]}')
     assert cli_main(["memory", "seed", "--pool", str(pool_file), "--memory", target]) == 2
     assert "ships no seed file" in capsys.readouterr().err
+    own_weights = tmp_path / "w.json"
+    own_weights.write_text('{"cost": 1.0}')
+    assert cli_main(["memory", "seed", "--weights", str(own_weights), "--memory", target]) == 2
+    assert "with --weights" in capsys.readouterr().err
+    plain = tmp_path / "seeds.jsonl"  # --seeds-out without .gz reads back too
+    save_seeds(_seeds("another task", False), plain)
+    assert cli_main(["memory", "seed", str(plain), "--memory", target,
+                     "--collection", "seeded"]) == 0
+    reseeded = AuctionMemory.persistent(target, collection="seeded")
+    assert reseeded.count() == 6  # the same seed ids: replaced, not added
+    assert reseeded.get("seed-0-small").outcome["passed"] is False
+
+
+def test_seed_ids_are_kept_for_seeds(memory):
+    from sale_graph import InvalidTaskError
+
+    with pytest.raises(InvalidTaskError, match="kept for memory seeds"):
+        run("t", Context(agents=pool(), memory=memory), auction_id="seed-HumanEval-0-small")
+    assert memory.count() == 0
 
 
 def test_an_unseeded_memory_says_so_and_the_shipped_seeds_give_evidence(tmp_path):
@@ -627,6 +650,10 @@ def test_an_unseeded_memory_says_so_and_the_shipped_seeds_give_evidence(tmp_path
     task = {"task": "Write a Python function that reverses a list.", "mode": "staged"}
     empty = asyncio.run(staged_module.estimate(task, None, Context(pool="local", memory=mem)))
     assert [e["kind"] for e in empty.update["events"]] == ["memory_unseeded"]
+    for told in (Context(pool="local", memory=mem, reserve=0.3),  # the prior may clear it
+                 Context(pool="local", memory=mem, staged=StagedPolicy())):  # explores
+        quiet = asyncio.run(staged_module.estimate(task, None, told))
+        assert quiet.update["events"] == []
     seed_memory(mem, load_seeds(preset_seeds("local")))
     seeded = asyncio.run(staged_module.estimate(task, None, Context(pool="local", memory=mem)))
     assert seeded.update["events"] == []

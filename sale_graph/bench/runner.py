@@ -407,16 +407,21 @@ def training_seeds(
 def seeds_from_bank(bank: OutcomeBank, staged: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """The training split's seeds as the staged rows' memory held them, from the bank alone.
 
-    The training tasks and the agents (with their prices) are read from the stored
-    training auctions, whose every agent bid on every task.
+    The split and the pool are the run's own (``meta``); a training task's text is
+    the one its stored training auction ran on. A training task without one is an
+    error, never a silently missing seed.
     """
     audits = bank.records("train_audit")
-    train = [(task_id, row["audit"]["task"]) for task_id, row in sorted(audits.items())]
-    prices: dict[str, float] = {}
-    for row in audits.values():
-        for bid in row["audit"]["bids"]:
-            prices.setdefault(bid["agent"], bid["price"])
-    agents = sorted(prices.items(), key=lambda item: (item[1], item[0]))
+    tasks = (bank.get("meta", "tasks") or {}).get("tasks") or []
+    train_ids = [t["id"] for t in tasks if t.get("split") == "train"]
+    missing = [t for t in train_ids if t not in audits]
+    if missing or not train_ids:
+        raise ValueError(f"no training auction (task text) for {len(missing)} training "
+                         f"task(s), e.g. {missing[:3]}: finish the run's training split first"
+                         if missing else "the run holds no training split")
+    train = [(t, audits[t]["audit"]["task"]) for t in train_ids]
+    pool = (bank.get("meta", "pool") or {}).get("agents") or []
+    agents = [(a["name"], a["price"]) for a in pool]
     return training_seeds(bank, train, agents, staged)
 
 

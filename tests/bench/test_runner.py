@@ -552,3 +552,12 @@ def test_fit_writes_the_training_evaluation_as_a_seed_file(tmp_path) -> None:
     small = {s["task"]: s["passed"] for s in seeds if s["winner"] == "small"}
     assert small == {"t0": True, "t1": False, "t2": True, "t3": False}
     assert all(s["bids"][0]["price"] == dict(AGENTS)[s["winner"]] for s in seeds)
+    bank = OutcomeBank(run_dir / runner.BANK_DB)  # a training task without its auction
+    audits = bank.records("train_audit")
+    bank.clear_records("train_audit")
+    for key, row in audits.items():
+        if key != "t1":
+            bank.put("train_audit", key, row)
+    with pytest.raises(ValueError, match="training task"):
+        runner.seeds_from_bank(bank, None)  # never a silently shorter seed file
+    bank.close()

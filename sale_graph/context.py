@@ -14,7 +14,7 @@ import math
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -119,6 +119,13 @@ def _check_ceiling(name: str, value: float, deployed: float) -> None:
             f"{name} may be at most {deployed:g} here: a run may lower the server's limits, "
             "not raise them"
         )
+
+
+def _read_weights_file(path: str | Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise PoolConfigError(f"cannot read weights file {path}: {exc}") from exc
 
 
 def default_memory_path() -> str:
@@ -397,10 +404,7 @@ class Context:
         if source is None and self.agents is None and self.pool in PRESET_WEIGHTS:
             source = Path(__file__).with_name("data") / PRESET_WEIGHTS[self.pool]
         if isinstance(source, (str, Path)):
-            try:
-                source = json.loads(Path(source).read_text())
-            except (OSError, ValueError) as exc:
-                raise PoolConfigError(f"cannot read weights file {source}: {exc}") from exc
+            source = _read_weights_file(source)
         return source if isinstance(source, Mapping) else None
 
     def _fitted_section(self, name: str) -> Any:
@@ -415,7 +419,8 @@ class Context:
             return own
         if self.weights is None:
             return None  # _fitted_file already read the preset's file
-        return (replace(self, weights=None)._fitted_file() or {}).get(name)
+        preset = Path(__file__).with_name("data") / PRESET_WEIGHTS[self.pool]
+        return (_read_weights_file(preset) or {}).get(name)
 
     def check(self) -> None:
         """Resolve everything a run reads from its weights (and file), or fail saying where.

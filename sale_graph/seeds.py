@@ -67,7 +67,7 @@ def check_seed(record: Any, where: str = "seed") -> dict[str, Any]:
 
 
 def load_seeds(path: str | Path) -> list[dict[str, Any]]:
-    """Read a seed file (JSON lines, gzipped if it ends in .gz); every record is checked."""
+    """Read a seed file (JSON lines, gzipped or not); every record is checked."""
     path = Path(path)
     try:
         with open(path, "rb") as raw:

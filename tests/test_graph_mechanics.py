@@ -859,6 +859,9 @@ def test_local_preset_defaults_to_its_fitted_weights():
     assert tuned.resolved_staged() == Context().resolved_staged()
     assert tuned.resolved_execute_plan() == Context().resolved_execute_plan()
     assert Context(weights=Weights(cost=0.1)).resolved_auction() == "staged"
+    client = Context.from_untrusted({"weights": {"cost": 0.1}}, Context())  # a server client
+    assert client.resolved_auction() == "staged"
+    assert client.resolved_staged() == Context().resolved_staged()
     # the full auction stays the paper's: its winner executes its plan
     assert Context(auction="full").resolved_execute_plan() is True
     assert Context().resolved_execute_plan() != True  # noqa: E712 - the staged fit's dict

@@ -571,6 +571,8 @@ def test_a_seeded_memory_lets_the_staged_auction_trust_a_cheaper_agent(memory, t
     assert seed_memory(memory, load_seeds(path)) == 6
     assert seed_memory(memory, load_seeds(path)) == 6 and memory.count() == 6  # no copies
     assert memory.get("seed-0-small").outcome["source"] == "evaluation"
+    stats = memory.stats()  # seeds are an evaluation, not auctions anyone won
+    assert (stats["auctions"], stats["seeds"], stats["wins"]) == (0, 6, {})
     out = run(task, staged(pool(), memory, staged=trusting, remember=False))
     assert out["winner"] == "small" and out["auction"]["estimates"]["small"]["count"] == 3
     memory.clear()

@@ -326,8 +326,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None, help="weights JSON file (from `sale fit`)")
     p.add_argument("-k", type=int, default=8,
                    help="past auctions retrieved per refinement (staged: per agent's evidence)")
-    p.add_argument("--jury", default="all", choices=["all", "self", "peers", "none"])
-    p.add_argument("--no-refine", action="store_true", help="skip memory refinement")
+    p.add_argument("--jury", default="all", choices=["all", "self", "peers", "none"],
+                   help="who votes in a full auction (default: all)")
+    p.add_argument("--no-refine", action="store_true",
+                   help="skip memory refinement (a full auction's step)")
     p.add_argument("--no-remember", action="store_true", help="do not store this auction")
     p.add_argument("--auction", default=None, choices=["full", "staged"],
                    help="full: the paper's auction; staged: cheapest first (default: what "

@@ -9,8 +9,10 @@ outcomes (what actually passed) make the market pay for itself on short work.
 import os
 
 # Before anything loads an OpenMP runtime (torch for the embedder, llama.cpp): threads
-# that spin while they wait starve another process's on a shared machine (local.py).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# that spin long while they wait starve another process's on a shared machine; a short
+# spin keeps a lone process's speed (local.py has the figures). A user's choice wins.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["GOMP_SPINCOUNT"] = "10000"
 
 from sale_graph.agents import Agent  # noqa: E402
 from sale_graph.context import Context  # noqa: E402

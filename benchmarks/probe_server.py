@@ -7,20 +7,28 @@ Starts nothing itself except, for the memory-URL case, a listener on loopback th
 records whether the server tried to reach it. Every case is one run on a fresh thread
 whose context or input a client should not be able to get past the server; each is
 bounded (``--timeout``) and cancelled if it is still running, so an accepted case
-costs at most that much model time. Exit status 0 when every case was refused.
+costs at most that much model time.
+
+A case is *refused* (the server or the graph said no), *ignored* (the field is not in
+the server's context schema, so langgraph-api dropped it before the graph saw it, and
+the run went on harmlessly with the deployer's settings: the canary untouched, nothing
+planted), or *accepted* (anything else). Exit status 0 when no case was accepted.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import socket
 import sys
 import threading
 from typing import Any
+from urllib.parse import urlparse
 
 GRAPH = "sale_auction"
 TASK = "Write a Python function that adds two numbers."
+PLANTED = "/tmp/sale-probe-planted"  # checked locally: the probe targets a loopback server
 
 
 class Listener:
@@ -53,14 +61,10 @@ class Listener:
 
 
 def cases(canary_port: int) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
-    """(name, input, context) of every hostile run.
-
-    Fields outside the context schema are not probed: the server drops them before the
-    graph sees them, and the run would then go on to real model calls.
-    """
+    """(name, input, context) of every hostile run."""
     task = {"task": TASK}
     return [
-        ("memory_path outside", task, {"memory_path": "/tmp/sale-probe-planted"}),
+        ("memory_path outside", task, {"memory_path": PLANTED}),
         ("memory_url to loopback", task, {"memory_url": f"http://127.0.0.1:{canary_port}"}),
         ("executor by name", task, {"executor": "os.system"}),
         ("pool file path", task, {"pool": "/etc/passwd"}),
@@ -72,6 +76,10 @@ def cases(canary_port: int) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
         ("k huge", task, {"k": 10**9}),
         ("call_timeout null (NaN)", task, {"call_timeout": None}),
         ("jury weights not a map", task, {"weights": {"jury": [1, 2]}}),
+        ("policy file inside weights", task, {"weights": {"staged": "/etc/passwd"}}),
+        ("policy file as staged", task, {"staged": "/etc/passwd"}),
+        ("answer cap raised", task, {"max_answer_tokens": 65_536}),
+        ("call_timeout raised", task, {"call_timeout": 86_400}),
         ("empty task", {"task": "   "}, {}),
         ("oversized task", {"task": "x" * 2_000_000}, {}),
         ("auction_id with newline", {"task": TASK, "auction_id": "job-1\n"}, {}),
@@ -82,22 +90,47 @@ async def probe(url: str, timeout: float) -> int:
     from langgraph_sdk import get_client
 
     client = get_client(url=url)
+    found = await client.assistants.search(graph_id=GRAPH, limit=1)
+    if not found:
+        print(f"probe_server: {url} serves no graph {GRAPH!r}", file=sys.stderr)
+        return 2
+    schema = await client.assistants.get_schemas(found[0]["assistant_id"])
+    context_schema = (schema.get("context_schema") or {}).get("properties", {})
+    listed = set(context_schema)
+    if os.path.exists(PLANTED):
+        print(f"probe_server: remove {PLANTED} first (left by an earlier run?)", file=sys.stderr)
+        return 2
+    if urlparse(url).hostname not in ("127.0.0.1", "localhost", "::1"):
+        print("note: not a loopback server; the planted-path check only sees this machine")
     canary = Listener()
-    refused = 0
+    tally = {"refused": 0, "ignored": 0, "accepted": 0}
     all_cases = cases(canary.port)
+    offered = (context_schema.get("pool") or {}).get("enum")
+    withheld = [p for p in ("local", "local-small", "local-coder") if p not in (offered or [])]
+    if withheld:  # a preset this deployment does not offer (none listed: the field is dropped)
+        all_cases.append((f"pool {withheld[0]} not offered", {"task": TASK},
+                          {"pool": withheld[0]}))
     try:
         for name, run_input, context in all_cases:
             thread = await client.threads.create()
             before = canary.hits
-            outcome = await _one(client, thread["thread_id"], run_input, context, timeout)
+            verdict, detail = await _one(client, thread["thread_id"], run_input, context,
+                                         timeout)
+            harm = []
             if canary.hits > before:
-                outcome = ("accepted", f"the server connected to the loopback canary; {outcome[1]}")
-            refused += outcome[0] == "refused"
-            print(f"{outcome[0]:8}  {name:26}  {outcome[1]}", flush=True)
+                harm.append("the server connected to the loopback canary")
+            if os.path.exists(PLANTED):
+                harm.append(f"{PLANTED} exists")
+            if harm:
+                verdict, detail = "accepted", "; ".join([*harm, detail])
+            elif verdict == "accepted" and context and not set(context) & listed:
+                verdict, detail = "ignored", f"not in the context schema, dropped; {detail}"
+            tally[verdict] += 1
+            print(f"{verdict:8}  {name:26}  {detail}", flush=True)
     finally:
         canary.close()
-    print(f"\n{refused} of {len(all_cases)} hostile runs refused")
-    return 0 if refused == len(all_cases) else 1
+    print(f"\n{len(all_cases)} hostile runs: " + ", ".join(f"{n} {k}" for k, n in tally.items()))
+    return 0 if tally["accepted"] == 0 else 1
 
 
 async def _one(client: Any, thread_id: str, run_input: dict, context: dict,

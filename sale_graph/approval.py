@@ -14,12 +14,19 @@ that gate honest:
   instead of being told about an outcome that did not happen. The audit's
   ``by`` field is set here, never taken from the reply.
 
+The state may be edited at the pause (``update_state``, Studio's "edit state"): the
+``award`` node makes the run go on to the decision, the decision checks what the
+edit left (a winning bid that exists, by an agent of the pool) and raises
+``ApprovalError`` naming the problem before anything is paid for, and the audit
+gets a ``state_edited`` event saying what changed.
+
 The per-thread guard is in-process. Across processes, the LangGraph server runs
 one run per thread at a time (its ``multitask_strategy`` queues or rejects the rest).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections import OrderedDict
@@ -40,6 +47,11 @@ QUESTION = (
 ACTIONS = ("approve", "override", "reject")
 MAX_REASON_CHARS = 500
 _CLAIMS_KEPT = 10_000
+# what the audit reads of every bid: a bid added by a state edit needs them all
+_BID_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "id": str, "agent": str, "round": int, "strategy": str, "price": (int, float),
+    "tokens": int, "started": (int, float), "ended": (int, float),
+}
 
 
 def require_checkpointer(config: Mapping[str, Any] | None) -> None:
@@ -69,6 +81,83 @@ def approval_request(
                                           + winning.get("input_tokens", 0)) / 1e6,
         "alternatives": sorted({b["agent"] for b in state["bids"]} - {winning["agent"]}),
     }
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+async def award(state: Mapping[str, Any], runtime: Any, bound: Any) -> dict[str, Any]:
+    """Graph node: note the winning bid as the auction chose it, on the way to ``approve``.
+
+    Every route that picks a winner (``score``, ``memory_retrieve``, ``offer``,
+    ``assess``) comes here, and this node goes on to ``approve`` by a static edge.
+    That edge is why the node exists: LangGraph writes a state edit made at the
+    approval pause (``update_state``, Studio's "edit state") as the last node that
+    ran and continues along that node's static edges only, and a route's
+    ``Command(goto=...)`` is not one, so without it an edit ended the run. The note
+    lets ``approve`` tell what an edit changed.
+    """
+    winning = next(b for b in state["bids"] if b["id"] == state["winning_bid"])
+    required = bool(state.get("approval_required", run_context(runtime, bound).approval))
+    return {"awarded": {"bid": winning["id"], "agent": winning["agent"],
+                        "plan": _digest(winning["strategy"]), "task": _digest(state["task"]),
+                        "approval": required}}
+
+
+def checked_winner(state: Mapping[str, Any], pool: Sequence[str]) -> dict[str, Any]:
+    """The bid ``winning_bid`` names, after whatever a state edit at the pause left.
+
+    An edit may name a bid that does not exist, add a bid without the fields the
+    audit reads, or give the plan to an agent outside the pool. Refused with
+    :class:`ApprovalError` before anything is paid for: the edit is the caller's
+    own, so the caller is told (a person asked again could not fix the state), and
+    the thread stays paused for a corrected edit.
+    """
+    fix = "; edit the state again (update_state) and resume"
+    task = state.get("task")
+    if not isinstance(task, str) or not task.strip():
+        raise ApprovalError(f"the task was edited to {_shown(task)}: it must be text{fix}")
+    bids = state.get("bids") or []
+    for bid in bids:
+        if not isinstance(bid, Mapping):
+            raise ApprovalError(f"state['bids'] holds {_shown(bid)}, not a bid{fix}")
+        wrong = [k for k, kind in _BID_FIELDS.items()
+                 if not isinstance(bid.get(k), kind) or isinstance(bid.get(k), bool)]
+        if wrong or bid["round"] not in (0, 1):
+            raise ApprovalError(
+                f"bid {_shown(bid.get('id'))} lacks a valid {', '.join(wrong) or 'round (0 or 1)'}"
+                f": a bid added by an edit needs {', '.join(_BID_FIELDS)} (copy a bid and "
+                f"change its id, agent and strategy){fix}"
+            )
+    wanted = state.get("winning_bid")
+    winning = next((b for b in bids if b["id"] == wanted), None)
+    if winning is None:
+        raise ApprovalError(
+            f"winning_bid {_shown(wanted)} names no bid of this auction (bids: "
+            f"{', '.join(b['id'] for b in bids)}){fix}"
+        )
+    if winning["agent"] not in pool:
+        raise ApprovalError(
+            f"winning bid {_shown(wanted)} is by {_shown(winning['agent'])}, which is not in "
+            f"the pool ({', '.join(pool)}): only a pool agent can execute it{fix}"
+        )
+    return dict(winning)
+
+
+def edits(state: Mapping[str, Any], winning: Mapping[str, Any]) -> list[str]:
+    """What a state edit at the pause changed of what ``award`` noted (empty: nothing)."""
+    noted = state.get("awarded") or {}
+    if not noted:
+        return []
+    changed = []
+    if winning["id"] != noted.get("bid"):
+        changed.append(f"winning bid {noted.get('bid')} -> {winning['id']}")
+    elif _digest(winning["strategy"]) != noted.get("plan"):
+        changed.append(f"plan of {winning['id']} (its votes and score are the old plan's)")
+    if _digest(state["task"]) != noted.get("task"):
+        changed.append("task (the bids were written for the task as it was)")
+    return changed
 
 
 def parse_decision(raw: Any, bidders: Sequence[str]) -> dict[str, Any]:
@@ -173,38 +262,52 @@ async def approve(
 ) -> Command[Literal["execute", "remember"]]:
     """Graph node: pass through, or ask a person (``Context.approval``)."""
     ctx = run_context(runtime, bound)
-    if not state.get("approval_required", ctx.approval):  # as the auction opened
+    # as the auction opened; an edit at the pause cannot switch the decision off
+    noted = (state.get("awarded") or {}).get("approval") is True
+    if not (state.get("approval_required", ctx.approval) or noted):
         return Command(goto="execute")
-    winning = next(b for b in state["bids"] if b["id"] == state["winning_bid"])
     agents = await pool_of(ctx)
+    winning = checked_winner(state, sorted(agents))
     request = approval_request(state, winning, agents[winning["agent"]].price,
                                ctx.max_answer_tokens)
-    decision = ask(request, sorted({b["agent"] for b in state["bids"]}))
+    changed = edits(state, winning)
+    if changed:
+        request["edited"] = changed
+    bidders = sorted({b["agent"] for b in state["bids"]} & set(agents))
+    decision = ask(request, bidders)
     claim_decision(get_config(), state["auction_id"], decision)
     record = audit_record(decision)
+    update: dict[str, Any] = {"approval": record}
+    events = [Event(kind="state_edited", agent=winning["agent"],
+                    detail="edited at the approval pause: " + "; ".join(changed))
+              ] if changed else []
     if decision["action"] == "approve":
-        return Command(update={"approval": record}, goto="execute")
+        return Command(update={**update, **({"events": events} if events else {})},
+                       goto="execute")
     if decision["action"] == "reject":
-        event = Event(kind="rejected", agent=winning["agent"],
-                      detail=str(decision.get("reason") or "rejected before execution"))
-        return Command(update={"approval": record, "events": [event],
-                               "winner": None, "answer": None}, goto="remember")
+        events.append(Event(kind="rejected", agent=winning["agent"],
+                            detail=str(decision.get("reason") or "rejected before execution")))
+        return Command(update={**update, "events": events, "winner": None, "answer": None},
+                       goto="remember")
     chosen = decision["winner"]
     scores = state.get("scores", {})
     own = [b for b in state["bids"] if b["agent"] == chosen]
     best_own = min(own, key=lambda b: scores.get(b["id"], {}).get("score", float("inf")))
-    event = Event(kind="winner_overridden", agent=chosen,
-                  detail=f"{winning['agent']} -> {chosen} by a human")
-    return Command(update={"approval": record, "winning_bid": best_own["id"],
-                           "events": [event]}, goto="execute")
+    events.append(Event(kind="winner_overridden", agent=chosen,
+                        detail=f"{winning['agent']} -> {chosen} by a human"))
+    return Command(update={**update, "winning_bid": best_own["id"], "events": events},
+                   goto="execute")
 
 
 __all__ = [
-    "approve",
     "approval_request",
+    "approve",
     "ask",
     "audit_record",
+    "award",
+    "checked_winner",
     "claim_decision",
+    "edits",
     "parse_decision",
     "require_checkpointer",
 ]

@@ -200,14 +200,24 @@ def build_audit(
 
 
 def memory_bids(audit: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The bids as the auction memory stores them: winner labelled, everyone else lost."""
+    """The bids as the auction memory stores them: winner labelled, everyone else lost.
+
+    Memory keeps one bid per agent and round. A plan added by a state edit at the
+    approval pause stands there for the bid of its agent and round that it replaced
+    when it won (the audit lists both); otherwise the agent's first bid is kept.
+    """
+    kept: dict[tuple[str, int], Mapping[str, Any]] = {}
+    for b in audit["bids"]:
+        key = (b["agent"], b["round"])
+        if key not in kept or b["id"] == audit["winning_bid"]:
+            kept[key] = b
     return [
         {
             "agent": b["agent"], "round": b["round"], "strategy": b["strategy"],
             "score": b["score"], "label": "win" if b["id"] == audit["winning_bid"] else "lose",
             "price": b["price"], **({"direct": True} if b.get("direct") else {}),
         }
-        for b in audit["bids"]
+        for b in kept.values()
     ]
 
 

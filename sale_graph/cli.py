@@ -176,6 +176,8 @@ async def _run(args: argparse.Namespace) -> int:
 
 def _memory(args: argparse.Namespace) -> int:
     context = _context(args)
+    if args.memory_command == "seed":
+        return _seed(args, context)
     if context.memory_url is None and not os.path.isdir(context.memory_path):
         # opening an embedded store creates its directory: a mistyped --memory would
         # leave an empty store behind and blame the collection
@@ -204,6 +206,25 @@ def _memory(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seed(args: argparse.Namespace, context: Context) -> int:
+    """``sale memory seed``: start a memory from a pool's evaluation (creates the store)."""
+    from sale_graph.seeds import load_seeds, preset_seeds, seed_memory
+
+    path = args.file or (preset_seeds(context.pool) if context.weights is None else None)
+    if path is None:
+        why = ("with --weights, the preset's evaluation may not match those weights"
+               if context.weights is not None else f"pool {context.pool!r} ships no seed file")
+        raise SaleError(f"{why}: give a seed file (`sale fit --seeds-out` writes one from "
+                        "a benchmark run)")
+    seeds = load_seeds(path)  # all checked before the store is opened
+    memory = context.resolved_memory()
+    n = seed_memory(memory, seeds)
+    print(f"seeded {memory.location} ({memory.collection_name}) with {n} verified outcomes "
+          f"from {path} ({sum(s['passed'] for s in seeds)} passed); it holds "
+          f"{memory.count()} auctions")
+    return 0
+
+
 def _add_serve_command(sub: Any) -> None:
     """``sale serve``: flags override the deployer's environment (``deployed_context``)."""
     p = sub.add_parser("serve", help="serve the auction as an OpenAI-compatible model")
@@ -215,6 +236,9 @@ def _add_serve_command(sub: Any) -> None:
     p.add_argument("--memory-url", default=None, help="Chroma server URL (http://host:port)")
     p.add_argument("--collection", default=None)
     p.add_argument("--weights", default=None, help="weights JSON file (from `sale fit`)")
+    p.add_argument("--context", default=None, metavar="JSON",
+                   help="the deployment's defaults and limits as a JSON object, e.g. "
+                        "'{\"max_answer_tokens\": 2048}' (default: $SALE_CONTEXT)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
     p.add_argument("--port", type=_port, default=8000, help="1-65535 (default: 8000)")
     p.add_argument("--api-key", default=None,
@@ -248,7 +272,7 @@ def _serve(args: argparse.Namespace) -> int:
     flags = {"pool": args.pool, "weights": args.weights, "memory_path": args.memory,
              "memory_url": args.memory_url, "collection": args.collection}
     context = dataclasses.replace(
-        deployed_context(), **{k: v for k, v in flags.items() if v is not None}
+        deployed_context(args.context), **{k: v for k, v in flags.items() if v is not None}
     )
     try:
         import uvicorn
@@ -296,12 +320,16 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "(default: local)")
     p.add_argument("--memory", default=default_memory_path(),
                    help="directory of the embedded auction memory")
-    p.add_argument("--memory-url", default=None, help="Chroma server URL (http://host:port)")
+    p.add_argument("--memory-url", default=os.environ.get("SALE_MEMORY_URL") or None,
+                   help="Chroma server URL (http://host:port; default: $SALE_MEMORY_URL)")
     p.add_argument("--collection", default="sale_auctions")
     p.add_argument("--weights", default=None, help="weights JSON file (from `sale fit`)")
-    p.add_argument("-k", type=int, default=8, help="past auctions retrieved per refinement")
-    p.add_argument("--jury", default="all", choices=["all", "self", "peers", "none"])
-    p.add_argument("--no-refine", action="store_true", help="skip memory refinement")
+    p.add_argument("-k", type=int, default=8,
+                   help="past auctions retrieved per refinement (staged: per agent's evidence)")
+    p.add_argument("--jury", default="all", choices=["all", "self", "peers", "none"],
+                   help="who votes in a full auction (default: all)")
+    p.add_argument("--no-refine", action="store_true",
+                   help="skip memory refinement (a full auction's step)")
     p.add_argument("--no-remember", action="store_true", help="do not store this auction")
     p.add_argument("--auction", default=None, choices=["full", "staged"],
                    help="full: the paper's auction; staged: cheapest first (default: what "
@@ -334,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     verdict.add_argument("--failed", dest="passed", action="store_false")
     feedback.add_argument("--detail", default=None, help="why (kept, capped at 500 chars)")
     _common(feedback)
+    seed = msub.add_parser(
+        "seed", help="add a pool's evaluation (verified outcomes per agent) to the memory")
+    seed.add_argument("file", nargs="?", default=None,
+                      help="a seed file (`sale fit --seeds-out`; default: the preset's own)")
+    _common(seed)
     _add_serve_command(sub)
     try:
         from sale_graph.bench.cli import add_bench_commands

@@ -36,6 +36,10 @@ SERVER_ONLY = frozenset(
     {"memory_path", "memory_url", "memory", "collection", "agents", "executor", "verifier"}
 )
 MAX_TIMEOUT = 86_400.0
+# Limits a client may lower but not raise above the deployer's: each bounds how much
+# model time (tokens, prompt length, waiting) one run can take from a shared server.
+CLIENT_CEILINGS = ("max_bid_tokens", "max_answer_tokens", "max_task_chars", "max_pairs",
+                   "call_timeout", "execute_timeout")
 _INT_RANGES = {
     "k": (1, 100),
     "max_pairs": (1, 20),
@@ -65,6 +69,63 @@ def _check_execute_plan(value: Any, error: type[Exception]) -> bool | Mapping[st
     ):
         raise error("execute_plan must be true, false or a dict {agent: bool}")
     return value
+
+
+def client_pools(base: Context) -> frozenset[str]:
+    """The preset pools a remote client may switch a run to, on this deployment.
+
+    ``SALE_CLIENT_POOLS`` (comma-separated presets, or ``none``) decides when set.
+    Unset, a deployment that runs a preset itself lets clients pick any preset (they
+    all run on the same machine's CPU), and one that runs its own pool (endpoints, a
+    pool file, agents) lets them pick none: a client choosing ``local`` there would
+    load the embedded models on a server that was never meant to run them.
+    """
+    listed = os.environ.get("SALE_CLIENT_POOLS")
+    if listed is not None:
+        names = {name.strip() for name in listed.split(",") if name.strip()} - {"none"}
+        unknown = sorted(names - set(PRESETS))
+        if unknown:
+            raise ContextError(
+                f"SALE_CLIENT_POOLS names unknown preset(s) {', '.join(map(repr, unknown))}; "
+                f"presets: {', '.join(PRESETS)} (or 'none')"
+            )
+        return frozenset(names)
+    if base.agents is None and base.pool in PRESETS:
+        return frozenset(PRESETS)
+    return frozenset()
+
+
+def _check_client_pool(value: Any, base: Context) -> None:
+    if not isinstance(value, str):
+        raise ContextError(f"pool must be a preset name, got {type(value).__name__}")
+    allowed = client_pools(base)
+    if value in allowed:
+        return
+    if value not in PRESETS:
+        raise ContextError(
+            f"pool {str(value)[:80]!r}: a run may choose a preset, not a pool file; pool "
+            "files are set by whoever deploys the server"
+        )
+    offered = ", ".join(p for p in PRESETS if p in allowed) or "none"
+    raise ContextError(
+        f"pool {value!r} is not offered on this server (presets a run may choose: {offered}); "
+        "whoever deploys the server decides which (SALE_CLIENT_POOLS)"
+    )
+
+
+def _check_ceiling(name: str, value: float, deployed: float) -> None:
+    if value > deployed:
+        raise ContextError(
+            f"{name} may be at most {deployed:g} here: a run may lower the server's limits, "
+            "not raise them"
+        )
+
+
+def _read_weights_file(path: str | Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise PoolConfigError(f"cannot read weights file {path}: {exc}") from exc
 
 
 def default_memory_path() -> str:
@@ -259,10 +320,12 @@ class Context:
     def from_untrusted(cls, data: Any, base: Context | None = None) -> Context:
         """Build a Context from a remote client's mapping, on top of the deployer's ``base``.
 
-        A client may tune the auction (jury, k, limits, flags, inline weights, a preset
-        pool) but not choose where files go, which URLs the server calls or which code
-        it runs: ``memory_path``, ``memory_url``, ``memory``, ``agents``, ``executor``,
-        a pool file and a weights file are refused unless equal to the deployer's.
+        A client may tune the auction (jury, k, flags, inline weights, a preset pool
+        the deployment offers, :func:`client_pools`) and lower its limits, but not raise
+        those limits (:data:`CLIENT_CEILINGS`), choose where files go, which URLs the
+        server calls or which code it runs: ``memory_path``, ``memory_url``, ``memory``,
+        ``agents``, ``executor``, a pool file and a weights file are refused unless
+        equal to the deployer's.
         Types are checked, never coerced (``"false"`` is not a bool).
         """
         base = base if base is not None else Context()
@@ -282,23 +345,32 @@ class Context:
                 raise ContextError(
                     f"context field {key!r} is set by whoever deploys the server, not per run"
                 )
-            if key == "pool" and not same and value not in PRESETS:
-                raise ContextError(
-                    f"pool {value!r}: a run may choose a preset ({', '.join(PRESETS)}); "
-                    "pool files are set by whoever deploys the server"
-                )
+            if key == "pool" and not same:
+                _check_client_pool(value, base)
             if key == "weights" and not same and not (value is None or isinstance(value, Mapping)):
                 raise ContextError(
                     "weights: a run may give inline weights {cost, entropy, jury, "
                     "jury_default}; weights files are set by whoever deploys the server"
                 )
+            if key == "weights" and not same and isinstance(value, Mapping):
+                # a weights file's other sections name files (staged) and modes; a run
+                # gives those as its own fields, which are checked as such
+                extra = sorted(set(value) & {"staged", "execute_plan", "defaults"})
+                if extra:
+                    raise ContextError(
+                        f"weights: {', '.join(map(repr, extra))} belong to a weights file; "
+                        "a run sets them as its own context fields (staged, execute_plan, "
+                        "auction)"
+                    )
             if key == "staged" and not same and not (value is None or isinstance(value, Mapping)):
                 raise ContextError(
                     "staged: a run may give an inline policy; policy files are set by "
                     "whoever deploys the server"
                 )
             values[key] = value
-        context = Context(**values)
+        context = Context(**values)  # types and ranges first, then the deployer's ceilings
+        for name in CLIENT_CEILINGS:
+            _check_ceiling(name, getattr(context, name), getattr(base, name))
         if isinstance(context.weights, Mapping):
             try:
                 Weights.coerce(context.weights)
@@ -317,10 +389,10 @@ class Context:
         """The weight vector: as given, else the preset's fitted weights, else defaults.
 
         The ``local`` preset ships the weights ``sale bench`` fitted on its training
-        split (``benchmarks/results/full/weights.json``): on that pool the package
-        defaults handed 75% of the benchmark's test tasks to the 135M model, for 16.7%
-        pass@1 against 33.3% with the fitted ones. Weights fitted on one pool mean
-        nothing on another, so every other pool starts from ``Weights()``.
+        split (``benchmarks/results/v2/weights.json``): on the first run's pool the
+        package defaults handed 75% of the test tasks to the 135M model, for 16.7%
+        pass@1 against 33.3% with fitted ones. Weights fitted on one pool mean nothing
+        on another, so every other pool starts from ``Weights()``.
         """
         if self.weights is None and self.agents is None and self.pool in PRESET_WEIGHTS:
             return _preset_weights(self.pool)
@@ -332,11 +404,23 @@ class Context:
         if source is None and self.agents is None and self.pool in PRESET_WEIGHTS:
             source = Path(__file__).with_name("data") / PRESET_WEIGHTS[self.pool]
         if isinstance(source, (str, Path)):
-            try:
-                source = json.loads(Path(source).read_text())
-            except (OSError, ValueError) as exc:
-                raise PoolConfigError(f"cannot read weights file {source}: {exc}") from exc
+            source = _read_weights_file(source)
         return source if isinstance(source, Mapping) else None
+
+    def _fitted_section(self, name: str) -> Any:
+        """One section of the weights file (mode, policy, plan or direct), else the preset's.
+
+        Score weights given on their own (a ``Weights``, a dict of them, a file with
+        only them) tune the score; they do not unsay the mode, policy and plan choice
+        the preset's benchmark measured, which a pool's own file would name.
+        """
+        own = (self._fitted_file() or {}).get(name)
+        if own is not None or self.agents is not None or self.pool not in PRESET_WEIGHTS:
+            return own
+        if self.weights is None:
+            return None  # _fitted_file already read the preset's file
+        preset = Path(__file__).with_name("data") / PRESET_WEIGHTS[self.pool]
+        return (_read_weights_file(preset) or {}).get(name)
 
     def check(self) -> None:
         """Resolve everything a run reads from its weights (and file), or fail saying where.
@@ -370,7 +454,7 @@ class Context:
         """
         if self.auction is not None:
             return self.auction
-        defaults = (self._fitted_file() or {}).get("defaults") or {}
+        defaults = self._fitted_section("defaults") or {}
         mode = defaults.get("auction", "full") if isinstance(defaults, Mapping) else None
         if mode not in ("full", "staged"):
             raise PoolConfigError(f"weights file: defaults.auction must be full or staged, "
@@ -381,15 +465,17 @@ class Context:
         """Plan or direct answer per winner: as given, else as fitted for the pool, else plan.
 
         ``sale fit`` measures per agent whether executing its plan passes more training
-        tasks than answering directly and writes the choice beside the weights; the
-        paper's behaviour (always the plan) is what a pool without a fit gets.
+        tasks than answering directly and writes the choice beside the weights, for the
+        staged auction it was measured with. The full auction is the paper's: its
+        winner executes its plan unless ``execute_plan`` says otherwise.
         """
         if self.execute_plan is not None:
             return self.execute_plan
-        fitted = (self._fitted_file() or {}).get("execute_plan")
+        fitted = self._fitted_section("execute_plan")
         if fitted is None:
             return True
-        return _check_execute_plan(fitted, PoolConfigError)
+        checked = _check_execute_plan(fitted, PoolConfigError)  # a bad file fails either way
+        return True if self.resolved_auction() == "full" else checked
 
     def resolved_staged(self) -> Any:
         """The staged auction's policy: as given, else from the weights, else the preset's.
@@ -403,9 +489,9 @@ class Context:
 
         if self.staged is not None:
             return StagedPolicy.coerce(self.staged)
-        source = self._fitted_file()
-        if source is not None and source.get("staged") is not None:
-            return StagedPolicy.coerce(source["staged"])
+        section = self._fitted_section("staged")
+        if section is not None:
+            return StagedPolicy.coerce(section)
         return StagedPolicy()
 
     def resolved_agents(self) -> tuple[Agent, ...]:
@@ -477,14 +563,72 @@ def _pool_from_spec(spec: str) -> tuple[Agent, ...]:
         return _POOLS[key]
 
 
-def deployed_context() -> Context:
+def deployed_context(settings: str | None = None) -> Context:
     """The server deployer's Context: the defaults, which read the server's environment.
 
     ``SALE_POOL`` (a preset or pool file), ``SALE_WEIGHTS`` (a weights file),
     ``SALE_MEMORY_PATH`` and ``SALE_MEMORY_URL`` are read in the server's own process
     (a run that sends no context gets the same); a client's run can never set them.
+    ``settings`` (else ``SALE_CONTEXT``) is a JSON object of the other fields: the
+    deployment's defaults and the limits no client may raise, e.g.
+    ``{"max_answer_tokens": 2048, "call_timeout": 600, "auction": "staged"}``.
     """
-    return Context()
+    source = "--context" if settings is not None else "SALE_CONTEXT"
+    raw = settings if settings is not None else os.environ.get("SALE_CONTEXT")
+    if not raw or not raw.strip():
+        return Context()
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise ContextError(f"{source} must be a JSON object: {exc}") from exc
+    if not isinstance(data, Mapping):
+        raise ContextError(f"{source} must be a JSON object, got {type(data).__name__}")
+    names = {f.name for f in fields(Context)}
+    unknown = sorted(str(k) for k in data if k not in names)
+    own = sorted(str(k) for k in data if k in SERVER_ONLY | {"pool", "weights"})
+    if unknown or own:
+        raise ContextError(
+            f"{source}: " + "; ".join(
+                ([f"unknown field(s) {', '.join(map(repr, unknown))}"] if unknown else [])
+                + ([f"{', '.join(map(repr, own))} have their own settings (SALE_POOL, "
+                    "SALE_WEIGHTS, SALE_MEMORY_PATH, SALE_MEMORY_URL, or code)"] if own else []))
+        )
+    return Context(**data)
+
+
+def _inline_schemas(properties: Mapping[str, Any]) -> dict[str, Any]:
+    """Typed schemas of the fields a client gives as JSON objects (files are the deployer's).
+
+    In Python they are ``Any`` (an object, a dict or a path), which left Studio and API
+    clients with an untyped box; these say what the server accepts.
+    """
+    number = {"type": "number"}
+    agent_model = {"type": "object", "additionalProperties": False, "properties": {
+        **{k: number for k in ("bias", "entropy", "length", "memory", "jury")},
+        "reserve": {"type": "number", "minimum": 0, "maximum": 1},
+        "offered": {"type": "boolean"}}}
+    weights = {"type": "object", "additionalProperties": False, "properties": {
+        **{k: number for k in ("cost", "entropy", "memory", "jury_default")},
+        "jury": {"type": "object", "additionalProperties": number}}}
+    staged = {"type": "object", "additionalProperties": False, "properties": {
+        "agents": {"anyOf": [{"type": "object", "additionalProperties": agent_model},
+                             {"type": "null"}]},
+        "fallback": {"anyOf": [agent_model, {"type": "null"}]},
+        "dearest": {"anyOf": [agent_model, {"type": "null"}]},
+        "juror": {"type": ["string", "null"]},
+        "dearest_agent": {"type": ["string", "null"]},
+        "explore": {"type": "number", "minimum": 0, "maximum": 1},
+        "fitted": {"type": "boolean"}}}
+    return {
+        "weights": {**properties["weights"], "anyOf": [weights, {"type": "null"}],
+                    "description": "Inline score weights {cost, entropy, memory, jury: "
+                                   "{juror: weight}, jury_default} (default: the server's)."},
+        "staged": {**properties["staged"], "anyOf": [staged, {"type": "null"}],
+                   "description": "Inline staged auction policy (default: the server's)."},
+        "execute_plan": {**properties["execute_plan"], "anyOf": [
+            {"type": "boolean"}, {"type": "object", "additionalProperties": {"type": "boolean"}},
+            {"type": "null"}]},
+    }
 
 
 class RemoteContext(Context):
@@ -501,15 +645,32 @@ class RemoteContext(Context):
         """What a client may send, as the server's schema endpoint shows it.
 
         The deployer's fields (paths, URLs, objects, code) are left out, since a run
-        that sets them is refused, and every bounded number says its range.
+        that sets them is refused; the pool lists the presets this deployment offers
+        (none: left out); every bounded number says its range.
         """
         schema = dict(handler.resolve_ref_schema(handler(core_schema)))
         properties = {name: dict(spec) for name, spec in schema.get("properties", {}).items()
                       if name not in SERVER_ONLY}
+        deployed = deployed_context()
+        for name, spec in properties.items():  # the defaults a run gets here (SALE_CONTEXT)
+            if "default" in spec and isinstance(getattr(deployed, name), (str, int, float, bool)):
+                spec["default"] = getattr(deployed, name)
         for name, (low, high) in _INT_RANGES.items():
             properties[name].update(minimum=low, maximum=high)
         for name in ("call_timeout", "execute_timeout"):
             properties[name].update(exclusiveMinimum=0, maximum=MAX_TIMEOUT)
+        for name in CLIENT_CEILINGS:  # a run may lower the deployer's limits, not raise them
+            properties[name].update(maximum=min(properties[name]["maximum"],
+                                                getattr(deployed, name)))
+        offered = client_pools(deployed) | ({deployed.pool} & set(PRESETS))
+        if offered:
+            properties["pool"] = {
+                **properties["pool"], "enum": [p for p in PRESETS if p in offered],
+                "description": "Agent pool: one of the presets this server offers "
+                               "(default: the server's own pool)."}
+        else:  # a pool file or endpoints: the field is the deployer's alone
+            del properties["pool"]
+        properties.update(_inline_schemas(properties))
         properties["reserve"] = {**properties["reserve"], "anyOf": [
             {"type": "number", "minimum": 0, "maximum": 1}, {"type": "null"}]}
         schema["properties"] = properties

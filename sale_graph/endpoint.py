@@ -117,11 +117,18 @@ class LoopLocalAsyncClient(openai.DefaultAsyncHttpxClient):
     different event loop"). Requests are built here and sent by the running loop's
     own client, made with the OpenAI SDK's defaults (and its HTTP library, whichever
     that is); a loop's pool goes with the loop.
+
+    ``socket_options`` (ChatOpenAI's ``http_socket_options``: ``None`` for
+    langchain-openai's TCP keepalive defaults, ``()`` for none) are applied as ChatOpenAI
+    applies them to the client this one replaces, so a long generation behind a NAT
+    or load balancer is not cut as an idle connection.
     """
 
-    def __init__(self, **settings: Any) -> None:
+    def __init__(self, *, socket_options: Any = None, **settings: Any) -> None:
         super().__init__(**settings)  # builds requests; its own pool is never used
         self._settings = settings
+        # a caller's own transport (or mounts) decides its sockets itself
+        self._socket_options = () if {"transport", "mounts"} & set(settings) else socket_options
         self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary())
         self._pools_guard = threading.Lock()
@@ -135,7 +142,8 @@ class LoopLocalAsyncClient(openai.DefaultAsyncHttpxClient):
                 del self._pools[dead]
             pool = self._pools.get(loop)
             if pool is None:
-                pool = self._pools[loop] = openai.DefaultAsyncHttpxClient(**self._settings)
+                pool = self._pools[loop] = openai.DefaultAsyncHttpxClient(  # a transport each
+                    **self._settings, **_keepalive_transport(self._socket_options))
             return pool
 
     async def send(self, request: Any, **kwargs: Any) -> Any:
@@ -148,6 +156,40 @@ class LoopLocalAsyncClient(openai.DefaultAsyncHttpxClient):
         if pool is not None:
             await pool.aclose()
         await super().aclose()
+
+
+def _proxy_in_environment(socket_options: Any) -> bool:
+    """Whether langchain-openai would leave sockets alone to keep httpx's proxy detection."""
+    try:
+        from langchain_openai.chat_models import _client_utils as lc
+
+        return bool(lc._should_bypass_socket_options_for_proxy_env(
+            http_socket_options=socket_options, http_client=None,
+            http_async_client=None, openai_proxy=None,
+        ))
+    except (ImportError, AttributeError, TypeError):
+        return False
+
+
+def _keepalive_transport(socket_options: Any) -> dict[str, Any]:
+    """``{"transport": ...}`` with ChatOpenAI's socket options, or ``{}`` for the SDK's own.
+
+    Resolved by langchain-openai's own rules (defaults, ``LANGCHAIN_OPENAI_TCP_KEEPALIVE``,
+    a proxy in the environment keeping httpx's proxy detection); a langchain-openai
+    without them leaves the SDK's defaults.
+    """
+    if _proxy_in_environment(socket_options):
+        return {}
+    try:
+        from langchain_openai.chat_models import _client_utils as lc
+
+        options = lc._resolve_socket_options(socket_options)
+        if not options:
+            return {}
+        return {"transport": lc.httpx.AsyncHTTPTransport(
+            socket_options=list(options), limits=lc._DEFAULT_CONNECTION_LIMITS)}
+    except (ImportError, AttributeError, TypeError):
+        return {}
 
 
 def _describe(exc: ValidationError) -> str:
@@ -227,7 +269,12 @@ def openai_agent(
     kwargs: dict[str, Any] = {"stream_usage": True, **model_kwargs}
     if "openai_proxy" not in kwargs and not os.environ.get("OPENAI_PROXY"):
         # with a proxy ChatOpenAI builds its own clients (and refuses one of ours)
-        kwargs.setdefault("http_async_client", LoopLocalAsyncClient(timeout=timeout))
+        if _proxy_in_environment(kwargs.get("http_socket_options")):
+            # ChatOpenAI skips its socket options for an environment proxy only when
+            # given no client; beside ours its sync client would lose the proxy
+            kwargs["http_socket_options"] = ()
+        kwargs.setdefault("http_async_client", LoopLocalAsyncClient(
+            timeout=timeout, socket_options=kwargs.get("http_socket_options")))
     if top_logprobs > 0:
         kwargs["logprobs"] = True
         kwargs["top_logprobs"] = top_logprobs

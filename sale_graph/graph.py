@@ -4,13 +4,16 @@ Full auction (the paper, SALE.md steps 1-7):
 
     open_auction ─Send per agent─▶ bid ─▶ jury ─Send per (juror, bid)─▶ vote ─▶ score
     score ─(cheaper agents may refine)─▶ memory_retrieve ─Send per refiner─▶ refine ─▶ jury
-    score ─(final)─▶ approve ─▶ execute ─▶ verify ─▶ remember ─▶ END
+    score ─(final)─▶ award ──▶ approve ─▶ execute ─▶ verify ─▶ remember ─▶ END
 
 Staged auction (``Context(auction="staged")``, beyond the paper): memory's success
 estimates, then agents are offered the task cheapest first in a loop:
 
-    open_auction ─▶ estimate ─▶ offer ─▶ assess ─(declined)─▶ offer ... ─(accepted)─▶ approve
-    offer ─(dearest agent: answers directly, no bid, no jury)─▶ approve
+    open_auction ─▶ estimate ─▶ offer ─▶ assess ─(declined)─▶ offer ... ─(accepted)─▶ award
+    offer ─(dearest agent: answers directly, no bid, no jury)─▶ award
+
+Every route to a winner goes to ``award``, whose static edge to ``approve`` lets a
+state edit at the approval pause continue to the decision (``approval.award``).
 
 Each node's body lives in the module of its step (``bidding``, ``jury``,
 ``scoring``, ``refinement``, ``staged``, ``approval``, ``execution``, ``outcomes``,
@@ -86,6 +89,7 @@ def build_graph(
     add("refine", refinement.refine, input_schema=BidRequest)
     add("offer", staged.offer)
     add("assess", staged.assess)
+    add("award", approval.award)
     add("approve", approval.approve)
     add("execute", execution.execute_winner)
     add("verify", outcomes.verify_node)
@@ -94,6 +98,7 @@ def build_graph(
     builder.add_edge("bid", "jury")
     builder.add_edge("vote", "score")
     builder.add_edge("refine", "jury")
+    builder.add_edge("award", "approve")  # the edge an edit at the approval pause follows
     builder.add_edge("execute", "verify")
     builder.add_edge("verify", "remember")
     builder.add_edge("remember", END)

@@ -52,6 +52,19 @@ from sale_graph.native_build import ensure_safe_build
 
 PARALLEL_ENV = "SALE_LOCAL_PARALLEL"
 
+# llama.cpp's OpenMP threads spin while they wait (GNU OpenMP: 300,000 spins by
+# default), holding their core. Two llama.cpp processes on one 2-core machine (a
+# server beside a benchmark, a test run) spun on each other's cores: the 1.5B fell to
+# 0.5 tok/s. Measured (64 tokens; two processes at once, each):
+#   default spin           alone 14.4 tok/s   two at once  0.5 each
+#   GOMP_SPINCOUNT=10000   alone 14.4          two at once  4.4 each
+#   OMP_WAIT_POLICY=PASSIVE alone 10.5         two at once  7.7 each
+# ``sale_graph/__init__.py`` sets the short spin before any OpenMP runtime loads
+# (torch's, for the embedder, is the one llama.cpp shares): a lone process keeps its
+# speed and a shared machine no longer stalls. A machine that runs several llama.cpp
+# processes all the time gains from OMP_WAIT_POLICY=PASSIVE; a value the user set wins.
+# An app that imports torch before sale_graph keeps torch's choice.
+
 # The paper's ladder tops out at Qwen3 32B for $0.36 per Mtok; local agents are
 # priced on the same per-parameter rate so that cost terms stay comparable.
 PAPER_TOP_PRICE = 0.36

@@ -699,12 +699,15 @@ class AuctionMemory:
         """Totals for people and benchmarks: who wins, how often refined bids win."""
         wins: Counter[str] = Counter()
         bids_per_agent: Counter[str] = Counter()
-        refined_bids = refined_wins = auctions = 0
+        refined_bids = refined_wins = auctions = seeds = 0
         first = last = None
         for meta in self._metadatas():
             try:
                 bids = _check_bids(json.loads(str(meta["bids_json"])), meta["winner"])
             except (KeyError, TypeError, ValueError):  # damaged: skipped, as in retrieval
+                continue
+            if meta.get("outcome_source") == "evaluation":  # a seed (seeds.py), no auction
+                seeds += 1
                 continue
             auctions += 1
             wins[str(meta.get("winner"))] += 1
@@ -721,6 +724,7 @@ class AuctionMemory:
             "location": self.location,
             "collection": self.collection_name,
             "auctions": auctions,
+            "seeds": seeds,
             "wins": dict(sorted(wins.items())),
             "bids": dict(sorted(bids_per_agent.items())),
             "refined_bids": refined_bids,

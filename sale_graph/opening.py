@@ -76,6 +76,10 @@ def auction_id_for(state: Mapping[str, Any]) -> str:
             f"auction_id {given!r} is invalid: 1-128 characters of letters, digits, "
             "'.', '_', ':' or '-'"
         )
+    if given.startswith("seed-"):  # seeds.SEED_PREFIX: seeding again would replace it
+        raise InvalidTaskError(
+            f"auction_id {given!r}: ids starting with 'seed-' are kept for memory seeds"
+        )
     return given
 
 

@@ -62,6 +62,8 @@ def describe_update(
     if node == "memory_retrieve":
         n = (data.get("retrieved") or {}).get("count", 0)
         return f"{when}memory: {n} similar past auctions retrieved"
+    if node == "award":
+        return f"{when}awarded to {(data.get('awarded') or {}).get('agent')}"
     if node == "execute":
         how = ("executed its plan" if (data.get("execution") or {}).get("with_plan", True)
                else "answered directly")

@@ -115,7 +115,7 @@ def outcome_pairs(past_auctions: Sequence[Any], agent: str, max_pairs: int) -> l
 
 async def memory_retrieve(
     state: Mapping[str, Any], runtime: Any, bound: Any
-) -> Command[Literal["refine", "approve"]]:
+) -> Command[Literal["refine", "award"]]:
     """Graph node, step 4a: fetch the k most similar past auctions; pairs for each refiner."""
     ctx = run_context(runtime, bound)
     started = time.time()
@@ -131,7 +131,7 @@ async def memory_retrieve(
             update={"events": [event], "winning_bid": state["provisional_winner"],
                     "stop": "full auction: best score (memory unavailable)",
                     "retrieved": {"count": 0, "started": started, "ended": time.time()}},
-            goto="approve",
+            goto="award",
         )
     retrieved: dict[str, Any] = {
         "count": len(past), "ids": [p.auction_id for p in past],
@@ -160,7 +160,7 @@ async def memory_retrieve(
         update["winning_bid"] = state["provisional_winner"]
         update["stop"] = "full auction: best score (nobody refined)"
         update["events"] = [Event(kind="refinement_skipped", agent=None, detail=why)]
-        return Command(update=update, goto="approve")
+        return Command(update=update, goto="award")
     return Command(update=update, goto=sends)
 
 

@@ -172,7 +172,7 @@ def best(scored: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
 
 async def score(
     state: Mapping[str, Any], runtime: Any, bound: Any
-) -> Command[Literal["memory_retrieve", "approve"]]:
+) -> Command[Literal["memory_retrieve", "award"]]:
     """Graph node, steps 2c/3/5: S = C - V for the round's bids; pick the (provisional) winner."""
     from sale_graph.jury import vote_value
     from sale_graph.refinement import eligible_refiners
@@ -207,7 +207,7 @@ async def score(
         if ctx.refine and refiners:
             return Command(update=update, goto="memory_retrieve")
         return Command(update={**update, "winning_bid": winner["id"],
-                               "stop": "full auction: best score"}, goto="approve")
+                               "stop": "full auction: best score"}, goto="award")
 
     provisional = str(state["provisional_winner"])
     all_scores = {**state.get("scores", {}), **scores}
@@ -217,4 +217,4 @@ async def score(
         if challenger["score"] < all_scores[provisional]["score"]:
             winning = challenger["id"]
     return Command(update={"scores": scores, "winning_bid": winning,
-                           "stop": "full auction: best score after refinement"}, goto="approve")
+                           "stop": "full auction: best score after refinement"}, goto="award")

@@ -13,12 +13,13 @@ from typing import Any
 
 from langgraph.graph.state import CompiledStateGraph
 
-from sale_graph.context import RemoteContext
+from sale_graph.context import RemoteContext, client_pools, deployed_context
 from sale_graph.graph import build_graph
 
 
 def build_server_graph() -> CompiledStateGraph[Any, Any, Any, Any]:
     """Compile the auction for a server: no checkpointer or store (the server brings them)."""
+    client_pools(deployed_context())  # a mistyped SALE_CLIENT_POOLS fails at load
     builder = build_graph()
     builder.context_schema = RemoteContext  # type: ignore[assignment]
     compiled = builder.compile()

@@ -66,6 +66,7 @@ from sale_graph.opening import bid_sends
 from sale_graph.outcomes import DEFAULT_PRIOR, success_estimates
 from sale_graph.prompts import bid_messages
 from sale_graph.runtime import auction_execute_plan, auction_policy, pool_of, run_context
+from sale_graph.seeds import preset_seeds
 from sale_graph.state import Bid, Event
 
 DEFAULT_RESERVE = 0.5
@@ -242,8 +243,11 @@ class StagedPolicy:
             0.0 <= explore <= 1.0
         ):
             raise SaleError("staged policy 'explore' must lie in [0, 1]")
+        fitted = value.get("fitted", bool(parsed))
+        if not isinstance(fitted, bool):  # "false" must not read as fitted
+            raise SaleError("staged policy 'fitted' must be true or false")
         policy = cls(agents=parsed, juror=juror, explore=float(explore),
-                     fitted=bool(value.get("fitted", bool(parsed))), dearest=dearest,
+                     fitted=fitted, dearest=dearest,
                      dearest_agent=dearest_agent)
         return replace(policy, fallback=fallback) if fallback else policy
 
@@ -310,6 +314,14 @@ async def estimate(
         past = []
         events.append(Event(kind="memory_estimate_failed", agent=None,
                             detail=f"estimates fall back to the prior: {describe_error(exc)}"))
+    if (not past and not events and state.get("mode") == "staged" and ctx.reserve is None
+            and ctx.agents is None and preset_seeds(ctx.pool)
+            and (await auction_policy(state, ctx)).fitted):
+        # no verified outcome at all: the preset's fitted policy trusts no cheaper agent
+        events.append(Event(kind="memory_unseeded", agent=None, detail=(
+            "memory holds no verified outcomes, so every task goes to the dearest agent "
+            "until it does; `sale memory seed` (pointed at this memory) adds the preset's "
+            "evaluation")))
     estimates = success_estimates(past, agents, prior=DEFAULT_PRIOR)
     info.update(count=len(past), ids=[p.auction_id for p in past], ended=time.time(),
                 prior=DEFAULT_PRIOR)
@@ -329,7 +341,7 @@ def _direct_bid(agent: Agent) -> Bid:
 
 async def offer(
     state: Mapping[str, Any], runtime: Any, bound: Any
-) -> Command[Literal["assess", "offer", "approve"]]:
+) -> Command[Literal["assess", "offer", "award"]]:
     """Graph node: the next agent, cheapest first, writes its bid; the dearest answers."""
     ctx = run_context(runtime, bound)
     agents = await pool_of(ctx)
@@ -361,7 +373,7 @@ async def offer(
                 "assessments": [*skipped, verdict], "bids": [entry], "winning_bid": entry["id"],
                 "stop": f"memory alone accepts {remaining[0]} ({how}); it answers directly "
                         "(no bid: its assessment does not read one)",
-            }, goto="approve")
+            }, goto="award")
         skipped.append(verdict)
         remaining.pop(0)
     passed_over = {"offered": [s["agent"] for s in skipped], "assessments": skipped}
@@ -373,7 +385,7 @@ async def offer(
             "bids": [entry], "winning_bid": entry["id"],
             "stop": f"last resort: {agent.name}, the dearest agent, answers directly "
                     "(no bid, no jury)",
-        }, goto="approve")
+        }, goto="award")
     try:
         new = await write_bid(agent, bid_messages(agent.name, state["task"]), round_=0,
                               max_tokens=ctx.max_bid_tokens, timeout=ctx.call_timeout)
@@ -473,7 +485,7 @@ def _why(verdict: Mapping[str, Any], dearest: str) -> str:
 
 async def assess(
     state: Mapping[str, Any], runtime: Any, bound: Any
-) -> Command[Literal["offer", "approve"]]:
+) -> Command[Literal["offer", "award"]]:
     """Graph node: accept the newest bid if its assessment clears the reserve, else go on."""
     ctx = run_context(runtime, bound)
     policy = await auction_policy(state, ctx)
@@ -508,4 +520,4 @@ async def assess(
            else f"{name}'s bid assessed {_why(verdict, dearest)}")
     if policy.juror in agents and model.jury and vote is None:
         why += f" (without {policy.juror}'s vote: it was dropped, see events)"
-    return Command(update={**update, "winning_bid": bid["id"], "stop": why}, goto="approve")
+    return Command(update={**update, "winning_bid": bid["id"], "stop": why}, goto="award")

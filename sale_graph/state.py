@@ -3,8 +3,8 @@
 Everything is plain JSON-able dicts so any LangGraph checkpointer can persist an
 auction mid-way (bids already paid for are never paid for again on resume).
 Bids, votes and events arrive from parallel ``Send`` branches and are merged by
-``operator.add``; a parent graph sees only :class:`AuctionInput` and
-:class:`AuctionOutput`.
+``operator.add`` (bids by id: :func:`add_bids`); a parent graph sees only
+:class:`AuctionInput` and :class:`AuctionOutput`.
 """
 
 from __future__ import annotations
@@ -82,6 +82,33 @@ class AuctionOutput(TypedDict, total=False):
     auction: dict[str, Any]
 
 
+def add_bids(left: list[Bid] | None, right: list[Bid] | None) -> list[Bid]:
+    """Reducer of ``bids``: new bids are added; one written again under its id replaces it.
+
+    Parallel branches write bids of distinct ids, so for them this is ``operator.add``.
+    A state edit at the approval pause that sends the list back with one plan changed
+    (Studio's "edit state") edits that bid instead of adding every bid twice.
+    """
+    if not isinstance(right, list | None):
+        raise TypeError(f"bids must be a list of bids, got {type(right).__name__}")
+    merged = list(left or [])
+    where = {key: i for i, b in enumerate(merged) if (key := _bid_key(b))}
+    for bid in right or []:
+        key = _bid_key(bid)
+        if key in where:
+            merged[where[key]] = bid
+            continue
+        if key:
+            where[key] = len(merged)
+        merged.append(bid)
+    return merged
+
+
+def _bid_key(bid: Any) -> str | None:
+    key = bid.get("id") if isinstance(bid, dict) else None
+    return key if isinstance(key, str) else None
+
+
 def merge_dicts(left: dict[str, Any] | None, right: dict[str, Any] | None) -> dict[str, Any]:
     """Reducer for keyed results written by parallel branches (later keys win)."""
     return {**(left or {}), **(right or {})}
@@ -94,7 +121,7 @@ class AuctionState(TypedDict, total=False):
     auction_id: str
     started: float
     mode: str  # "full" (the paper's) or "staged"
-    bids: Annotated[list[Bid], operator.add]
+    bids: Annotated[list[Bid], add_bids]
     votes: Annotated[list[Vote], operator.add]
     events: Annotated[list[Event], operator.add]
     scores: Annotated[dict[str, dict[str, Any]], merge_dicts]
@@ -113,6 +140,7 @@ class AuctionState(TypedDict, total=False):
     offered: Annotated[list[str], operator.add]  # staged: agents asked, in order
     assessments: Annotated[list[dict[str, Any]], operator.add]  # staged: one per bid
     stop: str  # why the auction chose its winner when it did
+    awarded: dict[str, Any]  # the winning bid as the auction chose it (see approval.award)
     approval: dict[str, Any]
     execution: dict[str, Any]
     outcome: dict[str, Any]  # the verifier's verdict, stored with the auction

@@ -502,3 +502,58 @@ def test_one_digit_vote_returns_text(llama_server_url: str) -> None:  # noqa: F8
     )
     assert isinstance(reply.content, str) and reply.content.strip()
     assert 0 < reply.usage_metadata["output_tokens"] <= 2
+
+
+def _socket_options_of(agent) -> tuple:
+    import asyncio
+
+    async def pool_options():
+        pool = agent.model.http_async_client._pool()
+        transport = getattr(pool, "_transport", None)
+        return tuple(getattr(getattr(transport, "_pool", None), "_socket_options", None) or ())
+
+    return asyncio.run(pool_options())
+
+
+def test_endpoint_connections_keep_chatopenai_tcp_keepalive(usage_on_request_server,
+                                                            monkeypatch) -> None:
+    """Our per-loop pools replace ChatOpenAI's client: without its keepalive options a
+    long generation behind a NAT could be dropped as an idle connection."""
+    import asyncio
+    import socket
+
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
+                 "all_proxy", "LANGCHAIN_OPENAI_TCP_KEEPALIVE"):
+        monkeypatch.delenv(name, raising=False)
+    url, bodies = usage_on_request_server
+    agent = openai_agent("smol", model="m", price=0.01, base_url=url, max_retries=0)
+    assert (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1) in _socket_options_of(agent)
+    assert asyncio.run(agent.model.ainvoke("Name a colour.")).content == "Red"
+    own = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0)]
+    chosen = openai_agent("b", model="m", price=0.01, base_url=url, http_socket_options=own)
+    assert _socket_options_of(chosen) == tuple(own)
+    off = openai_agent("c", model="m", price=0.01, base_url=url, http_socket_options=())
+    assert _socket_options_of(off) == ()
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")  # httpx's proxy detection stays
+    assert _socket_options_of(openai_agent("d", model="m", price=0.01, base_url=url)) == ()
+
+
+def test_a_callers_own_transport_is_kept_and_an_environment_proxy_too(monkeypatch) -> None:
+    import asyncio
+
+    import openai
+
+    from sale_graph.endpoint import LoopLocalAsyncClient
+
+    transport_type = type(openai.DefaultAsyncHttpxClient()._transport)
+    mine = LoopLocalAsyncClient(transport=transport_type())
+
+    async def pool():
+        return mine._pool()
+
+    asyncio.run(pool())  # two transports for one client raised TypeError here
+    monkeypatch.delenv("LANGCHAIN_OPENAI_TCP_KEEPALIVE", raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    agent = openai_agent("p", model="m", price=0.1, base_url=LOOPBACK)
+    # ChatOpenAI's own sync client keeps httpx's proxy detection (no custom transport)
+    assert tuple(agent.model.http_socket_options) == ()

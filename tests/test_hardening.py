@@ -127,8 +127,8 @@ def test_fence_lookalikes_and_names_cannot_break_the_refine_prompt(lookalike):
 
 # ---- 4. approval ------------------------------------------------------------------------
 
-def _approval_app(pool, memory, checkpointer=True):
-    context = ctx(pool, memory, refine=False, approval=True)
+def _approval_app(pool, memory, checkpointer=True, **kw):
+    context = ctx(pool, memory, refine=False, approval=True, **kw)
     saver = InMemorySaver() if checkpointer else None
     return build_graph(context).compile(checkpointer=saver), context
 
@@ -215,6 +215,164 @@ def test_odd_resume_values_leave_the_thread_paused_and_resumable(memory, odd):
     assert out["winner"] == "large" and calls(pool) == paid + 1  # only the execution
 
 
+# A state edit at the pause (update_state, Studio's "edit state") goes on to the decision:
+# it ended the run, and a resume then returned {} with nothing executed or stored.
+
+def _executed(seen):
+    """An executor that records what it was given (agent, task, plan)."""
+    from langchain_core.runnables import RunnableLambda
+
+    def run(inputs):
+        seen.append((inputs["agent"], inputs["task"], inputs["strategy"]))
+        return f"done by {inputs['agent']}"
+
+    return RunnableLambda(run)
+
+
+def _paused(app, context, thread):
+    config = {"configurable": {"thread_id": thread}}
+    app.invoke({"task": TASK}, config=config, context=context)
+    assert app.get_state(config).next == ("approve",)
+    return config
+
+
+def _edits(out):
+    return [e["detail"] for e in out["auction"]["events"] if e["kind"] == "state_edited"]
+
+
+def test_an_edit_at_the_approval_pause_goes_on_to_the_decision(memory):
+    seen = []
+    app, context = _approval_app(make_pool(), memory, executor=_executed(seen))
+    config = _paused(app, context, "edit-task")
+    app.update_state(config, {"task": TASK + " Use integers."})
+    assert app.get_state(config).next == ("approve",)
+    out = app.invoke(Command(resume="approve"), config=config, context=context)
+    assert out["winner"] == "large" and out["answer"] == "done by large"
+    assert seen == [("large", TASK + " Use integers.", "LARGE plan one two three four")]
+    assert memory.get(out["auction"]["auction_id"]).task == TASK + " Use integers."
+    assert out["auction"]["approval"] == {"action": "approve", "by": "human"}
+    (edited,) = _edits(out)
+    assert "task" in edited
+
+
+def test_an_edit_cannot_switch_the_pending_decision_off(memory):
+    """Whether a person decides was fixed when the auction opened; an edit that sets
+    approval_required to false must still meet the question, not run unapproved."""
+    seen = []
+    app, context = _approval_app(make_pool(), memory, executor=_executed(seen))
+    config = _paused(app, context, "edit-approval")
+    app.update_state(config, {"approval_required": False})
+    again = app.invoke(None, config=config, context=context)
+    assert again["__interrupt__"] and seen == [] and memory.count() == 0
+    out = app.invoke(Command(resume={"action": "reject"}), config=config, context=context)
+    assert out["answer"] is None and seen == [] and memory.count() == 0
+
+
+def test_an_edit_naming_another_bidders_bid_executes_that_agent(memory):
+    pool = make_pool()
+    app, context = _approval_app(pool, memory)
+    config = _paused(app, context, "edit-winner")
+    app.update_state(config, {"winning_bid": "small#0"})
+    out = asyncio.run(app.ainvoke(Command(resume={"action": "approve"}), config=config,
+                                  context=context))
+    assert out["winner"] == "small" and out["answer"] == "answer from small"
+    assert [a.model.calls["execute"] for a in pool] == [1, 0, 0]  # small, mid, large
+    assert _edits(out) == ["edited at the approval pause: winning bid large#0 -> small#0"]
+    assert memory.get(out["auction"]["auction_id"]).winner == "small"
+
+
+@pytest.mark.parametrize("how", ["added", "in place"])
+def test_an_edited_plan_is_the_plan_executed_and_remembered(memory, how):
+    """An edited plan is added under an id of its own, or sent back under its id (Studio
+    sends the whole list): the winner executes it, memory keeps it as the win."""
+    seen = []
+    app, context = _approval_app(make_pool(), memory, executor=_executed(seen))
+    config = _paused(app, context, f"edit-plan-{how}")
+    bids = app.get_state(config).values["bids"]
+    plan = "EDITED: return a + b"
+    if how == "added":
+        small = next(b for b in bids if b["agent"] == "small")
+        edit = {"bids": [{**small, "id": "small#edited", "strategy": plan}],
+                "winning_bid": "small#edited"}
+        agent, changed = "small", "winning bid large#0 -> small#edited"
+    else:
+        edit = {"bids": [{**b, "strategy": plan} if b["agent"] == "large" else b
+                         for b in bids]}
+        agent, changed = "large", "plan of large#0"
+    app.update_state(config, edit)
+    again = app.invoke(None, config=config, context=context)  # asks again, with the edit
+    (request,) = [i.value for i in again["__interrupt__"]]
+    assert request["strategy"] == plan and changed in request["edited"][0]
+    out = app.invoke(Command(resume="approve"), config=config, context=context)
+    assert seen == [(agent, TASK, plan)] and out["winner"] == agent
+    assert len(out["auction"]["bids"]) == (4 if how == "added" else 3)
+    assert changed in _edits(out)[0]
+    stored = memory.get(out["auction"]["auction_id"])
+    assert stored.winner == agent and stored.winning_bid["strategy"] == plan
+    assert len(stored.bids) == 3  # one bid per agent: the edited plan stands for small#0
+
+
+_BROKEN = {
+    "missing bid": ({"winning_bid": "ghost#0"}, r'"ghost#0" names no bid',
+                    {"winning_bid": "mid#0"}, "mid"),
+    "agent outside the pool": (
+        {"bids": [{"id": "x#0", "agent": "mallory", "round": 0, "strategy": "rm -rf",
+                   "price": 0.1, "tokens": 2, "started": 1.0, "ended": 2.0}],
+         "winning_bid": "x#0"},
+        r'"mallory", which is not in the pool', {"winning_bid": "large#0"}, "large"),
+    "bid without its numbers": (
+        {"bids": [{"id": "small#edited", "agent": "small", "strategy": "EDITED"}],
+         "winning_bid": "small#edited"},
+        "lacks a valid round, price, tokens, started, ended",
+        {"bids": [{"id": "small#edited", "agent": "small", "round": 0, "strategy": "EDITED",
+                   "price": 0.05, "tokens": 1, "started": 1.0, "ended": 2.0}]}, "small"),
+    "empty task": ({"task": "  "}, "task was edited", {"task": TASK}, "large"),
+}
+
+
+@pytest.mark.parametrize("broken", list(_BROKEN))
+def test_an_edit_that_breaks_the_award_is_refused_before_anything_is_paid(memory, broken):
+    """Refused with ApprovalError naming the problem (not StopIteration or KeyError);
+    nothing executes or is stored, and a corrected edit resumes the thread."""
+    edit, problem, fix, winner = _BROKEN[broken]
+    pool = make_pool()
+    app, context = _approval_app(pool, memory)
+    config = _paused(app, context, f"broken-{broken}")
+    paid = calls(pool)
+    app.update_state(config, edit)
+    with pytest.raises(ApprovalError, match=problem):
+        app.invoke(Command(resume="approve"), config=config, context=context)
+    assert calls(pool) == paid and memory.count() == 0
+    assert app.get_state(config).next == ("approve",)
+    app.update_state(config, fix)
+    out = app.invoke(Command(resume="approve"), config=config, context=context)
+    assert out["winner"] == winner and calls(pool) == paid + 1  # only the execution
+    assert memory.get(out["auction"]["auction_id"]).winner == winner
+
+
+def test_an_edit_at_a_staged_auctions_approval_pause_goes_on(memory):
+    """Staged: small is declined, mid accepted; the edit gives the task back to small."""
+    specs = {"small": 0.05, "mid": 0.16, "large": 0.36}
+    pool = [Agent(name=n, model=ScriptedChatModel(
+        script={"bid": f"{n.upper()} plan one two", "vote": "3",
+                "execute": f"answer from {n}"}, entropy=0.5), price=p)
+            for n, p in specs.items()]
+    reserves = {"small": 0.9, "mid": 0.4}
+    staged = StagedPolicy(agents={n: AgentPolicy(bias=-0.5, entropy=1.0, memory=0.0, reserve=r)
+                                  for n, r in reserves.items()}, fitted=True)
+    app, context = _approval_app(pool, memory, auction="staged", staged=staged)
+    config = _paused(app, context, "edit-staged")
+    state = app.get_state(config).values
+    assert state["winning_bid"] == "mid#0" and state["offered"] == ["small", "mid"]
+    app.update_state(config, {"winning_bid": "small#0"})
+    assert app.get_state(config).next == ("approve",)
+    out = app.invoke(Command(resume="approve"), config=config, context=context)
+    assert out["winner"] == "small" and out["answer"] == "answer from small"
+    assert out["auction"]["mode"] == "staged"
+    assert _edits(out) == ["edited at the approval pause: winning bid mid#0 -> small#0"]
+    assert memory.get(out["auction"]["auction_id"]).winner == "small"
+
+
 # ---- 5. deadlines for models without an async path --------------------------------------
 
 class BlockingModel(BaseChatModel):
@@ -265,13 +423,68 @@ def test_call_timeout_bounds_wall_time_for_blocking_models(memory):
     ({"weights": {"jury": [1, 2]}}, "jury"),
     ({"no_such_field": 1}, "unknown context field"),
     ({"collection": "client_chosen"}, "deploys the server"),  # would create collections
+    ({"max_answer_tokens": 4096}, "at most 512"),  # an hour of a local model's CPU
+    ({"max_bid_tokens": 8192}, "at most"),
+    ({"call_timeout": 3600}, "at most"),
+    ({"execute_timeout": 86_400}, "at most"),
+    ({"max_task_chars": 1_000_000}, "at most"),
 ])
-def test_remote_context_refuses_what_a_client_may_not_set(sent, needle):
+def test_remote_context_refuses_what_a_client_may_not_set(sent, needle, monkeypatch):
+    monkeypatch.delenv("SALE_CLIENT_POOLS", raising=False)
     with pytest.raises(ContextError, match=needle):
         RemoteContext(**sent)
 
 
-def test_remote_context_accepts_tuning_and_echoed_defaults():
+def test_a_client_picks_only_the_pools_the_deployment_offers(monkeypatch, tmp_path):
+    """An endpoint deployment must not load the embedded models because a client asked."""
+    monkeypatch.delenv("SALE_CLIENT_POOLS", raising=False)
+    pool_file = tmp_path / "endpoints.json"
+    pool_file.write_text("[]")
+    monkeypatch.setenv("SALE_POOL", str(pool_file))
+    for preset in ("local", "local-small"):
+        with pytest.raises(ContextError, match="not offered on this server") as refused:
+            RemoteContext(pool=preset)
+        assert str(pool_file) not in str(refused.value)  # the deployer's path stays private
+    assert RemoteContext(k=2).pool == str(pool_file)
+    monkeypatch.setenv("SALE_CLIENT_POOLS", "local-small")
+    assert RemoteContext(pool="local-small").pool == "local-small"
+    with pytest.raises(ContextError, match="offers: local-small|choose: local-small"):
+        RemoteContext(pool="local")
+    monkeypatch.delenv("SALE_POOL")  # a preset deployment: every preset, unless listed
+    with pytest.raises(ContextError, match="not offered"):
+        RemoteContext(pool="local-coder")
+    monkeypatch.setenv("SALE_CLIENT_POOLS", "none")
+    with pytest.raises(ContextError, match=r"choose: none"):
+        RemoteContext(pool="local-small")
+    monkeypatch.delenv("SALE_CLIENT_POOLS")
+    assert RemoteContext(pool="local-coder").pool == "local-coder"
+
+
+def test_a_mistyped_client_pool_list_fails_when_the_server_loads(monkeypatch):
+    from sale_graph.server import build_server_graph
+
+    monkeypatch.setenv("SALE_CLIENT_POOLS", "local,locall")
+    with pytest.raises(ContextError, match="unknown preset.*'locall'"):
+        build_server_graph()
+
+
+def test_the_schema_offers_only_the_deployments_pools(monkeypatch, tmp_path):
+    from sale_graph.server import graph as served
+
+    monkeypatch.delenv("SALE_POOL", raising=False)
+    monkeypatch.setenv("SALE_CLIENT_POOLS", "local-small, local")
+    pool = served.get_context_jsonschema()["properties"]["pool"]
+    assert pool["enum"] == ["local", "local-small"] and "file" not in pool["description"]
+    pool_file = tmp_path / "endpoints.json"
+    pool_file.write_text("[]")
+    monkeypatch.setenv("SALE_POOL", str(pool_file))
+    monkeypatch.delenv("SALE_CLIENT_POOLS")
+    assert "pool" not in served.get_context_jsonschema()["properties"]
+
+
+def test_remote_context_accepts_tuning_and_echoed_defaults(monkeypatch):
+    monkeypatch.delenv("SALE_POOL", raising=False)
+    monkeypatch.delenv("SALE_CLIENT_POOLS", raising=False)
     base = Context()
     got = RemoteContext(k=3, refine=False, jury="peers", call_timeout=5,
                         weights={"cost": 0.0, "entropy": 1.0}, pool="local-small",
@@ -606,8 +819,10 @@ def test_a_parent_apps_own_context_does_not_reach_the_auction(memory):
     assert memory.count() == 1  # the auction's own remember=True held
 
 
-def test_the_servers_context_schema_shows_what_a_client_may_send():
+def test_the_servers_context_schema_shows_what_a_client_may_send(monkeypatch):
     """Studio and API clients read this schema: no refused field, every range."""
+    monkeypatch.delenv("SALE_POOL", raising=False)
+    monkeypatch.delenv("SALE_CLIENT_POOLS", raising=False)
     from sale_graph.context import SERVER_ONLY
     from sale_graph.server import graph as served
 
@@ -624,3 +839,95 @@ def test_studio_gets_input_and_output_schemas():
     schema = graph.get_input_jsonschema()
     assert schema["required"] == ["task"] and "auction_id" in schema["properties"]
     assert set(graph.get_output_jsonschema()["properties"]) == {"winner", "answer", "auction"}
+
+
+def test_the_servers_schema_types_what_a_client_sends_as_objects(monkeypatch):
+    """Weights, a staged policy and execute_plan were untyped boxes in Studio; the schema
+    must accept what the server accepts and reject what it refuses."""
+    import jsonschema
+
+    from sale_graph.server import graph as served
+    from sale_graph.staged import AgentPolicy, StagedPolicy
+
+    monkeypatch.delenv("SALE_POOL", raising=False)
+    monkeypatch.delenv("SALE_CLIENT_POOLS", raising=False)
+    schema = served.get_context_jsonschema()
+    fitted = StagedPolicy(agents={"small": AgentPolicy(bias=-1.0, memory=4.0, reserve=0.7)},
+                          dearest=AgentPolicy(bias=0.2, memory=3.0), dearest_agent="large",
+                          fitted=True).to_dict()
+    good = [{"weights": {"cost": 1.0, "entropy": 0.5, "jury": {"large": 0.3}}},
+            {"staged": fitted}, {"staged": StagedPolicy().to_dict()},
+            {"execute_plan": {"small": False}}, {"execute_plan": True}, {"weights": None}]
+    bad = [{"weights": "/etc/passwd"}, {"weights": {"jury": [1, 2]}},
+           {"execute_plan": "yes"}, {"staged": {"agents": {"a": {"reserve": 2}}}},
+           {"staged": {"explore": 3}}, {"weights": {"bogus": 1}}]
+    for sent in good:
+        jsonschema.validate(sent, schema)
+        RemoteContext(**sent)
+    for sent in bad:
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(sent, schema)
+        with pytest.raises(ContextError):
+            RemoteContext(**sent)
+
+
+@pytest.mark.parametrize(("sent", "needle"), [
+    ({"weights": {"staged": "/etc/passwd"}}, "belong to a weights file"),  # was opened
+    ({"weights": {"execute_plan": "yes"}}, "belong to a weights file"),
+    ({"weights": {"defaults": {"auction": "bogus"}}}, "belong to a weights file"),
+    ({"pool": ["local"]}, "pool must be a preset name"),
+    ({"pool": {"x": 1}}, "pool must be a preset name"),
+    ({"staged": {"fitted": "false"}}, "fitted"),
+])
+def test_remote_context_refuses_files_and_odd_types_inside_objects(sent, needle, monkeypatch):
+    monkeypatch.delenv("SALE_CLIENT_POOLS", raising=False)
+    monkeypatch.delenv("SALE_CONTEXT", raising=False)
+    with pytest.raises(ContextError, match=needle):
+        RemoteContext(**sent)
+
+
+def test_the_deployer_sets_the_limits_a_client_may_not_raise(monkeypatch):
+    """SALE_CONTEXT: without it the ceilings were the package defaults for every deployment."""
+    from sale_graph.context import deployed_context
+    from sale_graph.server import build_server_graph
+    from sale_graph.server import graph as served
+
+    monkeypatch.delenv("SALE_CLIENT_POOLS", raising=False)
+    monkeypatch.setenv("SALE_CONTEXT", '{"max_answer_tokens": 2048, "call_timeout": 600, '
+                                       '"jury": "peers"}')
+    assert deployed_context().max_answer_tokens == 2048
+    got = RemoteContext(max_answer_tokens=2048, call_timeout=600)
+    assert (got.max_answer_tokens, got.jury) == (2048, "peers")
+    assert RemoteContext().max_answer_tokens == 2048  # the deployment's default too
+    with pytest.raises(ContextError, match="at most 2048"):
+        RemoteContext(max_answer_tokens=2049)
+    properties = served.get_context_jsonschema()["properties"]
+    assert properties["max_answer_tokens"]["maximum"] == 2048
+    assert properties["max_answer_tokens"]["default"] == 2048
+    assert properties["call_timeout"]["maximum"] == 600
+    assert properties["max_bid_tokens"]["maximum"] == 160  # the default is the ceiling
+    monkeypatch.setenv("SALE_CONTEXT", '{"memory_url": "http://127.0.0.1:9"}')
+    with pytest.raises(ContextError, match="own settings"):
+        build_server_graph()
+    assert deployed_context('{"k": 3}').k == 3  # sale serve --context
+
+
+def test_the_schema_ranges_are_what_the_server_accepts(monkeypatch):
+    import jsonschema
+
+    from sale_graph.server import graph as served
+
+    monkeypatch.delenv("SALE_CONTEXT", raising=False)
+    monkeypatch.delenv("SALE_POOL", raising=False)
+    monkeypatch.setenv("SALE_CLIENT_POOLS", "local-small")
+    schema = served.get_context_jsonschema()
+    assert schema["properties"]["pool"]["enum"] == ["local", "local-small"]  # echo + offered
+    for sent in ({"max_answer_tokens": 4096}, {"call_timeout": 3600}, {"pool": "local-coder"}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(sent, schema)
+        with pytest.raises(ContextError):
+            RemoteContext(**sent)
+    for sent in ({"max_answer_tokens": 512}, {"pool": "local"},
+                 {"staged": {"agents": None, "dearest": None}}):
+        jsonschema.validate(sent, schema)
+        RemoteContext(**sent)

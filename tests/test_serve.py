@@ -778,3 +778,16 @@ def test_a_failed_memory_write_reaches_the_client_without_the_stores_location():
              "memory": {"write": "failed: MemoryUnavailableError: Chroma store at '/srv/secret'"}}
     assert sale_object(audit)["memory"] == "failed"
     assert sale_object({"memory": {"write": "ok"}})["memory"] == "ok"
+
+
+@pytest.mark.parametrize(("given", "needle"), [
+    ("[1]", "must be a JSON object"),
+    ("{not json", "must be a JSON object"),
+    ('{"max_answer_tokens": "2048"}', "integer"),
+    ('{"memory_path": "/tmp/x"}', "own settings"),
+    ('{"bogus": 1}', "unknown field"),
+])
+def test_a_bad_deployment_context_is_one_clear_error_before_binding(capsys, given, needle):
+    code = cli_main(["serve", "--context", given, "--pool", "local-small", "--port", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and "sale serve: http" not in err

@@ -543,3 +543,120 @@ def test_a_malformed_staged_policy_is_a_clear_error(bad):
 
     with pytest.raises(SaleError):
         StagedPolicy.coerce(bad)
+
+
+# --- seeds: the evaluation a memory starts from ------------------------------------------------
+
+
+def _seeds(task, small_passes):
+    return [{"auction_id": f"seed-{i}-{agent}", "task": f"{task} (variant {i})", "winner": agent,
+             "passed": passed, "bids": [{"agent": agent, "round": 0, "strategy": "plan",
+                                          "score": None, "label": "win", "price": PRICES[agent]}]}
+            for i in range(3) for agent, passed in (("small", small_passes), ("large", True))]
+
+
+def test_a_seeded_memory_lets_the_staged_auction_trust_a_cheaper_agent(memory, tmp_path):
+    """Empty, only the dearest agent ever answers (and is verified): nothing could teach
+    memory about the cheaper ones. Seeded with an evaluation, it starts where the
+    benchmark's staged rows did."""
+    from sale_graph import load_seeds, seed_memory
+    from sale_graph.seeds import save_seeds
+
+    task = "write a function that reverses a string"
+    trusting = StagedPolicy(agents={"small": AgentPolicy(bias=0.0, memory=6.0, reserve=0.6)},
+                            fitted=True)
+    assert run(task, staged(pool(), memory, staged=trusting, remember=False))["winner"] == "large"
+    path = tmp_path / "seeds.jsonl.gz"
+    assert save_seeds(_seeds(task, True), path) == 6
+    assert seed_memory(memory, load_seeds(path)) == 6
+    assert seed_memory(memory, load_seeds(path)) == 6 and memory.count() == 6  # no copies
+    assert memory.get("seed-0-small").outcome["source"] == "evaluation"
+    stats = memory.stats()  # seeds are an evaluation, not auctions anyone won
+    assert (stats["auctions"], stats["seeds"], stats["wins"]) == (0, 6, {})
+    out = run(task, staged(pool(), memory, staged=trusting, remember=False))
+    assert out["winner"] == "small" and out["auction"]["estimates"]["small"]["count"] == 3
+    memory.clear()
+    seed_memory(memory, _seeds(task, False))  # an evaluation it failed keeps it out
+    assert run(task, staged(pool(), memory, staged=trusting, remember=False))["winner"] == "large"
+
+
+@pytest.mark.parametrize(("damage", "needle"), [
+    ({"auction_id": "real-1"}, "must start with 'seed-'"),
+    ({"passed": "yes"}, "true or false"),
+    ({"winner": "mid"}, "winner's own bid"),
+    ({"task": None}, "non-empty text"),
+    ({"bids": [{"agent": "large", "round": 0, "strategy": "p", "score": None,
+                "label": "lose", "price": 0.36}]}, "label"),  # the memory's own check
+    ({"bids": [{"agent": "large", "round": 0, "strategy": 7, "score": None,
+                "label": "win", "price": 0.36}]}, "strategy"),
+])
+def test_a_bad_seed_is_refused_before_anything_is_written(memory, damage, needle):
+    from sale_graph.seeds import SeedError, seed_memory
+
+    seeds = _seeds("a task", True)
+    seeds[-1] = {**seeds[-1], **damage}
+    with pytest.raises(SeedError, match=needle):
+        seed_memory(memory, seeds)
+    assert memory.count() == 0
+
+
+def test_cli_seeds_a_new_memory_and_refuses_what_it_cannot_read(tmp_path, capsys):
+    from sale_graph.seeds import save_seeds
+
+    path = tmp_path / "seeds.jsonl.gz"
+    save_seeds(_seeds("a task", True), path)
+    target = str(tmp_path / "fresh")
+    assert cli_main(["memory", "seed", str(path), "--memory", target,
+                     "--collection", "seeded"]) == 0
+    assert "with 6 verified outcomes" in capsys.readouterr().out
+    assert AuctionMemory.persistent(target, collection="seeded").count() == 6
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"auction_id": "seed-x"}\n')
+    assert cli_main(["memory", "seed", str(broken), "--memory", str(tmp_path / "other")]) == 2
+    assert "missing task" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()  # checked before the store is opened
+    pool_file = tmp_path / "pool.json"
+    pool_file.write_text('{"agents": [{"name": "a", "price": 1, "backend": "local", '
+                         '"model": "smollm2-135m"}]}')
+    assert cli_main(["memory", "seed", "--pool", str(pool_file), "--memory", target]) == 2
+    assert "ships no seed file" in capsys.readouterr().err
+    own_weights = tmp_path / "w.json"
+    own_weights.write_text('{"cost": 1.0}')
+    assert cli_main(["memory", "seed", "--weights", str(own_weights), "--memory", target]) == 2
+    assert "with --weights" in capsys.readouterr().err
+    plain = tmp_path / "seeds.jsonl"  # --seeds-out without .gz reads back too
+    save_seeds(_seeds("another task", False), plain)
+    assert cli_main(["memory", "seed", str(plain), "--memory", target,
+                     "--collection", "seeded"]) == 0
+    reseeded = AuctionMemory.persistent(target, collection="seeded")
+    assert reseeded.count() == 6  # the same seed ids: replaced, not added
+    assert reseeded.get("seed-0-small").outcome["passed"] is False
+
+
+def test_seed_ids_are_kept_for_seeds(memory):
+    from sale_graph import InvalidTaskError
+
+    with pytest.raises(InvalidTaskError, match="kept for memory seeds"):
+        run("t", Context(agents=pool(), memory=memory), auction_id="seed-HumanEval-0-small")
+    assert memory.count() == 0
+
+
+def test_an_unseeded_memory_says_so_and_the_shipped_seeds_give_evidence(tmp_path):
+    """The local preset's staged default reads memory; empty, it can only send every task
+    to the 1.5B, and the audit must say why and what to do. Its shipped seeds fix that."""
+    from sale_graph import staged as staged_module
+    from sale_graph.seeds import load_seeds, preset_seeds, seed_memory
+    from tests.workers.common import HashEmbedder
+
+    mem = AuctionMemory.persistent(str(tmp_path / "m"), collection="seeds", embedder=HashEmbedder())
+    task = {"task": "Write a Python function that reverses a list.", "mode": "staged"}
+    empty = asyncio.run(staged_module.estimate(task, None, Context(pool="local", memory=mem)))
+    assert [e["kind"] for e in empty.update["events"]] == ["memory_unseeded"]
+    for told in (Context(pool="local", memory=mem, reserve=0.3),  # the prior may clear it
+                 Context(pool="local", memory=mem, staged=StagedPolicy())):  # explores
+        quiet = asyncio.run(staged_module.estimate(task, None, told))
+        assert quiet.update["events"] == []
+    seed_memory(mem, load_seeds(preset_seeds("local")))
+    seeded = asyncio.run(staged_module.estimate(task, None, Context(pool="local", memory=mem)))
+    assert seeded.update["events"] == []
+    assert seeded.update["estimates"]["qwen2.5-coder-0.5b"]["count"] > 0

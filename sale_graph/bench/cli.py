@@ -123,6 +123,7 @@ def fit_command(args: argparse.Namespace) -> int:
                                                 args.reserve)
             if staged is None and (args.staged_fit or args.reserve is not None):
                 raise ValueError(f"no staged policy to write: {staged_report['skipped']}")
+            seeds = runner.seeds_from_bank(bank, staged_report) if args.seeds_out else []
         except ValueError as exc:
             print(f"sale fit: {exc}", file=sys.stderr)
             return 2
@@ -135,6 +136,12 @@ def fit_command(args: argparse.Namespace) -> int:
     summary["staged"] = staged_report
     print(json.dumps(summary, indent=2, sort_keys=True))
     print(f"wrote {args.output}", file=sys.stderr)
+    if args.seeds_out:
+        from sale_graph.seeds import save_seeds
+
+        n = save_seeds(seeds, args.seeds_out)
+        print(f"wrote {args.seeds_out}: {n} verified outcomes of the training split "
+              f"({sum(s['passed'] for s in seeds)} passed)", file=sys.stderr)
     return 0
 
 
@@ -284,6 +291,12 @@ def add_bench_commands(subparsers: Any) -> None:
         "the benchmark's reserve sweep, shipped as the pool's default)",
     )
     fit.add_argument("-o", "--output", required=True, help="weights JSON to write")
+    fit.add_argument(
+        "--seeds-out",
+        default=None,
+        help="also write the training split's graded outcomes (one per task and agent) as "
+        "the seed file `sale memory seed` loads: the memory the staged rows started from",
+    )
     fit.set_defaults(handler=fit_command)
 
     compare = subparsers.add_parser(

@@ -374,25 +374,55 @@ def _outcome_seeds(
     agent would execute when it wins (with its plan, or directly): what a user who
     evaluated each agent once on a training set would have in memory.
     """
+    return training_seeds(bank, [(t.id, t.prompt.strip()) for t in r.train],
+                          [(a.name, a.price) for a in r.agents], staged)
+
+
+def training_seeds(
+    bank: OutcomeBank, train: Sequence[tuple[str, str]], agents: Sequence[tuple[str, float]],
+    staged: Mapping[str, Any] | None,
+) -> list[dict[str, Any]]:
+    """The seed records of (task id, task text) x (agent name, price), from the bank's outcomes."""
     execute_plan = (staged or {}).get("execute_plan") or {}
     outcomes, direct = bank.records("outcome"), bank.records("direct")
     seeds = []
-    for task in r.train:
-        for agent in r.agents:
-            plan_row = outcomes.get(_outcome_key(task.id, agent.name))
-            direct_row = direct.get(_direct_key(task.id, agent.name))
-            with_plan = execute_plan.get(agent.name, True) or direct_row is None
+    for task_id, text in train:
+        for name, price in agents:
+            plan_row = outcomes.get(_outcome_key(task_id, name))
+            direct_row = direct.get(_direct_key(task_id, name))
+            with_plan = execute_plan.get(name, True) or direct_row is None
             row = plan_row if with_plan else direct_row
             if plan_row is None or row is None:
                 continue
             seeds.append({
-                "auction_id": "seed-" + re.sub(r"[^A-Za-z0-9._:-]", "-", f"{task.id}-{agent.name}"),
-                "task": task.prompt.strip(), "winner": agent.name, "passed": bool(row["passed"]),
-                "bids": [{"agent": agent.name, "round": 0,
-                          "strategy": plan_row.get("plan") if with_plan else "",
-                          "score": None, "label": "win", "price": agent.price}],
+                "auction_id": "seed-" + re.sub(r"[^A-Za-z0-9._:-]", "-", f"{task_id}-{name}"),
+                "task": text, "winner": name, "passed": bool(row["passed"]),
+                "bids": [{"agent": name, "round": 0,
+                          "strategy": (plan_row.get("plan") or "") if with_plan else "",
+                          "score": None, "label": "win", "price": price}],
             })
     return seeds
+
+
+def seeds_from_bank(bank: OutcomeBank, staged: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The training split's seeds as the staged rows' memory held them, from the bank alone.
+
+    The split and the pool are the run's own (``meta``); a training task's text is
+    the one its stored training auction ran on. A training task without one is an
+    error, never a silently missing seed.
+    """
+    audits = bank.records("train_audit")
+    tasks = (bank.get("meta", "tasks") or {}).get("tasks") or []
+    train_ids = [t["id"] for t in tasks if t.get("split") == "train"]
+    missing = [t for t in train_ids if t not in audits]
+    if missing or not train_ids:
+        raise ValueError(f"no training auction (task text) for {len(missing)} training "
+                         f"task(s), e.g. {missing[:3]}: finish the run's training split first"
+                         if missing else "the run holds no training split")
+    train = [(t, audits[t]["audit"]["task"]) for t in train_ids]
+    pool = (bank.get("meta", "pool") or {}).get("agents") or []
+    agents = [(a["name"], a["price"]) for a in pool]
+    return training_seeds(bank, train, agents, staged)
 
 
 def run_bench(

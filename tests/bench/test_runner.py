@@ -529,3 +529,35 @@ def test_direct_rows_and_an_oracle_over_both_modes(tmp_path) -> None:
     partial = json.loads(report_from_bank(bank, tmp_path / "p", plots=False)["json"].read_text())
     assert partial["summary"]["oracle"] == plain["summary"]["oracle"]
     assert not [m for m in partial["summary"] if "(direct)" in m]
+
+
+def test_fit_writes_the_training_evaluation_as_a_seed_file(tmp_path) -> None:
+    """The staged rows' memory held the training split's graded outcomes; shipping the
+    policy without them would route every task of a new memory to the dearest agent."""
+    from sale_graph.cli import main
+    from sale_graph.seeds import load_seeds
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    bank = _synthetic_bank(run_dir / runner.BANK_DB, orders_done=0)
+    for key, row in bank.records("outcome").items():
+        bank.put("outcome", key, {**row, "plan": f"plan for {key}"})
+    bank.close()
+    out, seeds_path = tmp_path / "w.json", tmp_path / "seeds.jsonl.gz"
+    assert main(["fit", "--run-dir", str(run_dir), "--seeds-out", str(seeds_path),
+                 "-o", str(out)]) == 0
+    seeds = load_seeds(seeds_path)
+    assert len(seeds) == 8  # 4 training tasks x 2 agents, never a test task
+    assert {s["task"] for s in seeds} == {"t0", "t1", "t2", "t3"}
+    small = {s["task"]: s["passed"] for s in seeds if s["winner"] == "small"}
+    assert small == {"t0": True, "t1": False, "t2": True, "t3": False}
+    assert all(s["bids"][0]["price"] == dict(AGENTS)[s["winner"]] for s in seeds)
+    bank = OutcomeBank(run_dir / runner.BANK_DB)  # a training task without its auction
+    audits = bank.records("train_audit")
+    bank.clear_records("train_audit")
+    for key, row in audits.items():
+        if key != "t1":
+            bank.put("train_audit", key, row)
+    with pytest.raises(ValueError, match="training task"):
+        runner.seeds_from_bank(bank, None)  # never a silently shorter seed file
+    bank.close()

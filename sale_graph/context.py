@@ -9,6 +9,7 @@ win over their string counterparts.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -402,7 +403,7 @@ class Context:
         """The weights file's content (``self.weights``, else the preset's), if a file or dict."""
         source: Any = self.weights
         if source is None and self.agents is None and self.pool in PRESET_WEIGHTS:
-            source = Path(__file__).with_name("data") / PRESET_WEIGHTS[self.pool]
+            return _preset_data(self.pool)
         if isinstance(source, (str, Path)):
             source = _read_weights_file(source)
         return source if isinstance(source, Mapping) else None
@@ -419,8 +420,7 @@ class Context:
             return own
         if self.weights is None:
             return None  # _fitted_file already read the preset's file
-        preset = Path(__file__).with_name("data") / PRESET_WEIGHTS[self.pool]
-        return (_read_weights_file(preset) or {}).get(name)
+        return _preset_data(self.pool).get(name)
 
     def check(self) -> None:
         """Resolve everything a run reads from its weights (and file), or fail saying where.
@@ -431,7 +431,7 @@ class Context:
         """
         weights = self.weights
         if weights is None and self.agents is None and self.pool in PRESET_WEIGHTS:
-            weights = Path(__file__).with_name("data") / PRESET_WEIGHTS[self.pool]
+            weights = _preset_path(self.pool)
         # a staged policy of its own (a file or a dict) is at fault for its own errors
         staged = self.staged if self.staged is not None else weights
         for source, resolve in ((weights, self.resolved_weights), (weights, self.resolved_auction),
@@ -532,10 +532,27 @@ PRESETS = ("local", "local-small", "local-coder")
 PRESET_WEIGHTS = {"local": "local_weights.json"}
 
 
+def _preset_path(preset: str) -> Path:
+    return Path(__file__).with_name("data") / PRESET_WEIGHTS[preset]
+
+
+@functools.cache
+def _preset_text(preset: str) -> str:
+    """A preset's shipped weights file, read once per process (package data)."""
+    try:
+        return _preset_path(preset).read_text()
+    except OSError as exc:
+        raise PoolConfigError(f"cannot read weights file {_preset_path(preset)}: {exc}") from exc
+
+
+def _preset_data(preset: str) -> dict[str, Any]:
+    # parsed on each call: a shared dict (or Weights) would let one auction's change
+    # reach every other auction of the process; the file itself is read once
+    return dict(json.loads(_preset_text(preset)))
+
+
 def _preset_weights(preset: str) -> Weights:
-    # read on each call (a few hundred bytes, once per auction): a cached Weights would
-    # share its jury dict between every auction of the process
-    return Weights.coerce(Path(__file__).with_name("data") / PRESET_WEIGHTS[preset])
+    return Weights.coerce(_preset_data(preset))
 
 
 def _pool_from_spec(spec: str) -> tuple[Agent, ...]:

@@ -158,17 +158,23 @@ class LoopLocalAsyncClient(openai.DefaultAsyncHttpxClient):
         await super().aclose()
 
 
-def _proxy_in_environment(socket_options: Any) -> bool:
-    """Whether langchain-openai would leave sockets alone to keep httpx's proxy detection."""
+def _lc_client_utils() -> Any:
+    """langchain-openai's socket-option rules, or None in a version without them."""
     try:
         from langchain_openai.chat_models import _client_utils as lc
+    except ImportError:
+        return None
+    needed = ("_should_bypass_socket_options_for_proxy_env", "_resolve_socket_options",
+              "_DEFAULT_CONNECTION_LIMITS", "httpx")
+    return lc if all(hasattr(lc, name) for name in needed) else None
 
-        return bool(lc._should_bypass_socket_options_for_proxy_env(
-            http_socket_options=socket_options, http_client=None,
-            http_async_client=None, openai_proxy=None,
-        ))
-    except (ImportError, AttributeError, TypeError):
-        return False
+
+def _proxy_in_environment(socket_options: Any) -> bool:
+    """Whether langchain-openai would leave sockets alone to keep httpx's proxy detection."""
+    lc = _lc_client_utils()
+    return lc is not None and bool(lc._should_bypass_socket_options_for_proxy_env(
+        http_socket_options=socket_options, http_client=None, http_async_client=None,
+        openai_proxy=None))
 
 
 def _keepalive_transport(socket_options: Any) -> dict[str, Any]:
@@ -178,18 +184,14 @@ def _keepalive_transport(socket_options: Any) -> dict[str, Any]:
     a proxy in the environment keeping httpx's proxy detection); a langchain-openai
     without them leaves the SDK's defaults.
     """
-    if _proxy_in_environment(socket_options):
+    lc = _lc_client_utils()
+    if lc is None or _proxy_in_environment(socket_options):
         return {}
-    try:
-        from langchain_openai.chat_models import _client_utils as lc
-
-        options = lc._resolve_socket_options(socket_options)
-        if not options:
-            return {}
-        return {"transport": lc.httpx.AsyncHTTPTransport(
-            socket_options=list(options), limits=lc._DEFAULT_CONNECTION_LIMITS)}
-    except (ImportError, AttributeError, TypeError):
+    options = lc._resolve_socket_options(socket_options)
+    if not options:
         return {}
+    return {"transport": lc.httpx.AsyncHTTPTransport(
+        socket_options=list(options), limits=lc._DEFAULT_CONNECTION_LIMITS)}
 
 
 def _describe(exc: ValidationError) -> str:

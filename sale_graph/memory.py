@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sale_graph.agents import valid_agent_name
 from sale_graph.errors import InvalidTaskError, MemoryUnavailableError, SaleError
+from sale_graph.seeds import SEED_SOURCE
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
@@ -706,7 +707,7 @@ class AuctionMemory:
                 bids = _check_bids(json.loads(str(meta["bids_json"])), meta["winner"])
             except (KeyError, TypeError, ValueError):  # damaged: skipped, as in retrieval
                 continue
-            if meta.get("outcome_source") == "evaluation":  # a seed (seeds.py), no auction
+            if meta.get("outcome_source") == SEED_SOURCE:  # a seed, not an auction anyone won
                 seeds += 1
                 continue
             auctions += 1

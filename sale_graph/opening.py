@@ -23,6 +23,7 @@ from sale_graph.approval import require_checkpointer
 from sale_graph.context import Context
 from sale_graph.errors import InvalidTaskError
 from sale_graph.runtime import run_context
+from sale_graph.seeds import SEED_PREFIX
 from sale_graph.state import REDUCED, AuctionState, BidRequest
 
 _AUCTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
@@ -76,9 +77,9 @@ def auction_id_for(state: Mapping[str, Any]) -> str:
             f"auction_id {given!r} is invalid: 1-128 characters of letters, digits, "
             "'.', '_', ':' or '-'"
         )
-    if given.startswith("seed-"):  # seeds.SEED_PREFIX: seeding again would replace it
+    if given.startswith(SEED_PREFIX):  # seeding again would replace that record
         raise InvalidTaskError(
-            f"auction_id {given!r}: ids starting with 'seed-' are kept for memory seeds"
+            f"auction_id {given!r}: ids starting with {SEED_PREFIX!r} are kept for memory seeds"
         )
     return given
 

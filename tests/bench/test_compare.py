@@ -13,7 +13,8 @@ TASKS = [f"t{i}" for i in range(20)]
 
 
 def _rec(method: str, task: str, passed: bool, cost: float, agent: str = "large") -> dict:
-    auction = 0 if method.startswith(("single: ", "kNN", "oracle")) else 50
+    # a staged row assessing from memory alone spends no auction token
+    auction = 50 if method.startswith("SALE") else 0
     return Record(method=method, task_id=task, domain="coding", bin="easy", agent=agent,
                   passed=passed, tokens_auction=auction, tokens_execution=100,
                   seconds_auction=0.0,
@@ -28,7 +29,8 @@ def _run(tmp_path, name: str, pool: str, rows: dict, tasks=TASKS) -> str:
     d = tmp_path / name
     d.mkdir()
     (d / "results.json").write_text(json.dumps(
-        {"largest": "large", "meta": {"config": {"pool": pool}}, "records": records}))
+        {"largest": "large", "meta": {"config": {"pool": pool, "methods": "staged"}},
+         "records": records}))
     return str(d)
 
 

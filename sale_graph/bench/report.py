@@ -268,7 +268,8 @@ def break_even_section(analysis: Mapping[str, Any]) -> list[str]:
         "the execution cost rho times what the largest agent pays on the same tasks. With "
         "the largest agent's price p per token, an execution of L tokens costs p·L alone "
         "and A + rho·p·L after an auction: the auction pays for itself once "
-        "L > L* = A / (p (1 - rho)) tokens, never if rho >= 1. Here the largest agent's "
+        "L > L* = A / (p (1 - rho)) tokens, never if rho >= 1, from any length if the "
+        "auction costs nothing (a staged auction assessing from memory). Here the largest agent's "
         f"executions are {mean:.0f} tokens on average (longest {values[-1] if values else 0:.0f})"
         ".",
         "",
@@ -278,13 +279,15 @@ def break_even_section(analysis: Mapping[str, Any]) -> list[str]:
     for ref, rows in table.items():
         for method, b in rows.items():
             lstar = b["break_even_tokens"]
+            if lstar is None or not mean:
+                tail = "| never | - |"
+            elif b["auction_cost_per_task"] <= 0:  # assessed for free: pays from any length
+                tail = "| any | - |"
+            else:
+                tail = f"| {lstar:,.0f} | {lstar / mean:,.0f}x |"
             lines.append(
                 f"| {method} | {ref} | {b['auction_cost_per_task']:.3g} | {b['rho']:.2f} "
-                + (
-                    f"| {lstar:,.0f} | {lstar / mean:,.0f}x |"
-                    if lstar is not None and mean
-                    else "| never | - |"
-                )
+                + tail
             )
     return lines
 
@@ -358,11 +361,13 @@ def analyse(
     execution_lengths: Mapping[str, float] | None = None,
     *,
     seed: int = 0,
+    auction_methods: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Intervals, paired comparisons, break-even, longest bin and learning curves.
 
     ``execution_lengths`` (tokens per task) defaults to the execution tokens of the
     largest agent's first row; the caller can pass a purer measure (without the plan).
+    ``auction_methods`` (the run's auction rows) default to those that spent on an auction.
     """
     refs = references((r.method for r in records), largest)
     if execution_lengths is None:
@@ -374,9 +379,10 @@ def analyse(
         "references": refs,
         "intervals": intervals(records, seed=seed),
         "paired": paired_comparisons(records, refs, seed=seed),
-        "break_even": {ref: break_even(records, ref) for ref in refs},
+        "break_even": {ref: break_even(records, ref, auction_methods=auction_methods)
+                       for ref in refs},
         "execution_lengths": lengths,
-        "length_bins": length_bins(records, lengths),
+        "length_bins": length_bins(records, lengths, auction_methods=auction_methods),
         "longest_bin": longest_bin(records, lengths),
         "learning_curves": learning_curves(records, agents),
     }
@@ -611,7 +617,8 @@ def write_report(
         m: win_rate_curve([r for r in recs if r.method == m], largest, blocks=blocks)
         for m in curve_methods
     }
-    analysis = analyse(recs, largest, agents, execution_lengths)
+    analysis = analyse(recs, largest, agents, execution_lengths,
+                       auction_methods=list(auction_methods) or None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "markdown": out / "results.md"}

@@ -523,8 +523,27 @@ def _plot_curves(curves: Mapping[str, Mapping[str, list[float]]], path: Path) ->
     plt.close(fig)
 
 
-def _plot_learning(curves: Mapping[str, Mapping[str, Any]], agents: Sequence[str],
-                   path: Path) -> None:  # fmt: skip
+def learning_reference(analysis: Mapping[str, Any]) -> tuple[str, float, float] | None:
+    """The line a learning curve is read against: the largest agent's whole-run level.
+
+    Its direct answers where the run has them (what a user compares against), else its
+    first row: (label, pass@1, cost per task). A curve that climbs without crossing it
+    has learned, but not enough to pay.
+    """
+    refs = list(analysis.get("references") or [])
+    ref = next((r for r in refs if r.endswith("(direct)")), refs[0] if refs else None)
+    iv = (analysis.get("intervals") or {}).get(ref) if ref else None
+    if not iv:
+        return None
+    return str(ref), float(iv["pass_at_1"]["estimate"]), float(iv["cost_per_task"]["estimate"])
+
+
+def _plot_learning(
+    curves: Mapping[str, Mapping[str, Any]],
+    agents: Sequence[str],
+    path: Path,
+    reference: tuple[str, float, float] | None = None,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -540,6 +559,10 @@ def _plot_learning(curves: Mapping[str, Mapping[str, Any]], agents: Sequence[str
         for j, a in enumerate(agents):
             axes[2].plot(x, [100 * v for v in c["win_share"][a]], style,
                          color=colours(j % 10), label=f"{m}: {a}")  # fmt: skip
+    if reference is not None:
+        label, ref_pass, ref_cost = reference
+        axes[0].axhline(100 * ref_pass, color="grey", linestyle="--", linewidth=1, label=label)
+        axes[1].axhline(ref_cost, color="grey", linestyle="--", linewidth=1, label=label)
     for ax, title in zip(
         axes, ("rolling pass@1 (%)", "rolling cost per task ($)", "rolling win share (%)"),
         strict=True,
@@ -650,7 +673,8 @@ def write_report(
         paths["win_rate"] = out / "win_rate.png"
         _plot_curves(curves, paths["win_rate"])
         paths["learning"] = out / "learning.png"
-        _plot_learning(analysis["learning_curves"], agents, paths["learning"])
+        _plot_learning(analysis["learning_curves"], agents, paths["learning"],
+                       learning_reference(analysis))
         paths["break_even"] = out / "break_even.png"
         _plot_break_even(analysis, paths["break_even"])
     return paths

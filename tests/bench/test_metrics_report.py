@@ -11,6 +11,7 @@ from sale_graph.bench.records import Record, bids_from_audit, dollars, record_fr
 from sale_graph.bench.report import (
     analyse,
     break_even_section,
+    learning_reference,
     markdown_report,
     pareto_front,
     write_report,
@@ -250,6 +251,16 @@ def test_a_staged_auction_that_spends_nothing_on_its_auction_has_a_break_even_ro
     assert f"| staged dear | {LARGE} | 0 | 1.20 | never | - |" in md
     # without the run's list, only spending tells: no row
     assert analyse(recs, "large", AGENTS)["break_even"][LARGE] == {}
+
+
+def test_learning_curves_are_read_against_the_largest_agent_answering_directly() -> None:
+    direct = [_crec(f"{LARGE} (direct)", r.task_id, r.passed and r.task_id < "t10", ce=0.5)
+              for r in _largest()]  # fmt: skip
+    analysis = analyse(_largest() + direct, "large", AGENTS)
+    assert learning_reference(analysis) == (f"{LARGE} (direct)", 0.25, 0.5)
+    only_planning = analyse(_largest(), "large", AGENTS)
+    assert learning_reference(only_planning) == (LARGE, 0.5, 1.0)
+    assert learning_reference({}) is None
 
 
 def test_bar_section_holds_auction_rows_to_quality_cost_and_auction_share() -> None:

@@ -31,10 +31,10 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 from langgraph.config import get_config
-from langgraph.types import Command, interrupt
+from langgraph.types import interrupt
 
 from sale_graph.errors import ApprovalError, SaleError
 from sale_graph.runtime import pool_of, run_context
@@ -257,15 +257,18 @@ def _shown(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-async def approve(
-    state: Mapping[str, Any], runtime: Any, bound: Any
-) -> Command[Literal["execute", "remember"]]:
-    """Graph node: pass through, or ask a person (``Context.approval``)."""
+async def approve(state: Mapping[str, Any], runtime: Any, bound: Any) -> dict[str, Any]:
+    """Graph node: pass through, or ask a person (``Context.approval``).
+
+    Its edge to ``execute`` is static, so a state edit made while the executor is
+    paused (applied as this node's, the last that finished) goes on to the execution;
+    a rejection is therefore not a route but a record that ``execute`` honours.
+    """
     ctx = run_context(runtime, bound)
     # as the auction opened; an edit at the pause cannot switch the decision off
     noted = (state.get("awarded") or {}).get("approval") is True
     if not (state.get("approval_required", ctx.approval) or noted):
-        return Command(goto="execute")
+        return {}
     agents = await pool_of(ctx)
     winning = checked_winner(state, sorted(agents))
     request = approval_request(state, winning, agents[winning["agent"]].price,
@@ -276,27 +279,28 @@ async def approve(
     bidders = sorted({b["agent"] for b in state["bids"]} & set(agents))
     decision = ask(request, bidders)
     claim_decision(get_config(), state["auction_id"], decision)
-    record = audit_record(decision)
-    update: dict[str, Any] = {"approval": record}
+    update: dict[str, Any] = {"approval": audit_record(decision)}
     events = [Event(kind="state_edited", agent=winning["agent"],
                     detail="edited at the approval pause: " + "; ".join(changed))
               ] if changed else []
-    if decision["action"] == "approve":
-        return Command(update={**update, **({"events": events} if events else {})},
-                       goto="execute")
     if decision["action"] == "reject":
         events.append(Event(kind="rejected", agent=winning["agent"],
                             detail=str(decision.get("reason") or "rejected before execution")))
-        return Command(update={**update, "events": events, "winner": None, "answer": None},
-                       goto="remember")
-    chosen = decision["winner"]
-    scores = state.get("scores", {})
-    own = [b for b in state["bids"] if b["agent"] == chosen]
-    best_own = min(own, key=lambda b: scores.get(b["id"], {}).get("score", float("inf")))
-    events.append(Event(kind="winner_overridden", agent=chosen,
-                        detail=f"{winning['agent']} -> {chosen} by a human"))
-    return Command(update={**update, "winning_bid": best_own["id"], "events": events},
-                   goto="execute")
+        update.update(winner=None, answer=None)
+    elif decision["action"] != "approve":
+        chosen = decision["winner"]
+        scores = state.get("scores", {})
+        own = [b for b in state["bids"] if b["agent"] == chosen]
+        best_own = min(own, key=lambda b: scores.get(b["id"], {}).get("score", float("inf")))
+        events.append(Event(kind="winner_overridden", agent=chosen,
+                            detail=f"{winning['agent']} -> {chosen} by a human"))
+        update["winning_bid"] = best_own["id"]
+    return {**update, **({"events": events} if events else {})}
+
+
+def rejected(state: Mapping[str, Any]) -> bool:
+    """Whether a person rejected this auction before execution (nothing is executed)."""
+    return (state.get("approval") or {}).get("action") == "reject"
 
 
 __all__ = [
@@ -309,5 +313,6 @@ __all__ = [
     "claim_decision",
     "edits",
     "parse_decision",
+    "rejected",
     "require_checkpointer",
 ]

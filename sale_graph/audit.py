@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sale_graph.agents import Agent
+from sale_graph.approval import rejected
 from sale_graph.calls import describe_error
 from sale_graph.errors import MemoryUnavailableError
 from sale_graph.jury import vote_value
@@ -233,7 +234,7 @@ async def remember(state: Mapping[str, Any], runtime: Any, bound: Any) -> dict[s
                         jury_vote=ctx.jury_vote, memory_write="pending")
     status = "disabled"
     started = time.time()
-    if (state.get("approval") or {}).get("action") == "reject":
+    if rejected(state):
         status = "skipped: rejected before execution"
     elif ctx.remember:
         status = await _write_memory(ctx, state, audit)

@@ -23,6 +23,7 @@ from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from langgraph.pregel import Pregel
 
 from sale_graph.agents import Agent
+from sale_graph.approval import rejected
 from sale_graph.calls import (
     GRAPH_SIGNALS,
     ainvoke_bounded,
@@ -239,7 +240,12 @@ def follows_plan(execute_plan: bool | Mapping[str, bool], agent: str) -> bool:
 
 
 async def execute_winner(state: Mapping[str, Any], runtime: Any, bound: Any) -> dict[str, Any]:
-    """Graph node, step 6: the winner carries out its plan (or answers) with its own model."""
+    """Graph node, step 6: the winner carries out its plan (or answers) with its own model.
+
+    Nothing runs for an auction a person rejected (``approval.rejected``).
+    """
+    if rejected(state):
+        return {}
     ctx = run_context(runtime, bound)
     winning = next(b for b in state["bids"] if b["id"] == state["winning_bid"])
     agent = (await pool_of(ctx))[winning["agent"]]

@@ -391,6 +391,27 @@ def test_an_executor_graph_that_pauses_pauses_the_auction(memory):
     assert memory.count() == 1
 
 
+def test_an_edit_at_an_executors_pause_goes_on_to_the_execution(memory):
+    """``update_state`` at an executor's pause (Studio's "edit state") is applied as
+    the last finished node's, ``approve``: its static edge to ``execute`` lets the run
+    go on with the edited state instead of ending with nothing executed or stored."""
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.types import Command
+
+    executor = _pausing_graph("confirm_tool", "answer", "tool ran for {said}")
+    context = ctx(make_pool(), memory, refine=False, executor=executor)
+    app = build_graph(context).compile(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "t-exec-edit"}}
+    app.invoke({"task": "Add numbers."}, config=config)
+    app.update_state(config, {"task": "Add two numbers."})
+    assert app.get_state(config).next == ("execute",)
+    again = app.invoke(None, config=config)  # the executor asks again, on the edited task
+    assert [i.value for i in again["__interrupt__"]] == [
+        {"ask": "confirm_tool for Add two numbers.?"}]
+    out = app.invoke(Command(resume="yes"), config=config)
+    assert out["answer"] == "tool ran for yes" and memory.count() == 1
+
+
 def test_a_verifier_that_asks_a_human_pauses_before_the_write(memory):
     from langgraph.checkpoint.memory import InMemorySaver
     from langgraph.types import Command

@@ -861,19 +861,27 @@ def test_weights_file_rewritten_mid_auction_does_not_change_it(memory, tmp_path)
 
 def test_local_preset_defaults_to_its_fitted_weights():
     """Unset weights on the local preset are the benchmark's fit; other pools get defaults."""
+    from sale_graph.local import PRESETS
     from sale_graph.seeds import load_seeds, preset_seeds
 
-    run = Path(__file__).resolve().parents[1] / "benchmarks/results/v2"
-    fitted = run / "weights.json"
-    assert Context().resolved_weights() == Weights.coerce(str(fitted))  # shipped copy in sync
-    # the mode, policy and plan-or-direct choice the v2 benchmark measured (step 6 there)
-    assert Context().resolved_auction() == "staged"
-    assert Context().resolved_staged() == Context(weights=str(fitted)).resolved_staged()
-    assert Context().resolved_execute_plan() == Context(weights=str(fitted)).resolved_execute_plan()
-    seeds = load_seeds(preset_seeds("local"))  # the memory its staged rows started from
-    assert len(seeds) == 180 and {s["winner"] for s in seeds} == set(
-        Context().resolved_weights().jury)
+    results = Path(__file__).resolve().parents[1] / "benchmarks/results"
+    # step 5 there: "local" is the two-agent pool, whose run is v2-coder
+    for preset, run, n_seeds in (("local", "v2-coder", 120), ("local-coder", "v2-coder", 120),
+                                 ("local-three", "v2", 180)):
+        fitted = results / run / "weights.json"
+        preset_ctx = Context(pool=preset)
+        assert preset_ctx.resolved_weights() == Weights.coerce(str(fitted))  # copy in sync
+        # the mode, policy and plan-or-direct choice the v2 benchmark measured (step 6)
+        assert preset_ctx.resolved_auction() == "staged"
+        assert preset_ctx.resolved_staged() == Context(weights=str(fitted)).resolved_staged()
+        assert preset_ctx.resolved_execute_plan() == Context(
+            weights=str(fitted)).resolved_execute_plan()
+        seeds = load_seeds(preset_seeds(preset))  # the memory its staged rows started from
+        assert len(seeds) == n_seeds and {s["winner"] for s in seeds} == set(
+            PRESETS[preset]) == set(preset_ctx.resolved_weights().jury)
+    assert Context().pool == "local"
     assert preset_seeds("local-small") is None
+    assert Context(pool="local-small").resolved_weights() == Weights()
     # score weights on their own keep the measured mode, policy and plan choice
     tuned = Context(weights={"cost": 0.1, "entropy": 0.2})
     assert tuned.resolved_auction() == "staged"

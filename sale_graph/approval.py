@@ -100,9 +100,46 @@ async def award(state: Mapping[str, Any], runtime: Any, bound: Any) -> dict[str,
     """
     winning = next(b for b in state["bids"] if b["id"] == state["winning_bid"])
     required = bool(state.get("approval_required", run_context(runtime, bound).approval))
-    return {"awarded": {"bid": winning["id"], "agent": winning["agent"],
-                        "plan": _digest(winning["strategy"]), "task": _digest(state["task"]),
-                        "approval": required}}
+    return {"awarded": _note(state, winning, required)}
+
+
+def _note(state: Mapping[str, Any], winning: Mapping[str, Any], required: bool) -> dict[str, Any]:
+    """What is to be executed, as digests: the yardstick ``edits`` measures a later edit by."""
+    return {"bid": winning["id"], "agent": winning["agent"],
+            "plan": _digest(winning["strategy"]), "task": _digest(state["task"]),
+            "approval": required}
+
+
+def cleared_for_execution(
+    state: Mapping[str, Any], pool: Sequence[str]
+) -> tuple[dict[str, Any], list[Event]]:
+    """The bid to execute, checked against what was awarded and, if asked for, approved.
+
+    An edit at an executor's pause (applied as ``approve``'s, which goes on to
+    ``execute``) may change the task, the plan or the winner. Without approval that is
+    the caller's right, and the audit says what changed (``state_edited``). Under
+    approval a person decided on something else, or nobody decided (an edit written
+    ``as_node="approve"`` skips the pause): :class:`ApprovalError`, before any model
+    call, and the thread stays where it is for a corrected edit.
+    """
+    winning = checked_winner(state, pool)
+    noted = state.get("awarded") or {}
+    changed = edits(state, winning)
+    if noted.get("approval"):
+        if not state.get("approval"):
+            raise ApprovalError("this auction needs a person's decision and none was taken "
+                                "(an edit as 'approve' skips the pause); resume at 'award' "
+                                "(update_state(..., as_node='award')) to be asked")
+        if changed:
+            raise ApprovalError("the state was edited after the decision (" + "; ".join(changed)
+                                + "): a person approved something else; edit it back "
+                                "(update_state) and resume, or start a new run to decide "
+                                "again")
+        return winning, []
+    if not changed:
+        return winning, []
+    return winning, [Event(kind="state_edited", agent=winning["agent"],
+                           detail="edited at the executor's pause: " + "; ".join(changed))]
 
 
 def checked_winner(state: Mapping[str, Any], pool: Sequence[str]) -> dict[str, Any]:
@@ -279,7 +316,8 @@ async def approve(state: Mapping[str, Any], runtime: Any, bound: Any) -> dict[st
     bidders = sorted({b["agent"] for b in state["bids"]} & set(agents))
     decision = ask(request, bidders)
     claim_decision(get_config(), state["auction_id"], decision)
-    update: dict[str, Any] = {"approval": audit_record(decision)}
+    update: dict[str, Any] = {"approval": audit_record(decision),
+                              "awarded": _note(state, winning, True)}  # what was decided
     events = [Event(kind="state_edited", agent=winning["agent"],
                     detail="edited at the approval pause: " + "; ".join(changed))
               ] if changed else []
@@ -295,6 +333,7 @@ async def approve(state: Mapping[str, Any], runtime: Any, bound: Any) -> dict[st
         events.append(Event(kind="winner_overridden", agent=chosen,
                             detail=f"{winning['agent']} -> {chosen} by a human"))
         update["winning_bid"] = best_own["id"]
+        update["awarded"] = _note(state, best_own, True)
     return {**update, **({"events": events} if events else {})}
 
 
@@ -311,6 +350,7 @@ __all__ = [
     "award",
     "checked_winner",
     "claim_decision",
+    "cleared_for_execution",
     "edits",
     "parse_decision",
     "rejected",

@@ -160,7 +160,7 @@ def build_audit(
         "unheeded_jurors": sorted(a.name for a in agents if not w.heeds(a.name)),
         "bids": bid_rows,
         "provisional_winner": by_id[provisional]["agent"] if provisional in by_id else None,
-        "winner": by_id[winning]["agent"] if winning in by_id else None,
+        "winner": by_id[winning]["agent"] if winning in by_id and not rejected(state) else None,
         "winning_bid": winning,
         "refined_won": bool(winning in by_id and by_id[winning]["round"] == 1),
         "refiners": list(state.get("refiners") or []),

@@ -155,8 +155,8 @@ class Context:
         metadata={"description": "Score weights: a Weights, a dict {cost, entropy, jury, "
                   "jury_default} or a path to a JSON file written by `sale fit` (default: "
                   "$SALE_WEIGHTS). Unset: the "
-                  "weights fitted for the 'local' preset, or the package defaults for any "
-                  "other pool."},
+                  "weights fitted for a fitted preset ('local', 'local-coder', "
+                  "'local-three'), or the package defaults for any other pool."},
     )
     memory_path: str = field(
         default_factory=default_memory_path,
@@ -391,8 +391,9 @@ class Context:
     def resolved_weights(self) -> Weights:
         """The weight vector: as given, else the preset's fitted weights, else defaults.
 
-        The ``local`` preset ships the weights ``sale bench`` fitted on its training
-        split (``benchmarks/results/v2/weights.json``): on the first run's pool the
+        The fitted presets ship the weights ``sale bench`` fitted on their training
+        split (``local``: ``benchmarks/results/v2-coder/weights.json``; ``local-three``:
+        ``benchmarks/results/v2/weights.json``): on the first run's pool the
         package defaults handed 75% of the test tasks to the 135M model, for 16.7%
         pass@1 against 33.3% with fitted ones. Weights fitted on one pool mean nothing
         on another, so every other pool starts from ``Weights()``.

@@ -1,7 +1,7 @@
 """Install-time proof that the local pool really generates on this machine.
 
 A llama.cpp build can install cleanly and still crash on the first decode (see
-``native_build``), so the install ends by loading each model of the default pool
+``native_build``), so the install ends by loading each model of every preset
 in a child process and generating a few tokens. A child that crashes, hangs or
 reports an error stops the install with a message naming the model, the likely
 cause and the fix; the parent never loads a model itself, so it always survives

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+from langchain_core.runnables import RunnableLambda
 from langgraph.graph import END, START, StateGraph
 from typing_extensions import TypedDict
 
@@ -412,6 +413,58 @@ def test_an_edit_at_an_executors_pause_goes_on_to_the_execution(memory):
     assert out["answer"] == "tool ran for yes" and memory.count() == 1
 
 
+def test_an_edit_at_an_executors_pause_cannot_override_a_persons_decision(memory):
+    """Under approval, what runs is what a person approved: an edit at the executor's
+    pause to another winner or task, or an edit as 'approve' that skips the decision,
+    is refused before any model call and leaves the thread where it is."""
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.types import Command
+
+    from sale_graph.errors import ApprovalError
+
+    executor = _pausing_graph("confirm_tool", "answer", "tool ran for {said}")
+    context = ctx(make_pool(), memory, refine=False, executor=executor, approval=True)
+    app = build_graph(context).compile(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "t-exec-edit-approved"}}
+    app.invoke({"task": "Add numbers."}, config=config)
+    app.invoke(Command(resume="approve"), config=config)  # now paused in the executor
+    app.update_state(config, {"winning_bid": "small#0", "task": "Delete everything."})
+    with pytest.raises(ApprovalError, match="edited after the decision"):
+        app.invoke(None, config=config)
+    with pytest.raises(ApprovalError, match="names no bid"):  # a clear error, not StopIteration
+        app.update_state(config, {"winning_bid": "ghost#0"})
+        app.invoke(None, config=config)
+    app.update_state(config, {"winning_bid": "large#0", "task": "Add numbers."})  # edited back
+    app.invoke(None, config=config)
+    out = app.invoke(Command(resume="yes"), config=config)
+    assert out["winner"] == "large" and out["auction"]["approval"]["action"] == "approve"
+    assert memory.count() == 1
+
+    skipped = {"configurable": {"thread_id": "t-approve-skipped"}}
+    app.invoke({"task": "Add numbers."}, config=skipped)  # paused for the decision
+    app.update_state(skipped, {"task": "Add numbers."}, as_node="approve")
+    with pytest.raises(ApprovalError, match="none was taken"):
+        app.invoke(None, config=skipped)
+    assert memory.count() == 1
+
+
+def test_an_edit_at_an_executors_pause_without_approval_is_in_the_audit(memory):
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.types import Command
+
+    executor = _pausing_graph("confirm_tool", "answer", "tool ran for {said}")
+    context = ctx(make_pool(), memory, refine=False, executor=executor)
+    app = build_graph(context).compile(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "t-exec-edit-winner"}}
+    app.invoke({"task": "Add numbers."}, config=config)
+    app.update_state(config, {"winning_bid": "small#0"})
+    app.invoke(None, config=config)
+    out = app.invoke(Command(resume="yes"), config=config)
+    assert out["winner"] == "small"
+    (edited,) = [e for e in out["auction"]["events"] if e["kind"] == "state_edited"]
+    assert "executor's pause" in edited["detail"] and "large#0 -> small#0" in edited["detail"]
+
+
 def test_a_verifier_that_asks_a_human_pauses_before_the_write(memory):
     from langgraph.checkpoint.memory import InMemorySaver
     from langgraph.types import Command
@@ -736,9 +789,29 @@ def test_rejected_auction_is_not_executed_nor_remembered(memory):
     out = asyncio.run(app.ainvoke(Command(resume={"action": "reject", "reason": "too dear"}),
                                   config=config, context=context))
     assert out["winner"] is None and out["answer"] is None
+    assert out["auction"]["winner"] is None  # the audit agrees with the output
     assert sum(a.model.calls["execute"] for a in pool) == 0
     assert memory.count() == 0
     assert out["auction"]["memory"]["write"].startswith("skipped")
+
+
+def test_a_rejected_auction_is_not_verified_and_its_progress_says_rejected(memory):
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.types import Command
+
+    from sale_graph.progress import describe_update
+
+    checked: list = []
+    verifier = RunnableLambda(lambda payload: checked.append(payload) or True)
+    context = ctx(make_pool(), memory, refine=False, approval=True, verifier=verifier)
+    app = build_graph(context).compile(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "t-reject-verified"}}
+    app.invoke({"task": "Add numbers."}, config=config)
+    lines = [chunk["sale"] for chunk in app.stream(
+        Command(resume={"action": "reject"}), config=config, stream_mode="custom")]
+    assert checked == [] and memory.count() == 0
+    assert not any("None" in line for line in lines)
+    assert describe_update({"execute": {}}) is None
 
 
 def test_unreadable_approval_reply_is_asked_again(memory):

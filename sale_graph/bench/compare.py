@@ -27,6 +27,7 @@ from sale_graph.bench.config import BenchConfig, methods_for
 from sale_graph.bench.metrics import LEVEL, N_BOOT, intervals, paired_comparisons
 from sale_graph.bench.records import Record
 from sale_graph.bench.report import _ci
+from sale_graph.local import PRESETS
 
 __all__ = ["compare_runs", "pool_verdicts"]
 
@@ -59,7 +60,17 @@ def _auction_methods(data: Mapping[str, Any]) -> set[str]:
 
 
 def _pool(data: Mapping[str, Any], run_dir: Path) -> str:
-    return str(((data.get("meta") or {}).get("config") or {}).get("pool") or run_dir.name)
+    """The run's pool by the preset that names its agents today.
+
+    A run keeps the name its pool had when it ran; a preset may since name other
+    agents ("local" named three before the two-agent pool became the default).
+    """
+    name = str(((data.get("meta") or {}).get("config") or {}).get("pool") or run_dir.name)
+    agents = list(data.get("agents") or [])
+    if not agents or list(PRESETS.get(name, agents)) == agents:
+        return name
+    today = [p for p, names in PRESETS.items() if list(names) == agents]
+    return today[0] if today else f"{name} ({', '.join(agents)})"
 
 
 def compare_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:

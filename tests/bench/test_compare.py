@@ -66,6 +66,15 @@ def test_a_pool_without_any_row_at_the_largest_agents_quality_says_so(tmp_path):
     assert pool_verdicts(compare_runs([a, b])) == {"local": None, "local-coder": None}
 
 
+def test_a_run_is_labelled_by_the_preset_that_names_its_agents_today(tmp_path):
+    three = ["smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
+    a = _run(tmp_path, "a", "local", {**_singles(), "staged": (15, 0.5)})
+    data = json.loads((tmp_path / "a" / "results.json").read_text())
+    (tmp_path / "a" / "results.json").write_text(json.dumps({**data, "agents": three}))
+    b = _run(tmp_path, "b", "local-coder", {**_singles(), "staged": (15, 0.5)})
+    assert compare_runs([a, b])["pools"] == ["local-three", "local-coder"]
+
+
 def test_runs_on_different_tasks_or_the_same_pool_are_refused(tmp_path):
     a = _run(tmp_path, "a", "local", {**_singles(), "staged": (15, 0.5)})
     b = _run(tmp_path, "b", "local-coder", {**_singles(), "staged": (15, 0.5)}, TASKS[:10])

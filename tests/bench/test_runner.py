@@ -201,6 +201,16 @@ def test_a_run_keeps_its_agents_when_a_preset_changes_its_meaning(tmp_path) -> N
         runner._check_config(bank, other, tasks, resume=True)
 
 
+def test_the_bench_command_takes_every_preset_the_runner_may_ask_for(tmp_path, capsys) -> None:
+    from sale_graph.cli import main
+
+    for preset in ("local-three", "local", "local-coder", "local-small"):
+        # past argparse (which exits), to the missing bank (which returns 2)
+        assert main(["bench", "--pool", preset, "--from-bank", "--run-dir",
+                     str(tmp_path)]) == 2
+        assert "no exported bank" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- report from a bank
 
 AGENTS = [("small", 0.1), ("large", 1.0)]

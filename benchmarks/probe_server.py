@@ -106,7 +106,8 @@ async def probe(url: str, timeout: float) -> int:
     tally = {"refused": 0, "ignored": 0, "accepted": 0}
     all_cases = cases(canary.port)
     offered = (context_schema.get("pool") or {}).get("enum")
-    withheld = [p for p in ("local", "local-small", "local-coder") if p not in (offered or [])]
+    withheld = [p for p in ("local", "local-three", "local-small", "local-coder")
+                if p not in (offered or [])]
     if withheld:  # a preset this deployment does not offer (none listed: the field is dropped)
         all_cases.append((f"pool {withheld[0]} not offered", {"task": TASK},
                           {"pool": withheld[0]}))

@@ -44,7 +44,7 @@ def measure(name: str, tokens: int, repeats: int, threads: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", default=list(PRESETS["local"]))
+    parser.add_argument("names", nargs="*", default=list(PRESETS["local-three"]))
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)

@@ -12,7 +12,8 @@ cells = [
         "losers refine their plan from an auction memory (Chroma) of past auctions, and the "
         "winner executes its plan.\n\n"
         "This notebook uses the two smallest embedded models (`local-small`) to stay fast on "
-        "a laptop CPU; `pool=\"local\"` adds Qwen2.5-Coder-1.5B."
+        "a laptop CPU; the default `pool=\"local\"` is Qwen2.5-Coder-0.5B and -1.5B, "
+        "`\"local-three\"` all three."
     ),
     nbf.v4.new_code_cell(
         "import tempfile\n\n"

@@ -31,10 +31,10 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 from langgraph.config import get_config
-from langgraph.types import Command, interrupt
+from langgraph.types import interrupt
 
 from sale_graph.errors import ApprovalError, SaleError
 from sale_graph.runtime import pool_of, run_context
@@ -100,9 +100,46 @@ async def award(state: Mapping[str, Any], runtime: Any, bound: Any) -> dict[str,
     """
     winning = next(b for b in state["bids"] if b["id"] == state["winning_bid"])
     required = bool(state.get("approval_required", run_context(runtime, bound).approval))
-    return {"awarded": {"bid": winning["id"], "agent": winning["agent"],
-                        "plan": _digest(winning["strategy"]), "task": _digest(state["task"]),
-                        "approval": required}}
+    return {"awarded": _note(state, winning, required)}
+
+
+def _note(state: Mapping[str, Any], winning: Mapping[str, Any], required: bool) -> dict[str, Any]:
+    """What is to be executed, as digests: the yardstick ``edits`` measures a later edit by."""
+    return {"bid": winning["id"], "agent": winning["agent"],
+            "plan": _digest(winning["strategy"]), "task": _digest(state["task"]),
+            "approval": required}
+
+
+def cleared_for_execution(
+    state: Mapping[str, Any], pool: Sequence[str]
+) -> tuple[dict[str, Any], list[Event]]:
+    """The bid to execute, checked against what was awarded and, if asked for, approved.
+
+    An edit at an executor's pause (applied as ``approve``'s, which goes on to
+    ``execute``) may change the task, the plan or the winner. Without approval that is
+    the caller's right, and the audit says what changed (``state_edited``). Under
+    approval a person decided on something else, or nobody decided (an edit written
+    ``as_node="approve"`` skips the pause): :class:`ApprovalError`, before any model
+    call, and the thread stays where it is for a corrected edit.
+    """
+    winning = checked_winner(state, pool)
+    noted = state.get("awarded") or {}
+    changed = edits(state, winning)
+    if noted.get("approval"):
+        if not state.get("approval"):
+            raise ApprovalError("this auction needs a person's decision and none was taken "
+                                "(an edit as 'approve' skips the pause); resume at 'award' "
+                                "(update_state(..., as_node='award')) to be asked")
+        if changed:
+            raise ApprovalError("the state was edited after the decision (" + "; ".join(changed)
+                                + "): a person approved something else; edit it back "
+                                "(update_state) and resume, or start a new run to decide "
+                                "again")
+        return winning, []
+    if not changed:
+        return winning, []
+    return winning, [Event(kind="state_edited", agent=winning["agent"],
+                           detail="edited at the executor's pause: " + "; ".join(changed))]
 
 
 def checked_winner(state: Mapping[str, Any], pool: Sequence[str]) -> dict[str, Any]:
@@ -257,15 +294,18 @@ def _shown(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-async def approve(
-    state: Mapping[str, Any], runtime: Any, bound: Any
-) -> Command[Literal["execute", "remember"]]:
-    """Graph node: pass through, or ask a person (``Context.approval``)."""
+async def approve(state: Mapping[str, Any], runtime: Any, bound: Any) -> dict[str, Any]:
+    """Graph node: pass through, or ask a person (``Context.approval``).
+
+    Its edge to ``execute`` is static, so a state edit made while the executor is
+    paused (applied as this node's, the last that finished) goes on to the execution;
+    a rejection is therefore not a route but a record that ``execute`` honours.
+    """
     ctx = run_context(runtime, bound)
     # as the auction opened; an edit at the pause cannot switch the decision off
     noted = (state.get("awarded") or {}).get("approval") is True
     if not (state.get("approval_required", ctx.approval) or noted):
-        return Command(goto="execute")
+        return {}
     agents = await pool_of(ctx)
     winning = checked_winner(state, sorted(agents))
     request = approval_request(state, winning, agents[winning["agent"]].price,
@@ -276,27 +316,30 @@ async def approve(
     bidders = sorted({b["agent"] for b in state["bids"]} & set(agents))
     decision = ask(request, bidders)
     claim_decision(get_config(), state["auction_id"], decision)
-    record = audit_record(decision)
-    update: dict[str, Any] = {"approval": record}
+    update: dict[str, Any] = {"approval": audit_record(decision),
+                              "awarded": _note(state, winning, True)}  # what was decided
     events = [Event(kind="state_edited", agent=winning["agent"],
                     detail="edited at the approval pause: " + "; ".join(changed))
               ] if changed else []
-    if decision["action"] == "approve":
-        return Command(update={**update, **({"events": events} if events else {})},
-                       goto="execute")
     if decision["action"] == "reject":
         events.append(Event(kind="rejected", agent=winning["agent"],
                             detail=str(decision.get("reason") or "rejected before execution")))
-        return Command(update={**update, "events": events, "winner": None, "answer": None},
-                       goto="remember")
-    chosen = decision["winner"]
-    scores = state.get("scores", {})
-    own = [b for b in state["bids"] if b["agent"] == chosen]
-    best_own = min(own, key=lambda b: scores.get(b["id"], {}).get("score", float("inf")))
-    events.append(Event(kind="winner_overridden", agent=chosen,
-                        detail=f"{winning['agent']} -> {chosen} by a human"))
-    return Command(update={**update, "winning_bid": best_own["id"], "events": events},
-                   goto="execute")
+        update.update(winner=None, answer=None)
+    elif decision["action"] != "approve":
+        chosen = decision["winner"]
+        scores = state.get("scores", {})
+        own = [b for b in state["bids"] if b["agent"] == chosen]
+        best_own = min(own, key=lambda b: scores.get(b["id"], {}).get("score", float("inf")))
+        events.append(Event(kind="winner_overridden", agent=chosen,
+                            detail=f"{winning['agent']} -> {chosen} by a human"))
+        update["winning_bid"] = best_own["id"]
+        update["awarded"] = _note(state, best_own, True)
+    return {**update, **({"events": events} if events else {})}
+
+
+def rejected(state: Mapping[str, Any]) -> bool:
+    """Whether a person rejected this auction before execution (nothing is executed)."""
+    return (state.get("approval") or {}).get("action") == "reject"
 
 
 __all__ = [
@@ -307,7 +350,9 @@ __all__ = [
     "award",
     "checked_winner",
     "claim_decision",
+    "cleared_for_execution",
     "edits",
     "parse_decision",
+    "rejected",
     "require_checkpointer",
 ]

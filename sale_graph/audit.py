@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sale_graph.agents import Agent
+from sale_graph.approval import rejected
 from sale_graph.calls import describe_error
 from sale_graph.errors import MemoryUnavailableError
 from sale_graph.jury import vote_value
@@ -159,7 +160,7 @@ def build_audit(
         "unheeded_jurors": sorted(a.name for a in agents if not w.heeds(a.name)),
         "bids": bid_rows,
         "provisional_winner": by_id[provisional]["agent"] if provisional in by_id else None,
-        "winner": by_id[winning]["agent"] if winning in by_id else None,
+        "winner": by_id[winning]["agent"] if winning in by_id and not rejected(state) else None,
         "winning_bid": winning,
         "refined_won": bool(winning in by_id and by_id[winning]["round"] == 1),
         "refiners": list(state.get("refiners") or []),
@@ -233,7 +234,7 @@ async def remember(state: Mapping[str, Any], runtime: Any, bound: Any) -> dict[s
                         jury_vote=ctx.jury_vote, memory_write="pending")
     status = "disabled"
     started = time.time()
-    if (state.get("approval") or {}).get("action") == "reject":
+    if rejected(state):
         status = "skipped: rejected before execution"
     elif ctx.remember:
         status = await _write_memory(ctx, state, audit)

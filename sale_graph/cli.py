@@ -229,8 +229,8 @@ def _add_serve_command(sub: Any) -> None:
     """``sale serve``: flags override the deployer's environment (``deployed_context``)."""
     p = sub.add_parser("serve", help="serve the auction as an OpenAI-compatible model")
     p.add_argument("--pool", default=None,
-                   help="'local', 'local-small', 'local-coder' or a pool file "
-                        "(default: $SALE_POOL, else local)")
+                   help="'local', 'local-three', 'local-small', 'local-coder' or a pool "
+                        "file (default: $SALE_POOL, else local)")
     p.add_argument("--memory", default=None,
                    help="directory of the embedded auction memory (default: $SALE_MEMORY_PATH)")
     p.add_argument("--memory-url", default=None, help="Chroma server URL (http://host:port)")
@@ -316,8 +316,8 @@ def _listen(host: str, port: int) -> Any:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pool", default="local",
-                   help="'local', 'local-small', 'local-coder' or a JSON/TOML pool file "
-                        "(default: local)")
+                   help="'local', 'local-three', 'local-small', 'local-coder' or a "
+                        "JSON/TOML pool file (default: local)")
     p.add_argument("--memory", default=default_memory_path(),
                    help="directory of the embedded auction memory")
     p.add_argument("--memory-url", default=os.environ.get("SALE_MEMORY_URL") or None,

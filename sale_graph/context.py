@@ -23,6 +23,7 @@ from sale_graph.agents import Agent, validate_pool
 from sale_graph.errors import ContextError, PoolConfigError, SaleError
 from sale_graph.memory import parse_url
 from sale_graph.scoring import Weights
+from sale_graph.seeds import PRESET_DATA
 
 JuryMode = Literal["all", "self", "peers", "none"]
 VoteReading = Literal["expected", "digit"]
@@ -140,9 +141,10 @@ class Context:
 
     pool: str = field(
         default_factory=lambda: os.environ.get("SALE_POOL") or "local",
-        metadata={"description": "Agent pool: 'local' (3 embedded GGUF models), 'local-small' "
-                  "(the two smallest), 'local-coder' (the two coder models), or a path to "
-                  "a JSON/TOML pool file (default: $SALE_POOL, else 'local')."},
+        metadata={"description": "Agent pool: 'local' (2 embedded GGUF coder models; "
+                  "'local-coder' is the same pair), 'local-three' (SmolLM2-135M beside "
+                  "them), 'local-small' (the two smallest), or a path to a JSON/TOML pool "
+                  "file (default: $SALE_POOL, else 'local')."},
     )
     agents: Any = field(
         default=None,
@@ -153,8 +155,8 @@ class Context:
         metadata={"description": "Score weights: a Weights, a dict {cost, entropy, jury, "
                   "jury_default} or a path to a JSON file written by `sale fit` (default: "
                   "$SALE_WEIGHTS). Unset: the "
-                  "weights fitted for the 'local' preset, or the package defaults for any "
-                  "other pool."},
+                  "weights fitted for a fitted preset ('local', 'local-coder', "
+                  "'local-three'), or the package defaults for any other pool."},
     )
     memory_path: str = field(
         default_factory=default_memory_path,
@@ -389,8 +391,9 @@ class Context:
     def resolved_weights(self) -> Weights:
         """The weight vector: as given, else the preset's fitted weights, else defaults.
 
-        The ``local`` preset ships the weights ``sale bench`` fitted on its training
-        split (``benchmarks/results/v2/weights.json``): on the first run's pool the
+        The fitted presets ship the weights ``sale bench`` fitted on their training
+        split (``local``: ``benchmarks/results/v2-coder/weights.json``; ``local-three``:
+        ``benchmarks/results/v2/weights.json``): on the first run's pool the
         package defaults handed 75% of the test tasks to the 135M model, for 16.7%
         pass@1 against 33.3% with fitted ones. Weights fitted on one pool mean nothing
         on another, so every other pool starts from ``Weights()``.
@@ -527,9 +530,9 @@ _LOCK = threading.Lock()
 _POOLS: dict[tuple[str, float], tuple[Agent, ...]] = {}
 _MEMORIES: dict[tuple[str, str, str], Any] = {}
 
-PRESETS = ("local", "local-small", "local-coder")
-# Presets with weights fitted on them (file names under sale_graph/data/).
-PRESET_WEIGHTS = {"local": "local_weights.json"}
+PRESETS = ("local", "local-three", "local-small", "local-coder")
+# Presets with weights fitted on them (files under sale_graph/data/, seeds.PRESET_DATA).
+PRESET_WEIGHTS = {p: f"{stem}_weights.json" for p, stem in PRESET_DATA.items()}
 
 
 def _preset_path(preset: str) -> Path:

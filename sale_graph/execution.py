@@ -23,6 +23,7 @@ from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from langgraph.pregel import Pregel
 
 from sale_graph.agents import Agent
+from sale_graph.approval import cleared_for_execution, rejected
 from sale_graph.calls import (
     GRAPH_SIGNALS,
     ainvoke_bounded,
@@ -239,10 +240,16 @@ def follows_plan(execute_plan: bool | Mapping[str, bool], agent: str) -> bool:
 
 
 async def execute_winner(state: Mapping[str, Any], runtime: Any, bound: Any) -> dict[str, Any]:
-    """Graph node, step 6: the winner carries out its plan (or answers) with its own model."""
+    """Graph node, step 6: the winner carries out its plan (or answers) with its own model.
+
+    Nothing runs for an auction a person rejected (``approval.rejected``).
+    """
+    if rejected(state):
+        return {}
     ctx = run_context(runtime, bound)
-    winning = next(b for b in state["bids"] if b["id"] == state["winning_bid"])
-    agent = (await pool_of(ctx))[winning["agent"]]
+    pool = await pool_of(ctx)
+    winning, edited = cleared_for_execution(state, sorted(pool))
+    agent = pool[winning["agent"]]
     execute_plan = await auction_execute_plan(state, ctx)
     with_plan = not winning.get("direct") and follows_plan(execute_plan, agent.name)
     result = await execute(
@@ -253,7 +260,8 @@ async def execute_winner(state: Mapping[str, Any], runtime: Any, bound: Any) -> 
     result["with_plan"] = with_plan
     update: dict[str, Any] = {"execution": result, "winner": agent.name,
                               "answer": result["answer"]}
-    if result["error"]:
-        update["events"] = [Event(kind="execution_failed", agent=agent.name,
-                                  detail=result["error"])]
+    events = edited + ([Event(kind="execution_failed", agent=agent.name,
+                              detail=result["error"])] if result["error"] else [])
+    if events:
+        update["events"] = events
     return update

@@ -12,8 +12,9 @@ estimates, then agents are offered the task cheapest first in a loop:
     open_auction ─▶ estimate ─▶ offer ─▶ assess ─(declined)─▶ offer ... ─(accepted)─▶ award
     offer ─(dearest agent: answers directly, no bid, no jury)─▶ award
 
-Every route to a winner goes to ``award``, whose static edge to ``approve`` lets a
-state edit at the approval pause continue to the decision (``approval.award``).
+Every route to a winner goes to ``award``; from there the edges are static, so a state
+edit at the approval pause or at an executor's pause goes on (``approval``). A
+rejected auction passes ``execute`` and ``verify`` with nothing run.
 
 Each node's body lives in the module of its step (``bidding``, ``jury``,
 ``scoring``, ``refinement``, ``staged``, ``approval``, ``execution``, ``outcomes``,
@@ -99,6 +100,7 @@ def build_graph(
     builder.add_edge("vote", "score")
     builder.add_edge("refine", "jury")
     builder.add_edge("award", "approve")  # the edge an edit at the approval pause follows
+    builder.add_edge("approve", "execute")  # ... and the one an edit at an executor's pause
     builder.add_edge("execute", "verify")
     builder.add_edge("verify", "remember")
     builder.add_edge("remember", END)

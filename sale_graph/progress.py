@@ -65,6 +65,8 @@ def describe_update(
     if node == "award":
         return f"{when}awarded to {(data.get('awarded') or {}).get('agent')}"
     if node == "execute":
+        if not data.get("execution"):  # a rejected auction: nothing ran
+            return None
         how = ("executed its plan" if (data.get("execution") or {}).get("with_plan", True)
                else "answered directly")
         return f"{when}{data.get('winner')} {how}"

@@ -31,10 +31,21 @@ class SeedError(SaleError):
     """A seed file that cannot be read, or a record in it that is not a seed."""
 
 
+# The fitted presets' shipped files (sale_graph/data/<stem>_weights.json and
+# <stem>_seeds.jsonl.gz): "local-coder" names the same two models as "local"
+PRESET_DATA = {"local": "local", "local-coder": "local", "local-three": "local_three"}
+
+
+def preset_file(pool: str, kind: str) -> Path | None:
+    """A preset's shipped ``kind`` file ("weights.json", "seeds.jsonl.gz"), if it has one."""
+    stem = PRESET_DATA.get(pool)
+    path = Path(__file__).with_name("data") / f"{stem}_{kind}" if stem else None
+    return path if path is not None and path.is_file() else None
+
+
 def preset_seeds(pool: str) -> Path | None:
     """The seed file shipped with a preset pool, if it has one."""
-    path = Path(__file__).with_name("data") / f"{pool}_seeds.jsonl.gz"
-    return path if path.is_file() else None
+    return preset_file(pool, "seeds.jsonl.gz")
 
 
 def check_seed(record: Any, where: str = "seed") -> dict[str, Any]:
@@ -111,5 +122,5 @@ def seed_memory(memory: Any, seeds: Sequence[Mapping[str, Any]]) -> int:
     return len(checked)
 
 
-__all__ = ["SEED_PREFIX", "SeedError", "check_seed", "load_seeds", "preset_seeds",
-           "save_seeds", "seed_memory"]
+__all__ = ["PRESET_DATA", "SEED_PREFIX", "SeedError", "check_seed", "load_seeds",
+           "preset_file", "preset_seeds", "save_seeds", "seed_memory"]

@@ -1,7 +1,7 @@
 """Install-time proof that the local pool really generates on this machine.
 
 A llama.cpp build can install cleanly and still crash on the first decode (see
-``native_build``), so the install ends by loading each model of the default pool
+``native_build``), so the install ends by loading each model of every preset
 in a child process and generating a few tokens. A child that crashes, hangs or
 reports an error stops the install with a message naming the model, the likely
 cause and the fix; the parent never loads a model itself, so it always survives
@@ -94,14 +94,15 @@ def run_one(name: str, timeout: float = DEFAULT_TIMEOUT) -> Outcome:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Self-test the named models (default: the ``local`` preset); exit 1 on any failure."""
+    """Self-test the named models (default: every preset's); exit 1 on any failure."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["--child"]:
         return _child(args[1])
     from sale_graph.local import PRESETS
 
     failed = 0
-    for name in args or PRESETS["local"]:
+    every = sorted({m for models in PRESETS.values() for m in models})
+    for name in args or every:
         outcome = run_one(name)
         mark = "ok  " if outcome.ok else "FAIL"
         print(f"selftest {mark} {name:<20} {outcome.seconds:6.1f}s  {outcome.detail}", flush=True)

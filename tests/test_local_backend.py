@@ -426,7 +426,7 @@ def test_registry_parameter_counts_match_the_weights(smol, qwen05):
 
 
 def test_default_pool_prices_follow_parameter_count():
-    pool = default_pool("local")
+    pool = default_pool("local-three")
     assert [a.name for a in pool] == [SMOL, QWEN05, "qwen2.5-coder-1.5b"]
     assert all(isinstance(a, Agent) and isinstance(a.model, LlamaCppChatModel) for a in pool)
     prices = [a.price for a in pool]
@@ -438,8 +438,10 @@ def test_default_pool_prices_follow_parameter_count():
     small = default_pool("local-small", max_tokens=64)
     assert [a.name for a in small] == [SMOL, QWEN05]
     assert all(a.model.max_tokens == 64 for a in small)
-    coder = default_pool("local-coder")  # the benchmark's two-agent pool, same prices
-    assert [(a.name, a.price) for a in coder] == [(a.name, a.price) for a in pool[1:]]
+    # the default: the benchmark's two-agent pool (also named local-coder), same prices
+    for name in ("local", "local-coder"):
+        pair = default_pool(name)
+        assert [(a.name, a.price) for a in pair] == [(a.name, a.price) for a in pool[1:]]
 
 
 def test_default_pool_rejects_bad_input():

@@ -190,13 +190,14 @@ def compare_command(args: argparse.Namespace) -> int:
 def add_bench_commands(subparsers: Any) -> None:
     """Register ``bench``, ``fit`` and ``compare`` on the ``sale`` command's subparsers."""
     from sale_graph.bench.config import STAGED_FITS
+    from sale_graph.context import PRESETS
 
     bench = subparsers.add_parser(
         "bench", help="benchmark SALE against baselines (resumable; see benchmarks/README.md)"
     )
     bench.add_argument(
         "--pool",
-        choices=["local", "local-small", "local-coder"],
+        choices=list(PRESETS),
         default=None,
         help="agent pool (default: local; --smoke: local-small)",
     )

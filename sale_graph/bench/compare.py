@@ -9,9 +9,11 @@ agent, answering directly and planning, on the same resampled tasks
 (``metrics.paired_comparisons``).
 
 The verdict the README's preset choice rests on: among each pool's auction rows (the
-configurations a preset can default to) whose pass@1 is not below the largest agent
-answering directly (paired interval), the cheapest; a pool with no such row is
-reported as such. One run alone gives its own verdict. Nothing here loads a model.
+configurations a preset can default to: the rows its configuration runs through an
+auction, ``config.methods_for``, whether or not their assessment spent tokens) whose
+pass@1 is not below the largest agent answering directly (paired interval), the
+cheapest; a pool with no such row is reported as such. One run alone gives its own
+verdict. Nothing here loads a model.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sale_graph.bench.config import BenchConfig, methods_for
 from sale_graph.bench.metrics import LEVEL, N_BOOT, intervals, paired_comparisons
 from sale_graph.bench.records import Record
 from sale_graph.bench.report import _ci
+from sale_graph.local import PRESETS
 
 __all__ = ["compare_runs", "pool_verdicts"]
 
@@ -42,8 +46,31 @@ def _test_tasks(data: Mapping[str, Any]) -> set[str]:
     return {r["task_id"] for r in data["records"] if r["method"].startswith("single: ")}
 
 
+def _auction_methods(data: Mapping[str, Any]) -> set[str]:
+    """The run's auction rows by its configuration, not by their spending.
+
+    A staged row that assesses bids from memory alone spends no auction token, yet it
+    is an auction configuration a preset can default to; a router never is. Records
+    written without a stored configuration fall back to "spent auction tokens".
+    """
+    stored = (data.get("meta") or {}).get("config")
+    if stored:
+        return {m.name for m in methods_for(BenchConfig.from_dict(stored))}
+    return {str(r["method"]) for r in data["records"] if r.get("tokens_auction")}
+
+
 def _pool(data: Mapping[str, Any], run_dir: Path) -> str:
-    return str(((data.get("meta") or {}).get("config") or {}).get("pool") or run_dir.name)
+    """The run's pool by the preset that names its agents today.
+
+    A run keeps the name its pool had when it ran; a preset may since name other
+    agents ("local" named three before the two-agent pool became the default).
+    """
+    name = str(((data.get("meta") or {}).get("config") or {}).get("pool") or run_dir.name)
+    agents = list(data.get("agents") or [])
+    if not agents or list(PRESETS.get(name, agents)) == agents:
+        return name
+    today = [p for p, names in PRESETS.items() if list(names) == agents]
+    return today[0] if today else f"{name} ({', '.join(agents)})"
 
 
 def compare_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
@@ -70,6 +97,7 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
     auctions: set[str] = set()
     for i, (data, pool) in enumerate(zip(runs, pools, strict=True)):
         names: list[str] = []
+        run_auctions = _auction_methods(data)
         for raw in data["records"]:
             method = str(raw["method"])
             if method.startswith("single: "):
@@ -80,7 +108,7 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
                 name = f"{method} [{pool}]"
             if name not in names:
                 names.append(name)
-            if raw.get("tokens_auction"):
+            if method in run_auctions:
                 auctions.add(name)
             records.append(Record.from_dict({**raw, "method": name}))
         rows[pool] = names

@@ -302,16 +302,27 @@ def paired_comparisons(
 # --------------------------------------------------------------------------- break-even
 
 
-def _auction_methods(records: Sequence[Record]) -> list[str]:
-    """Methods that ran an auction (any auction tokens), in first-seen order."""
-    seen: dict[str, bool] = {}
-    for r in records:
-        seen[r.method] = seen.get(r.method, False) or r.tokens_auction > 0
-    return [m for m, auction in seen.items() if auction]
+def _auction_methods(
+    records: Sequence[Record], named: Sequence[str] | None = None
+) -> list[str]:
+    """The auction rows: ``named`` (a run's configuration) if given, else spenders.
+
+    Without ``named``, the methods that spent auction tokens, in first-seen order. A
+    staged auction assessing bids from memory alone spends nothing on its auction and
+    is still an auction mode: only the caller's list can say so.
+    """
+    present = list(dict.fromkeys(r.method for r in records))
+    if named is not None:
+        return [m for m in named if m in present]
+    spent = {r.method for r in records if r.tokens_auction > 0}
+    return [m for m in present if m in spent]
 
 
 def break_even(
-    records: Iterable[Record], reference: str, price_per_mtok: float | None = None
+    records: Iterable[Record],
+    reference: str,
+    price_per_mtok: float | None = None,
+    auction_methods: Sequence[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Per auction method: how long executions must be before its auction pays off.
 
@@ -320,7 +331,8 @@ def break_even(
     pays ``p * L`` for costs the method ``A + rho * p * L``: cheaper once
     ``L > L* = A / (p * (1 - rho))`` tokens. If ``rho >= 1`` routing saves nothing
     and the auction never pays (``break_even_tokens`` is None). ``p`` defaults to
-    the reference's own dollars per token.
+    the reference's own dollars per token. ``auction_methods``: see ``_auction_methods``
+    (an auction that costs nothing pays from the first token wherever ``rho < 1``).
     """
     recs = list(records)
     table = per_task(recs)
@@ -333,7 +345,7 @@ def break_even(
         price_per_mtok = 1e6 * sum(r.cost for r in ref_recs) / tokens if tokens else 0.0
     per_token = price_per_mtok / 1e6
     out: dict[str, dict[str, Any]] = {}
-    for method in _auction_methods(recs):
+    for method in _auction_methods(recs, auction_methods):
         shared = sorted(set(table[method]) & set(ref))
         if not shared:
             continue
@@ -355,7 +367,10 @@ def break_even(
 
 
 def length_bins(
-    records: Iterable[Record], lengths: Mapping[str, float], bins: int = 4
+    records: Iterable[Record],
+    lengths: Mapping[str, float],
+    bins: int = 4,
+    auction_methods: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Auction share of each auction method's cost per bin of execution length.
 
@@ -376,7 +391,7 @@ def length_bins(
         "median_tokens": [float(np.median([lengths[t] for t in g])) for g in groups],
         "methods": {},
     }
-    for method in _auction_methods(recs):
+    for method in _auction_methods(recs, auction_methods):
         shares = []
         for g in groups:
             rows = [table[method][t] for t in g if t in table[method]]

@@ -268,7 +268,8 @@ def break_even_section(analysis: Mapping[str, Any]) -> list[str]:
         "the execution cost rho times what the largest agent pays on the same tasks. With "
         "the largest agent's price p per token, an execution of L tokens costs p·L alone "
         "and A + rho·p·L after an auction: the auction pays for itself once "
-        "L > L* = A / (p (1 - rho)) tokens, never if rho >= 1. Here the largest agent's "
+        "L > L* = A / (p (1 - rho)) tokens, never if rho >= 1, from any length if the "
+        "auction costs nothing (a staged auction assessing from memory). Here the largest agent's "
         f"executions are {mean:.0f} tokens on average (longest {values[-1] if values else 0:.0f})"
         ".",
         "",
@@ -278,13 +279,15 @@ def break_even_section(analysis: Mapping[str, Any]) -> list[str]:
     for ref, rows in table.items():
         for method, b in rows.items():
             lstar = b["break_even_tokens"]
+            if lstar is None or not mean:
+                tail = "| never | - |"
+            elif b["auction_cost_per_task"] <= 0:  # assessed for free: pays from any length
+                tail = "| any | - |"
+            else:
+                tail = f"| {lstar:,.0f} | {lstar / mean:,.0f}x |"
             lines.append(
                 f"| {method} | {ref} | {b['auction_cost_per_task']:.3g} | {b['rho']:.2f} "
-                + (
-                    f"| {lstar:,.0f} | {lstar / mean:,.0f}x |"
-                    if lstar is not None and mean
-                    else "| never | - |"
-                )
+                + tail
             )
     return lines
 
@@ -358,11 +361,13 @@ def analyse(
     execution_lengths: Mapping[str, float] | None = None,
     *,
     seed: int = 0,
+    auction_methods: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Intervals, paired comparisons, break-even, longest bin and learning curves.
 
     ``execution_lengths`` (tokens per task) defaults to the execution tokens of the
     largest agent's first row; the caller can pass a purer measure (without the plan).
+    ``auction_methods`` (the run's auction rows) default to those that spent on an auction.
     """
     refs = references((r.method for r in records), largest)
     if execution_lengths is None:
@@ -374,9 +379,10 @@ def analyse(
         "references": refs,
         "intervals": intervals(records, seed=seed),
         "paired": paired_comparisons(records, refs, seed=seed),
-        "break_even": {ref: break_even(records, ref) for ref in refs},
+        "break_even": {ref: break_even(records, ref, auction_methods=auction_methods)
+                       for ref in refs},
         "execution_lengths": lengths,
-        "length_bins": length_bins(records, lengths),
+        "length_bins": length_bins(records, lengths, auction_methods=auction_methods),
         "longest_bin": longest_bin(records, lengths),
         "learning_curves": learning_curves(records, agents),
     }
@@ -517,8 +523,27 @@ def _plot_curves(curves: Mapping[str, Mapping[str, list[float]]], path: Path) ->
     plt.close(fig)
 
 
-def _plot_learning(curves: Mapping[str, Mapping[str, Any]], agents: Sequence[str],
-                   path: Path) -> None:  # fmt: skip
+def learning_reference(analysis: Mapping[str, Any]) -> tuple[str, float, float] | None:
+    """The line a learning curve is read against: the largest agent's whole-run level.
+
+    Its direct answers where the run has them (what a user compares against), else its
+    first row: (label, pass@1, cost per task). A curve that climbs without crossing it
+    has learned, but not enough to pay.
+    """
+    refs = list(analysis.get("references") or [])
+    ref = next((r for r in refs if r.endswith("(direct)")), refs[0] if refs else None)
+    iv = (analysis.get("intervals") or {}).get(ref) if ref else None
+    if not iv:
+        return None
+    return str(ref), float(iv["pass_at_1"]["estimate"]), float(iv["cost_per_task"]["estimate"])
+
+
+def _plot_learning(
+    curves: Mapping[str, Mapping[str, Any]],
+    agents: Sequence[str],
+    path: Path,
+    reference: tuple[str, float, float] | None = None,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -534,6 +559,10 @@ def _plot_learning(curves: Mapping[str, Mapping[str, Any]], agents: Sequence[str
         for j, a in enumerate(agents):
             axes[2].plot(x, [100 * v for v in c["win_share"][a]], style,
                          color=colours(j % 10), label=f"{m}: {a}")  # fmt: skip
+    if reference is not None:
+        label, ref_pass, ref_cost = reference
+        axes[0].axhline(100 * ref_pass, color="grey", linestyle="--", linewidth=1, label=label)
+        axes[1].axhline(ref_cost, color="grey", linestyle="--", linewidth=1, label=label)
     for ax, title in zip(
         axes, ("rolling pass@1 (%)", "rolling cost per task ($)", "rolling win share (%)"),
         strict=True,
@@ -611,7 +640,8 @@ def write_report(
         m: win_rate_curve([r for r in recs if r.method == m], largest, blocks=blocks)
         for m in curve_methods
     }
-    analysis = analyse(recs, largest, agents, execution_lengths)
+    analysis = analyse(recs, largest, agents, execution_lengths,
+                       auction_methods=list(auction_methods) or None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "markdown": out / "results.md"}
@@ -643,7 +673,8 @@ def write_report(
         paths["win_rate"] = out / "win_rate.png"
         _plot_curves(curves, paths["win_rate"])
         paths["learning"] = out / "learning.png"
-        _plot_learning(analysis["learning_curves"], agents, paths["learning"])
+        _plot_learning(analysis["learning_curves"], agents, paths["learning"],
+                       learning_reference(analysis))
         paths["break_even"] = out / "break_even.png"
         _plot_break_even(analysis, paths["break_even"])
     return paths

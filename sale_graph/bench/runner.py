@@ -73,6 +73,7 @@ from sale_graph.bench.ledger import (
 from sale_graph.bench.ledger import _banked_model_class as _banked_model_class
 from sale_graph.bench.ledger import metered as metered
 from sale_graph.bench.tasks import Task
+from sale_graph.local import PRESETS
 
 __all__ = [
     "BenchConfig",
@@ -105,12 +106,27 @@ def _check_config(bank: OutcomeBank, config: BenchConfig, tasks: list[Task], res
         raise RuntimeError(
             f"{bank.path} already holds a run; pass --resume to continue it or pick a new --run-dir"
         )
+    ran = [a["name"] for a in (bank.get("meta", "pool") or {}).get("agents") or []]
     if stored != config.to_dict():
         diff = sorted(k for k in stored if stored.get(k) != config.to_dict().get(k))
-        raise RuntimeError(f"--resume with a different configuration (differs in: {diff})")
+        renamed = diff == ["pool"] and ran and _preset_agents(config.pool) == ran
+        if not renamed:  # a preset under its new name (same agents) is the same run
+            raise RuntimeError(f"--resume with a different configuration (differs in: {diff})")
+    elif ran and _preset_agents(config.pool) not in (None, ran):
+        same = [p for p in PRESETS if _preset_agents(p) == ran]
+        hint = f"; resume with --pool {same[0]}, which names them" if same else ""
+        raise RuntimeError(
+            f"this run's pool was {ran}, but the preset {config.pool!r} now names "
+            f"{_preset_agents(config.pool)}{hint}"
+        )
     known = [t["id"] for t in (bank.get("meta", "tasks") or {}).get("tasks", [])]
     if known and known != [t.id for t in tasks]:
         raise RuntimeError("the task set changed since this run started (dataset versions?)")
+
+
+def _preset_agents(pool: str) -> list[str] | None:
+    """The agents a preset names today (None for a pool file); no model is loaded."""
+    return list(PRESETS[pool]) if pool in PRESETS else None
 
 
 async def _run(

@@ -13,7 +13,8 @@ TASKS = [f"t{i}" for i in range(20)]
 
 
 def _rec(method: str, task: str, passed: bool, cost: float, agent: str = "large") -> dict:
-    auction = 0 if method.startswith(("single: ", "kNN", "oracle")) else 50
+    # a staged row assessing from memory alone spends no auction token
+    auction = 50 if method.startswith("SALE") else 0
     return Record(method=method, task_id=task, domain="coding", bin="easy", agent=agent,
                   passed=passed, tokens_auction=auction, tokens_execution=100,
                   seconds_auction=0.0,
@@ -28,7 +29,8 @@ def _run(tmp_path, name: str, pool: str, rows: dict, tasks=TASKS) -> str:
     d = tmp_path / name
     d.mkdir()
     (d / "results.json").write_text(json.dumps(
-        {"largest": "large", "meta": {"config": {"pool": pool}}, "records": records}))
+        {"largest": "large", "meta": {"config": {"pool": pool, "methods": "staged"}},
+         "records": records}))
     return str(d)
 
 
@@ -62,6 +64,15 @@ def test_a_pool_without_any_row_at_the_largest_agents_quality_says_so(tmp_path):
     a = _run(tmp_path, "a", "local", {**_singles(20), "staged": (5, 0.2)})
     b = _run(tmp_path, "b", "local-coder", {**_singles(20), "staged": (6, 0.2)})
     assert pool_verdicts(compare_runs([a, b])) == {"local": None, "local-coder": None}
+
+
+def test_a_run_is_labelled_by_the_preset_that_names_its_agents_today(tmp_path):
+    three = ["smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
+    a = _run(tmp_path, "a", "local", {**_singles(), "staged": (15, 0.5)})
+    data = json.loads((tmp_path / "a" / "results.json").read_text())
+    (tmp_path / "a" / "results.json").write_text(json.dumps({**data, "agents": three}))
+    b = _run(tmp_path, "b", "local-coder", {**_singles(), "staged": (15, 0.5)})
+    assert compare_runs([a, b])["pools"] == ["local-three", "local-coder"]
 
 
 def test_runs_on_different_tasks_or_the_same_pool_are_refused(tmp_path):

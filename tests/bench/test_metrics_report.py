@@ -8,7 +8,14 @@ import pytest
 
 from sale_graph.bench.metrics import group_metrics, mean_std, summarise, win_rate_curve
 from sale_graph.bench.records import Record, bids_from_audit, dollars, record_from_audit
-from sale_graph.bench.report import analyse, markdown_report, pareto_front, write_report
+from sale_graph.bench.report import (
+    analyse,
+    break_even_section,
+    learning_reference,
+    markdown_report,
+    pareto_front,
+    write_report,
+)
 
 AGENTS = ["small", "large"]
 
@@ -225,6 +232,35 @@ def test_report_sections_name_both_largest_rows_and_noise() -> None:
     assert "## Longest executions (top tercile)" in md
     assert "## Learning along the task order" in md
     json.dumps(analysis)  # the report writes it as JSON
+
+
+def test_a_staged_auction_that_spends_nothing_on_its_auction_has_a_break_even_row() -> None:
+    # assessed from memory alone: no auction token, executions at 0.6 of the largest's
+    free = [_crec("staged", f"t{i:02d}", i % 2 == 0, ce=0.6) for i in range(20)]
+    dear = [_crec("staged dear", f"t{i:02d}", i % 2 == 0, ce=1.2) for i in range(20)]
+    router = [_crec("WTP", f"t{i:02d}", i % 2 == 0, ce=0.5) for i in range(20)]
+    recs = _largest() + free + dear + router
+    analysis = analyse(recs, "large", AGENTS, auction_methods=["staged", "staged dear"])
+    rows = analysis["break_even"][LARGE]
+    assert set(rows) == {"staged", "staged dear"}  # the router is no auction
+    assert rows["staged"]["break_even_tokens"] == 0.0 and rows["staged dear"][
+        "break_even_tokens"] is None
+    assert set(analysis["length_bins"]["methods"]) == {"staged", "staged dear"}
+    md = "\n".join(break_even_section(analysis))
+    assert f"| staged | {LARGE} | 0 | 0.60 | any | - |" in md
+    assert f"| staged dear | {LARGE} | 0 | 1.20 | never | - |" in md
+    # without the run's list, only spending tells: no row
+    assert analyse(recs, "large", AGENTS)["break_even"][LARGE] == {}
+
+
+def test_learning_curves_are_read_against_the_largest_agent_answering_directly() -> None:
+    direct = [_crec(f"{LARGE} (direct)", r.task_id, r.passed and r.task_id < "t10", ce=0.5)
+              for r in _largest()]  # fmt: skip
+    analysis = analyse(_largest() + direct, "large", AGENTS)
+    assert learning_reference(analysis) == (f"{LARGE} (direct)", 0.25, 0.5)
+    only_planning = analyse(_largest(), "large", AGENTS)
+    assert learning_reference(only_planning) == (LARGE, 0.5, 1.0)
+    assert learning_reference({}) is None
 
 
 def test_bar_section_holds_auction_rows_to_quality_cost_and_auction_share() -> None:

@@ -183,6 +183,34 @@ def test_resume_refuses_a_different_configuration(tmp_path) -> None:
     assert BenchConfig.from_dict(SMOKE.to_dict()) == SMOKE
 
 
+def test_a_run_keeps_its_agents_when_a_preset_changes_its_meaning(tmp_path) -> None:
+    """"local" once named three agents; a run stored under it resumes only under the
+    preset that names them now, and may be renamed to it, never rerun on other agents."""
+    bank = OutcomeBank(tmp_path / "bank.sqlite")
+    tasks = build_tasks(SMOKE)
+    three = ["smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
+    old = BenchConfig.from_dict({**SMOKE.to_dict(), "pool": "local"})
+    bank.put("meta", "config", old.to_dict())
+    bank.put("meta", "pool", {"agents": [{"name": n, "price": 1.0} for n in three]})
+    with pytest.raises(RuntimeError, match="resume with --pool local-three"):
+        runner._check_config(bank, old, tasks, resume=True)
+    renamed = BenchConfig.from_dict({**SMOKE.to_dict(), "pool": "local-three"})
+    runner._check_config(bank, renamed, tasks, resume=True)  # the same agents: accepted
+    other = BenchConfig.from_dict({**SMOKE.to_dict(), "pool": "local-small"})
+    with pytest.raises(RuntimeError, match="differs in: \\['pool'\\]"):
+        runner._check_config(bank, other, tasks, resume=True)
+
+
+def test_the_bench_command_takes_every_preset_the_runner_may_ask_for(tmp_path, capsys) -> None:
+    from sale_graph.cli import main
+
+    for preset in ("local-three", "local", "local-coder", "local-small"):
+        # past argparse (which exits), to the missing bank (which returns 2)
+        assert main(["bench", "--pool", preset, "--from-bank", "--run-dir",
+                     str(tmp_path)]) == 2
+        assert "no exported bank" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- report from a bank
 
 AGENTS = [("small", 0.1), ("large", 1.0)]

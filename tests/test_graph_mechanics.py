@@ -392,18 +392,26 @@ def test_an_executor_graph_that_pauses_pauses_the_auction(memory):
     assert memory.count() == 1
 
 
+def _paused_in_executor(memory, thread: str, **context_kw):
+    """An auction whose executor asks a human: compiled with a checkpointer, run to
+    that pause on ``thread``; returns the app and the thread's config."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    executor = _pausing_graph("confirm_tool", "answer", "tool ran for {said}")
+    context = ctx(make_pool(), memory, refine=False, executor=executor, **context_kw)
+    app = build_graph(context).compile(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": thread}}
+    app.invoke({"task": "Add numbers."}, config=config)
+    return app, config
+
+
 def test_an_edit_at_an_executors_pause_goes_on_to_the_execution(memory):
     """``update_state`` at an executor's pause (Studio's "edit state") is applied as
     the last finished node's, ``approve``: its static edge to ``execute`` lets the run
     go on with the edited state instead of ending with nothing executed or stored."""
-    from langgraph.checkpoint.memory import InMemorySaver
     from langgraph.types import Command
 
-    executor = _pausing_graph("confirm_tool", "answer", "tool ran for {said}")
-    context = ctx(make_pool(), memory, refine=False, executor=executor)
-    app = build_graph(context).compile(checkpointer=InMemorySaver())
-    config = {"configurable": {"thread_id": "t-exec-edit"}}
-    app.invoke({"task": "Add numbers."}, config=config)
+    app, config = _paused_in_executor(memory, "t-exec-edit")
     app.update_state(config, {"task": "Add two numbers."})
     assert app.get_state(config).next == ("execute",)
     again = app.invoke(None, config=config)  # the executor asks again, on the edited task
@@ -417,16 +425,11 @@ def test_an_edit_at_an_executors_pause_cannot_override_a_persons_decision(memory
     """Under approval, what runs is what a person approved: an edit at the executor's
     pause to another winner or task, or an edit as 'approve' that skips the decision,
     is refused before any model call and leaves the thread where it is."""
-    from langgraph.checkpoint.memory import InMemorySaver
     from langgraph.types import Command
 
     from sale_graph.errors import ApprovalError
 
-    executor = _pausing_graph("confirm_tool", "answer", "tool ran for {said}")
-    context = ctx(make_pool(), memory, refine=False, executor=executor, approval=True)
-    app = build_graph(context).compile(checkpointer=InMemorySaver())
-    config = {"configurable": {"thread_id": "t-exec-edit-approved"}}
-    app.invoke({"task": "Add numbers."}, config=config)
+    app, config = _paused_in_executor(memory, "t-exec-edit-approved", approval=True)
     app.invoke(Command(resume="approve"), config=config)  # now paused in the executor
     app.update_state(config, {"winning_bid": "small#0", "task": "Delete everything."})
     with pytest.raises(ApprovalError, match="edited after the decision"):
@@ -449,14 +452,9 @@ def test_an_edit_at_an_executors_pause_cannot_override_a_persons_decision(memory
 
 
 def test_an_edit_at_an_executors_pause_without_approval_is_in_the_audit(memory):
-    from langgraph.checkpoint.memory import InMemorySaver
     from langgraph.types import Command
 
-    executor = _pausing_graph("confirm_tool", "answer", "tool ran for {said}")
-    context = ctx(make_pool(), memory, refine=False, executor=executor)
-    app = build_graph(context).compile(checkpointer=InMemorySaver())
-    config = {"configurable": {"thread_id": "t-exec-edit-winner"}}
-    app.invoke({"task": "Add numbers."}, config=config)
+    app, config = _paused_in_executor(memory, "t-exec-edit-winner")
     app.update_state(config, {"winning_bid": "small#0"})
     app.invoke(None, config=config)
     out = app.invoke(Command(resume="yes"), config=config)

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from sale_graph.agents import Agent, validate_pool
 from sale_graph.errors import ContextError, PoolConfigError, SaleError
+from sale_graph.local import PRESETS as _LOCAL_PRESETS
 from sale_graph.memory import parse_url
 from sale_graph.scoring import Weights
 from sale_graph.seeds import PRESET_DATA
@@ -530,7 +531,7 @@ _LOCK = threading.Lock()
 _POOLS: dict[tuple[str, float], tuple[Agent, ...]] = {}
 _MEMORIES: dict[tuple[str, str, str], Any] = {}
 
-PRESETS = ("local", "local-three", "local-small", "local-coder")
+PRESETS = tuple(_LOCAL_PRESETS)  # the preset names, from the one table that defines them
 # Presets with weights fitted on them (files under sale_graph/data/, seeds.PRESET_DATA).
 PRESET_WEIGHTS = {p: f"{stem}_weights.json" for p, stem in PRESET_DATA.items()}
 

@@ -24,7 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from sale_graph.bench.config import BenchConfig, methods_for
-from sale_graph.bench.metrics import LEVEL, N_BOOT, intervals, paired_comparisons
+from sale_graph.bench.metrics import (
+    LEVEL,
+    N_BOOT,
+    auction_rows,
+    intervals,
+    paired_comparisons,
+)
 from sale_graph.bench.records import Record
 from sale_graph.bench.report import _ci
 from sale_graph.local import PRESETS
@@ -46,17 +52,15 @@ def _test_tasks(data: Mapping[str, Any]) -> set[str]:
     return {r["task_id"] for r in data["records"] if r["method"].startswith("single: ")}
 
 
-def _auction_methods(data: Mapping[str, Any]) -> set[str]:
-    """The run's auction rows by its configuration, not by their spending.
+def _auction_methods(data: Mapping[str, Any], records: Sequence[Record]) -> set[str]:
+    """The run's auction rows by its configuration (``metrics.auction_rows``).
 
     A staged row that assesses bids from memory alone spends no auction token, yet it
-    is an auction configuration a preset can default to; a router never is. Records
-    written without a stored configuration fall back to "spent auction tokens".
+    is an auction configuration a preset can default to; a router never is.
     """
     stored = (data.get("meta") or {}).get("config")
-    if stored:
-        return {m.name for m in methods_for(BenchConfig.from_dict(stored))}
-    return {str(r["method"]) for r in data["records"] if r.get("tokens_auction")}
+    named = [m.name for m in methods_for(BenchConfig.from_dict(stored))] if stored else None
+    return set(auction_rows(records, named))
 
 
 def _pool(data: Mapping[str, Any], run_dir: Path) -> str:
@@ -97,7 +101,8 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> dict[str, Any]:
     auctions: set[str] = set()
     for i, (data, pool) in enumerate(zip(runs, pools, strict=True)):
         names: list[str] = []
-        run_auctions = _auction_methods(data)
+        run_auctions = _auction_methods(
+            data, [Record.from_dict(raw) for raw in data["records"]])
         for raw in data["records"]:
             method = str(raw["method"])
             if method.startswith("single: "):

@@ -43,6 +43,7 @@ from sale_graph.bench.records import Record
 
 __all__ = [
     "SCALAR_METRICS",
+    "auction_rows",
     "break_even",
     "group_metrics",
     "intervals",
@@ -302,7 +303,7 @@ def paired_comparisons(
 # --------------------------------------------------------------------------- break-even
 
 
-def _auction_methods(
+def auction_rows(
     records: Sequence[Record], named: Sequence[str] | None = None
 ) -> list[str]:
     """The auction rows: ``named`` (a run's configuration) if given, else spenders.
@@ -331,7 +332,7 @@ def break_even(
     pays ``p * L`` for costs the method ``A + rho * p * L``: cheaper once
     ``L > L* = A / (p * (1 - rho))`` tokens. If ``rho >= 1`` routing saves nothing
     and the auction never pays (``break_even_tokens`` is None). ``p`` defaults to
-    the reference's own dollars per token. ``auction_methods``: see ``_auction_methods``
+    the reference's own dollars per token. ``auction_methods``: see ``auction_rows``
     (an auction that costs nothing pays from the first token wherever ``rho < 1``).
     """
     recs = list(records)
@@ -345,7 +346,7 @@ def break_even(
         price_per_mtok = 1e6 * sum(r.cost for r in ref_recs) / tokens if tokens else 0.0
     per_token = price_per_mtok / 1e6
     out: dict[str, dict[str, Any]] = {}
-    for method in _auction_methods(recs, auction_methods):
+    for method in auction_rows(recs, auction_methods):
         shared = sorted(set(table[method]) & set(ref))
         if not shared:
             continue
@@ -391,7 +392,7 @@ def length_bins(
         "median_tokens": [float(np.median([lengths[t] for t in g])) for g in groups],
         "methods": {},
     }
-    for method in _auction_methods(recs, auction_methods):
+    for method in auction_rows(recs, auction_methods):
         shares = []
         for g in groups:
             rows = [table[method][t] for t in g if t in table[method]]

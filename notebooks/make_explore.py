@@ -55,6 +55,20 @@ cells = [
     ),
     nbf.v4.new_code_cell("display(Image(filename=str(paths['learning'])))"),
     nbf.v4.new_markdown_cell(
+        "A curve's first and last windows hold different tasks. Each order puts a task at a "
+        "random place, so most tasks are met early in one order and late in another: the "
+        "same task met in an order's second half against itself met in its first half says "
+        "whether memory helped, with the task's difficulty cancelled."
+    ),
+    nbf.v4.new_code_cell(
+        "for method, e in report.get('learning_effect', {}).items():\n"
+        "    d, r = e['pass_diff'], e['cost_ratio']\n"
+        "    print(f\"{method} ({e['n_orders']} orders, {e['n_tasks']} tasks): pass@1 late - \"\n"
+        "          f\"early {100 * d['estimate']:+.1f} [{100 * d['lo']:+.1f}, \"\n"
+        "          f\"{100 * d['hi']:+.1f}]{' (within noise)' if d['within_noise'] else ''}; \"\n"
+        "          f\"cost late / early {r['estimate']:.2f}x [{r['lo']:.2f}, {r['hi']:.2f}]\")"
+    ),
+    nbf.v4.new_markdown_cell(
         "## Can this benchmark tell?\nEach method against the largest agent on the *same* "
         "tasks, resampled together (95% bootstrap intervals over tasks). A difference whose "
         "interval holds 0, or a cost ratio whose interval holds 1, is within noise."

@@ -26,7 +26,8 @@ bootstrap interval, and ``paired_comparisons`` resamples the same tasks for a
 method and a reference (difference in pass@1, ratio of total costs). Methods run
 over several orders are averaged per task over orders first. ``break_even`` and
 ``length_bins`` ask how long executions must be for an auction to pay for itself,
-and ``learning_curves`` follow pass@1, cost and win shares along the task order.
+and ``learning_curves`` follow pass@1, cost and win shares along the task order;
+``learning_effect`` asks whether a task fares better met late in an order than early.
 Everything is seeded, so a report rebuilds byte for byte.
 """
 
@@ -48,6 +49,7 @@ __all__ = [
     "group_metrics",
     "intervals",
     "learning_curves",
+    "learning_effect",
     "length_bins",
     "longest_bin",
     "mean_std",
@@ -476,3 +478,60 @@ def _rolling(values: Sequence[float], window: int) -> np.ndarray:
     i = np.arange(1, len(v) + 1)
     lo = np.maximum(0, i - window)
     return (c[i] - c[lo]) / (i - lo)
+
+
+def learning_effect(
+    records: Iterable[Record], largest: str, *, n_boot: int = N_BOOT, level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """What memory adds along an order, each task compared with itself: late minus early.
+
+    A learning curve's first and last windows hold different tasks, so a hard run of
+    tasks at the end reads as forgetting. Each seeded order puts a task at a random
+    place; over several orders most tasks are met both in an order's first half
+    (memory holding fewer tasks) and in its second. Per task, the mean over its late
+    meetings minus the mean over its early ones cancels its difficulty; the bootstrap
+    resamples those tasks. For every method run over more than one order:
+    ``pass_diff`` (points as a share), ``small_share_diff`` (share of the task's
+    executions won by agents other than ``largest``) and ``cost_ratio`` (late over
+    early total cost), each an interval with ``within_noise``; ``n_tasks`` compared.
+    """
+    by_method: dict[str, dict[int, list[Record]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        by_method[r.method][r.order].append(r)
+    out: dict[str, dict[str, Any]] = {}
+    for method, orders in by_method.items():
+        if len(orders) < 2:
+            continue
+        half = min(len(v) for v in orders.values()) / 2
+        met: dict[str, dict[bool, list[Record]]] = defaultdict(lambda: {False: [], True: []})
+        for recs in orders.values():
+            for r in recs:
+                met[r.task_id][r.position >= half].append(r)
+        both = sorted(t for t, m in met.items() if m[False] and m[True])
+        if not both:
+            continue
+        idx = _resamples(len(both), n_boot, seed)
+        entry: dict[str, Any] = {"n_tasks": len(both), "n_orders": len(orders)}
+        for key, value in (("pass_diff", lambda r: float(r.passed)),
+                           ("small_share_diff", lambda r: float(r.agent != largest))):
+            d = _half_means(met, both, value, True) - _half_means(met, both, value, False)
+            entry[key] = _interval(d[idx].mean(axis=1), d.mean(), level)
+            entry[key]["within_noise"] = bool(entry[key]["lo"] <= 0.0 <= entry[key]["hi"])
+        late = _half_means(met, both, lambda r: r.cost, True)
+        early = _half_means(met, both, lambda r: r.cost, False)
+        num, den = late[idx].sum(axis=1), early[idx].sum(axis=1)
+        ratios = np.divide(num, den, out=np.full_like(num, np.inf), where=den > 0)
+        ratio = _interval(ratios, late.sum() / early.sum() if early.sum() else math.inf, level)
+        ratio["within_noise"] = bool(ratio["lo"] <= 1.0 <= ratio["hi"])
+        entry["cost_ratio"] = ratio
+        out[method] = entry
+    return out
+
+
+def _half_means(
+    met: Mapping[str, Mapping[bool, list[Record]]], tasks: Sequence[str],
+    value: Callable[[Record], float], late: bool,
+) -> np.ndarray:
+    """Per task, the mean ``value`` over its meetings in one half of the orders."""
+    return np.array([np.mean([value(r) for r in met[t][late]]) for t in tasks])

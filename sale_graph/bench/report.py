@@ -27,6 +27,7 @@ from sale_graph.bench.metrics import (
     break_even,
     intervals,
     learning_curves,
+    learning_effect,
     length_bins,
     longest_bin,
     paired_comparisons,
@@ -141,7 +142,8 @@ def markdown_report(
     lines += refinement_section((steps or {}).get("refinement") or {})
     lines += break_even_section(analysis)
     lines += longest_section(analysis.get("longest_bin") or {}, list(summary))
-    lines += learning_section(analysis.get("learning_curves") or {}, agents)
+    lines += learning_section(analysis.get("learning_curves") or {}, agents,
+                              analysis.get("learning_effect") or {})
     lines += ["", "## Share of tasks executed per agent (%)", ""]
     lines.append("| method | " + " | ".join(agents) + " |")
     lines.append("|---|" + "---|" * len(agents))
@@ -314,8 +316,14 @@ def longest_section(longest: Mapping[str, Any], order: Sequence[str]) -> list[st
     return lines
 
 
-def learning_section(curves: Mapping[str, Mapping[str, Any]], agents: Sequence[str]) -> list[str]:
-    """First and last window of each learning curve (the plot shows the whole path)."""
+def learning_section(
+    curves: Mapping[str, Mapping[str, Any]], agents: Sequence[str],
+    effect: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[str]:
+    """First and last window of each curve (the plot shows the whole path).
+
+    Then each task met late against itself met early: the windows hold different tasks.
+    """
     if not curves:
         return []
     lines = [
@@ -341,7 +349,35 @@ def learning_section(curves: Mapping[str, Mapping[str, Any]], agents: Sequence[s
             f"| {method} | {w} | {_span(c['pass_at_1'], first, last, 100, '.1f')} "
             f"| {_span(c['cost_usd'], first, last, 1, '.3g')} | {wins} |"
         )
+    if effect:
+        lines += [
+            "",
+            "The same task met in an order's second half (more in memory) against itself met "
+            "in its first half, over the orders that put it in both; 95% bootstrap over "
+            "those tasks. *within noise*: the interval holds 0 (difference) or 1 (ratio).",
+            "",
+            "| method | orders | tasks | pass@1 late - early (points) [95% CI] | "
+            "agents other than the largest, late - early (points) [95% CI] | "
+            "cost late / early [95% CI] |",
+            "|---|---|---|---|---|---|",
+        ]
+        for method, e in effect.items():
+            lines.append(
+                f"| {method} | {e['n_orders']} | {e['n_tasks']} "
+                f"| {_points(e['pass_diff'])} | {_points(e['small_share_diff'])} "
+                f"| {_ratio(e['cost_ratio'])} |"
+            )
     return lines
+
+
+def _points(d: Mapping[str, Any]) -> str:
+    noise = ", within noise" if d["within_noise"] else ""
+    return f"{100 * d['estimate']:+.1f} {_ci(d, 100, '+.1f')}{noise}"
+
+
+def _ratio(d: Mapping[str, Any]) -> str:
+    noise = ", within noise" if d["within_noise"] else ""
+    return f"{d['estimate']:.2f}x {_ci(d, 1, '.2f')}{noise}"
 
 
 def _span(values: Sequence[float], first: int, last: int, scale: float, spec: str) -> str:
@@ -385,6 +421,7 @@ def analyse(
         "length_bins": length_bins(records, lengths, auction_methods=auction_methods),
         "longest_bin": longest_bin(records, lengths),
         "learning_curves": learning_curves(records, agents),
+        "learning_effect": learning_effect(records, largest, seed=seed),
     }
 
 

@@ -8,6 +8,7 @@ from sale_graph.bench.metrics import (
     break_even,
     intervals,
     learning_curves,
+    learning_effect,
     length_bins,
     longest_bin,
     paired_comparisons,
@@ -121,3 +122,43 @@ def test_learning_curves_average_orders_along_positions() -> None:
     assert c["win_share"]["small"] == c["pass_at_1"]
     assert c["win_share"]["large"] == pytest.approx([1.0, 1.0, 0.75, 0.25, 0.0, 0.0])
 
+
+
+def test_learning_effect_compares_each_task_with_itself() -> None:
+    # memory helps: in every order a task passes once it is met in the second half
+    helped = [_rec("SALE", f"t{(pos + k) % 6}", pos >= 3, order=k, position=pos,
+                   agent="small" if pos >= 3 else "large", ce=1.0 if pos >= 3 else 2.0)
+              for k in range(4) for pos in range(6)]  # fmt: skip
+    # no learning, but the hard tasks t3-t5 come last in two orders of three: the
+    # curve falls from its first window to its last, the same task met late does not
+    mixed = [_rec("mix", f"t{i}", i < 3, order=k, position=i if k < 2 else 5 - i)
+             for k in range(3) for i in range(6)]  # fmt: skip
+    once = [_rec("one order", f"t{i}", True, position=i) for i in range(6)]
+    out = learning_effect(helped + mixed + once, "large", n_boot=200)
+    assert set(out) == {"SALE", "mix"}  # one order cannot be compared with itself
+    h = out["SALE"]
+    assert (h["n_tasks"], h["n_orders"]) == (6, 4)
+    assert h["pass_diff"]["estimate"] == pytest.approx(1.0)
+    assert h["pass_diff"]["lo"] == pytest.approx(1.0) and not h["pass_diff"]["within_noise"]
+    assert h["small_share_diff"]["estimate"] == pytest.approx(1.0)
+    assert h["cost_ratio"]["estimate"] == pytest.approx(0.5)
+    m = out["mix"]
+    assert m["n_tasks"] == 6
+    assert m["pass_diff"] == {"estimate": 0.0, "lo": 0.0, "hi": 0.0, "within_noise": True}
+    assert m["cost_ratio"]["estimate"] == pytest.approx(1.0) and m["cost_ratio"]["within_noise"]
+    curve = learning_curves(mixed, AGENTS, window=3)["mix"]["pass_at_1"]
+    assert (curve[2], curve[-1]) == pytest.approx((2 / 3, 1 / 3))  # other tasks, not forgetting
+
+
+def test_learning_effect_leaves_out_tasks_met_in_one_half_only() -> None:
+    # two orders that keep every task in the same half: nothing to compare
+    same_half = [_rec("SALE", f"t{i}", True, order=k, position=i) for k in range(2)
+                 for i in range(4)]  # fmt: skip
+    assert learning_effect(same_half, "large") == {}
+    one_swapped = same_half + [_rec("SALE", "t0", False, order=2, position=3),
+                               _rec("SALE", "t3", True, order=2, position=0),
+                               _rec("SALE", "t1", True, order=2, position=1),
+                               _rec("SALE", "t2", True, order=2, position=2)]  # fmt: skip
+    out = learning_effect(one_swapped, "large", n_boot=100)["SALE"]
+    assert out["n_tasks"] == 2  # t0 and t3 were met in both halves
+    assert out["pass_diff"]["estimate"] == pytest.approx(-0.5)  # t0: 0 late vs 1 early

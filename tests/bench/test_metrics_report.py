@@ -129,6 +129,8 @@ def test_write_report_files(tmp_path) -> None:
     assert "| largest | 1 | 4 | 75.0 |" in md
     assert "per bin" in md and "easy" in md
     assert "## Plots" in md and "(learning.png)" in md
+    # t0 and t2 were met in both halves of the two orders: t0 failed late, t2 passed
+    assert "| sale | 2 | 2 | +0.0 [-100.0, +100.0], within noise |" in md
     for key in ("pareto", "win_rate", "learning", "break_even"):
         assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

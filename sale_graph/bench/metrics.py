@@ -22,9 +22,10 @@ orders.
 
 Whether a difference is real is told over tasks, the unit a benchmark samples:
 ``intervals`` gives each method's pass@1 and mean cost per task a 95% percentile
-bootstrap interval, and ``paired_comparisons`` resamples the same tasks for a
-method and a reference (difference in pass@1, ratio of total costs). Methods run
-over several orders are averaged per task over orders first. ``break_even`` and
+bootstrap interval (``group_intervals`` per bin and domain), and
+``paired_comparisons`` resamples the same tasks for a method and a reference
+(difference in pass@1, ratio of total costs). Methods run over several orders are
+averaged per task over orders first. ``break_even`` and
 ``length_bins`` ask how long executions must be for an auction to pay for itself,
 and ``learning_curves`` follow pass@1, cost and win shares along the task order;
 ``learning_effect`` asks whether a task fares better met late in an order than early.
@@ -46,6 +47,7 @@ __all__ = [
     "SCALAR_METRICS",
     "auction_rows",
     "break_even",
+    "group_intervals",
     "group_metrics",
     "intervals",
     "learning_curves",
@@ -254,6 +256,26 @@ def intervals(
             "n_tasks": len(passed),
             "pass_at_1": _interval(passed[idx].mean(axis=1), passed.mean(), level),
             "cost_per_task": _interval(cost[idx].mean(axis=1), cost.mean(), level),
+        }
+    return out
+
+
+def group_intervals(
+    records: Iterable[Record], *, n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL
+) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+    """``{grouping: {label: intervals(...)}}`` per bin, domain and domain/bin.
+
+    A bin holds a third of the tasks, so its pass@1 moves twice as far by luck as the
+    whole run's; the interval says how far.
+    """
+    recs = list(records)
+    out: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+    for name, key in _GROUPINGS.items():
+        labels = sorted({key(r) for r in recs})
+        out[name] = {
+            label: intervals([r for r in recs if key(r) == label], n_boot=n_boot, seed=seed,
+                             level=level)
+            for label in labels
         }
     return out
 

@@ -25,6 +25,7 @@ from sale_graph.bench.metrics import (
     LEVEL,
     N_BOOT,
     break_even,
+    group_intervals,
     intervals,
     learning_curves,
     learning_effect,
@@ -64,6 +65,15 @@ def _ci(stat: Mapping[str, float] | None, scale: float = 1.0, spec: str = ".1f")
 
 def _mean_ci(stat: Mapping[str, float] | None, spec: str) -> str:
     return f"{stat['estimate']:{spec}} {_ci(stat, 1, spec)}" if stat else ""
+
+
+def _group_cell(g: Mapping[str, Any], ci: Mapping[str, Any] | None) -> str:
+    """pass@1 and total cost of one group, each with its interval when there is one."""
+    if not ci:
+        return f"{_fmt(g['pass_at_1'], 100)} / {_fmt(g['cost_usd'], 1, '.4g')}"
+    n = ci["n_tasks"]
+    return (f"{_fmt(g['pass_at_1'], 100)} {_ci(ci['pass_at_1'], 100)} / "
+            f"{_fmt(g['cost_usd'], 1, '.4g')} {_ci(ci['cost_per_task'], n, '.3g')}")
 
 
 def markdown_report(
@@ -122,18 +132,19 @@ def markdown_report(
         )
         if not labels:
             continue
+        group_ci = (analysis.get("group_intervals") or {}).get(group, {})
         lines += ["", f"## pass@1 (%) and cost ($) per {title}", ""]
+        if group_ci:
+            lines += ["pass@1 [95% CI] / total cost [95% CI]: the intervals over the group's "
+                      "tasks, as above; a group holds fewer tasks, so they are wider.", ""]
         lines.append("| method | " + " | ".join(labels) + " |")
         lines.append("|---|" + "---|" * len(labels))
         for method, s in summary.items():
             cells = []
             for label in labels:
                 g = s.get(group, {}).get(label)
-                cells.append(
-                    ""
-                    if g is None
-                    else f"{_fmt(g['pass_at_1'], 100)} / {_fmt(g['cost_usd'], 1, '.4g')}"
-                )
+                cells.append("" if g is None else _group_cell(
+                    g, (group_ci.get(label) or {}).get(method)))
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += targets_section(summary, largest or (agents[-1] if agents else None))
     lines += paired_section(analysis.get("paired") or {}, list(summary))
@@ -414,6 +425,7 @@ def analyse(
     return {
         "references": refs,
         "intervals": intervals(records, seed=seed),
+        "group_intervals": group_intervals(records, seed=seed),
         "paired": paired_comparisons(records, refs, seed=seed),
         "break_even": {ref: break_even(records, ref, auction_methods=auction_methods)
                        for ref in refs},

@@ -6,6 +6,7 @@ import pytest
 
 from sale_graph.bench.metrics import (
     break_even,
+    group_intervals,
     intervals,
     learning_curves,
     learning_effect,
@@ -162,3 +163,21 @@ def test_learning_effect_leaves_out_tasks_met_in_one_half_only() -> None:
     out = learning_effect(one_swapped, "large", n_boot=100)["SALE"]
     assert out["n_tasks"] == 2  # t0 and t3 were met in both halves
     assert out["pass_diff"]["estimate"] == pytest.approx(-0.5)  # t0: 0 late vs 1 early
+
+
+def test_group_intervals_resample_each_group_on_its_own() -> None:
+    # easy tasks all pass at cost 1, hard ones pass half the time at cost 3
+    recs = [Record(method="m", task_id=f"t{i}", domain="coding" if i % 2 else "reasoning",
+                   bin="easy" if i < 4 else "hard", agent="large", passed=i < 4 or i % 2 == 0,
+                   cost_execution=1.0 if i < 4 else 3.0) for i in range(8)]  # fmt: skip
+    out = group_intervals(recs, n_boot=300)
+    assert set(out) == {"by_bin", "by_domain", "by_domain_bin"}
+    easy, hard = out["by_bin"]["easy"]["m"], out["by_bin"]["hard"]["m"]
+    assert easy["n_tasks"] == hard["n_tasks"] == 4
+    assert easy["pass_at_1"] == {"estimate": 1.0, "lo": 1.0, "hi": 1.0}
+    assert hard["pass_at_1"]["estimate"] == pytest.approx(0.5)
+    assert hard["pass_at_1"]["lo"] < 0.5 < hard["pass_at_1"]["hi"]
+    assert hard["cost_per_task"]["estimate"] == pytest.approx(3.0)
+    assert set(out["by_domain_bin"]) == {"coding/easy", "coding/hard", "reasoning/easy",
+                                         "reasoning/hard"}  # fmt: skip
+    assert out["by_domain_bin"]["coding/hard"]["m"]["pass_at_1"]["estimate"] == 0.0

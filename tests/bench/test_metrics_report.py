@@ -128,6 +128,8 @@ def test_write_report_files(tmp_path) -> None:
     assert "| sale | 2 | 4 | 50.0 ± 35.4 |" in md
     assert "| largest | 1 | 4 | 75.0 |" in md
     assert "per bin" in md and "easy" in md
+    # per bin, each pass@1 and total cost carries its interval over the bin's tasks
+    assert "| largest | 100.0 [100.0, 100.0] / 2 [2, 2] | 50.0 [0.0, 100.0] / 2 " in md
     assert "## Plots" in md and "(learning.png)" in md
     # t0 and t2 were met in both halves of the two orders: t0 failed late, t2 passed
     assert "| sale | 2 | 2 | +0.0 [-100.0, +100.0], within noise |" in md

@@ -89,14 +89,18 @@ cells = [
     ),
     nbf.v4.new_markdown_cell(
         "Break-even: the execution length (tokens) beyond which each auction method's own "
-        "calls are paid back by cheaper executions (`None`: never, routing saves nothing)."
+        "calls are paid back by cheaper executions (`None`: never, routing saves nothing), "
+        "with its 95% bootstrap interval over tasks."
     ),
     nbf.v4.new_code_cell(
+        "def tokens(n):\n"
+        "    return 'never' if n is None else f'{n:,.0f}'\n\n"
         "for ref, methods in report['break_even'].items():\n"
         "    for method, b in methods.items():\n"
-        "        tokens = b['break_even_tokens']\n"
+        "        ci = b.get('break_even_interval') or {}\n"
+        "        span = f\" [{tokens(ci['lo'])}, {tokens(ci['hi'])}]\" if ci.get('lo') else ''\n"
         "        print(f\"{method:24} vs {ref}: rho {b['rho']:.2f}, \"\n"
-        "              f\"break-even {'never' if tokens is None else f'{tokens:,.0f} tokens'}\")"
+        "              f\"break-even {tokens(b['break_even_tokens'])} tokens{span}\")"
     ),
     nbf.v4.new_markdown_cell(
         "## One auction, step by step\nThe bank holds every SALE auction's audit. Take the "

@@ -348,6 +348,10 @@ def break_even(
     reference: str,
     price_per_mtok: float | None = None,
     auction_methods: Sequence[str] | None = None,
+    *,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    level: float = LEVEL,
 ) -> dict[str, dict[str, Any]]:
     """Per auction method: how long executions must be before its auction pays off.
 
@@ -358,6 +362,8 @@ def break_even(
     and the auction never pays (``break_even_tokens`` is None). ``p`` defaults to
     the reference's own dollars per token. ``auction_methods``: see ``auction_rows``
     (an auction that costs nothing pays from the first token wherever ``rho < 1``).
+    ``rho_interval`` and ``break_even_interval`` resample the shared tasks (95%
+    percentile bootstrap); a bound of None is "never" (resamples where ``rho >= 1``).
     """
     recs = list(records)
     table = per_task(recs)
@@ -374,12 +380,19 @@ def break_even(
         shared = sorted(set(table[method]) & set(ref))
         if not shared:
             continue
-        a = float(np.mean([table[method][t]["cost_auction"] for t in shared]))
-        ref_cost = float(np.mean([ref[t]["cost"] for t in shared]))
-        exec_cost = float(np.mean([table[method][t]["cost_execution"] for t in shared]))
+        auction = np.array([table[method][t]["cost_auction"] for t in shared])
+        execution = np.array([table[method][t]["cost_execution"] for t in shared])
+        reference_cost = np.array([ref[t]["cost"] for t in shared])
+        a, exec_cost, ref_cost = (float(auction.mean()), float(execution.mean()),
+                                  float(reference_cost.mean()))  # fmt: skip
         rho = exec_cost / ref_cost if ref_cost else math.inf
         never = rho >= 1 or per_token <= 0
+        idx = _resamples(len(shared), n_boot, seed)
+        rhos, lstars = _break_even_draws(auction[idx].mean(axis=1), execution[idx].mean(axis=1),
+                                         reference_cost[idx].mean(axis=1), per_token)
         out[method] = {
+            "rho_interval": _interval(rhos, rho, level),
+            "break_even_interval": _bounds(lstars, level),
             "n_tasks": len(shared),
             "auction_cost_per_task": a,
             "execution_cost_per_task": exec_cost,
@@ -389,6 +402,29 @@ def break_even(
             "break_even_tokens": None if never else a / (per_token * (1 - rho)),
         }
     return out
+
+
+def _break_even_draws(
+    a: np.ndarray, execution: np.ndarray, reference: np.ndarray, per_token: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ratio rho and L* of each resample (L* infinite where the auction never pays)."""
+    rho = np.divide(execution, reference, out=np.full_like(execution, np.inf),
+                    where=reference > 0)  # fmt: skip
+    pays = (rho < 1) & (per_token > 0)
+    lstar = np.full_like(rho, np.inf)
+    np.divide(a, per_token * (1 - rho), out=lstar, where=pays)
+    return rho, lstar
+
+
+def _bounds(draws: np.ndarray, level: float) -> dict[str, float | None]:
+    """Percentile bounds of draws that may be infinite; None for an infinite bound.
+
+    The bounds are taken at resamples (not between them), so "never" stays "never".
+    """
+    tail = 100 * (1 - level) / 2
+    lo = float(np.percentile(draws, tail, method="lower"))
+    hi = float(np.percentile(draws, 100 - tail, method="higher"))
+    return {"lo": None if math.isinf(lo) else lo, "hi": None if math.isinf(hi) else hi}
 
 
 def length_bins(

@@ -286,23 +286,36 @@ def break_even_section(analysis: Mapping[str, Any]) -> list[str]:
         f"executions are {mean:.0f} tokens on average (longest {values[-1] if values else 0:.0f})"
         ".",
         "",
-        "| method | against | A: auction $/task | rho | L* (tokens) | L* / mean execution |",
+        "Intervals: 95% bootstrap over the shared tasks (A and rho resampled together); "
+        "*never* as an upper bound means that in over 2.5% of resamples rho reached 1.",
+        "",
+        "| method | against | A: auction $/task | rho [95% CI] | L* (tokens) [95% CI] "
+        "| L* / mean execution |",
         "|---|---|---|---|---|---|",
     ]
     for ref, rows in table.items():
         for method, b in rows.items():
             lstar = b["break_even_tokens"]
+            span = _lstar_ci(b.get("break_even_interval"))
             if lstar is None or not mean:
-                tail = "| never | - |"
+                tail = f"| never{span} | - |"
             elif b["auction_cost_per_task"] <= 0:  # assessed for free: pays from any length
                 tail = "| any | - |"
             else:
-                tail = f"| {lstar:,.0f} | {lstar / mean:,.0f}x |"
+                tail = f"| {lstar:,.0f}{span} | {lstar / mean:,.0f}x |"
             lines.append(
-                f"| {method} | {ref} | {b['auction_cost_per_task']:.3g} | {b['rho']:.2f} "
-                + tail
+                f"| {method} | {ref} | {b['auction_cost_per_task']:.3g} "
+                f"| {b['rho']:.2f} {_ci(b.get('rho_interval'), 1, '.2f')} " + tail
             )
     return lines
+
+
+def _lstar_ci(bounds: Mapping[str, float | None] | None) -> str:
+    """L*'s interval; an unbounded end reads "never"."""
+    if not bounds or bounds["lo"] is None:  # even the lower end never pays: nothing to add
+        return ""
+    hi = "never" if bounds["hi"] is None else f"{bounds['hi']:,.0f}"
+    return f" [{bounds['lo']:,.0f}, {hi}]"
 
 
 def longest_section(longest: Mapping[str, Any], order: Sequence[str]) -> list[str]:

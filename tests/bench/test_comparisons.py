@@ -90,6 +90,19 @@ def test_break_even_on_synthetic_records() -> None:
     assert out["sale"]["price_per_mtok"] == pytest.approx(1000.0)
     assert out["sale"]["break_even_tokens"] == pytest.approx(4000.0)
     assert out["dear"]["break_even_tokens"] is None  # rho >= 1: never pays
+    # every task alike: the interval is the point; rho >= 1 in every resample: no bound
+    assert out["sale"]["break_even_interval"] == {"lo": pytest.approx(4000.0),
+                                                   "hi": pytest.approx(4000.0)}  # fmt: skip
+    assert out["sale"]["rho_interval"]["lo"] == pytest.approx(0.5)
+    assert out["dear"]["break_even_interval"] == {"lo": None, "hi": None}
+    # half the tasks route to an execution at half the price, half at 1.5x: rho is 1 on
+    # the whole run (never), and the resamples reach both a finite L* and never
+    mixed = [_rec("mixed", f"t{i:02d}", True, ta=10, ca=2.0, ce=0.5 if i % 2 else 1.5)
+             for i in range(20)]  # fmt: skip
+    m = break_even(_largest() + mixed, LARGE, n_boot=500)["mixed"]
+    assert m["break_even_tokens"] is None
+    assert m["break_even_interval"]["lo"] is not None and m["break_even_interval"]["hi"] is None
+    assert m["rho_interval"]["lo"] < 1.0 < m["rho_interval"]["hi"]
     assert break_even(sale, LARGE) == {}
 
 

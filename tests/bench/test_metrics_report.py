@@ -232,7 +232,10 @@ def test_report_sections_name_both_largest_rows_and_noise() -> None:
     assert "## Paired comparisons against the largest agent" in md
     assert f"| SALE | {LARGE} | 20 | +0.0 | [+0.0, +0.0] | within noise | 0.70 |" in md
     assert f"| SALE | {LARGE} (direct) | 20 | +0.0 |" in md
-    assert "## Break-even execution length" in md and "| SALE | single: large | 0.2 |" in md
+    assert "## Break-even execution length" in md
+    row = next(ln for ln in md.splitlines() if ln.startswith("| SALE | single: large | 0.2 |"))
+    lstar = analysis["break_even"][LARGE]["SALE"]["break_even_tokens"]
+    assert f"| 0.50 [0.50, 0.50] | {lstar:,.0f} [{lstar:,.0f}, {lstar:,.0f}] |" in row
     assert "## Longest executions (top tercile)" in md
     assert "## Learning along the task order" in md
     json.dumps(analysis)  # the report writes it as JSON
@@ -251,8 +254,8 @@ def test_a_staged_auction_that_spends_nothing_on_its_auction_has_a_break_even_ro
         "break_even_tokens"] is None
     assert set(analysis["length_bins"]["methods"]) == {"staged", "staged dear"}
     md = "\n".join(break_even_section(analysis))
-    assert f"| staged | {LARGE} | 0 | 0.60 | any | - |" in md
-    assert f"| staged dear | {LARGE} | 0 | 1.20 | never | - |" in md
+    assert f"| staged | {LARGE} | 0 | 0.60 [0.60, 0.60] | any | - |" in md
+    assert f"| staged dear | {LARGE} | 0 | 1.20 [1.20, 1.20] | never | - |" in md
     # without the run's list, only spending tells: no row
     assert analyse(recs, "large", AGENTS)["break_even"][LARGE] == {}
 

@@ -94,13 +94,13 @@ cells = [
     ),
     nbf.v4.new_code_cell(
         "def tokens(n):\n"
-        "    return 'never' if n is None else f'{n:,.0f}'\n\n"
+        "    return 'never' if n is None else f'{n:,.0f} tokens'\n\n"
         "for ref, methods in report['break_even'].items():\n"
         "    for method, b in methods.items():\n"
-        "        ci = b.get('break_even_interval') or {}\n"
-        "        span = f\" [{tokens(ci['lo'])}, {tokens(ci['hi'])}]\" if ci.get('lo') else ''\n"
+        "        lstar, ci = b['break_even_tokens'], b.get('break_even_interval')\n"
+        "        span = f\" [{tokens(ci['lo'])}, {tokens(ci['hi'])}]\" if lstar and ci else ''\n"
         "        print(f\"{method:24} vs {ref}: rho {b['rho']:.2f}, \"\n"
-        "              f\"break-even {tokens(b['break_even_tokens'])} tokens{span}\")"
+        "              f\"break-even {tokens(lstar) if lstar != 0 else 'any length'}{span}\")"
     ),
     nbf.v4.new_markdown_cell(
         "## One auction, step by step\nThe bank holds every SALE auction's audit. Take the "

@@ -79,6 +79,7 @@ def test_explore_notebook_rebuilds_a_committed_run_without_models(tmp_path, monk
     assert "no pool comparison committed yet" in text or " -> " in text
     assert "orders, " in text and "pass@1 late - early" in text  # each task against itself
     assert "break-even " in text and " tokens [" in text  # with its interval over tasks
+    assert "never tokens" not in text
     assert any("image/png" in o.get("data", {}) for o in outputs)
     shown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
     assert "| method | against | pass@1 diff (points)" in shown

@@ -237,9 +237,20 @@ def _resamples(n: int, n_boot: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 
 
-def _interval(stats: np.ndarray, estimate: float, level: float) -> dict[str, float]:
+def _interval(
+    stats: np.ndarray, estimate: float, level: float, *, at_resamples: bool = False
+) -> dict[str, float]:
+    """A percentile interval of bootstrap ``stats``.
+
+    Bounds are taken at resamples, not between them, when asked or when a resample is
+    infinite (a ratio over a zero cost): between two infinite resamples lies NaN.
+    """
     tail = 100 * (1 - level) / 2
-    lo, hi = np.percentile(stats, [tail, 100 - tail])
+    if at_resamples or not np.all(np.isfinite(stats)):
+        lo = np.percentile(stats, tail, method="lower")
+        hi = np.percentile(stats, 100 - tail, method="higher")
+    else:
+        lo, hi = np.percentile(stats, [tail, 100 - tail])
     return {"estimate": float(estimate), "lo": float(lo), "hi": float(hi)}
 
 
@@ -391,7 +402,7 @@ def break_even(
         rhos, lstars = _break_even_draws(auction[idx].mean(axis=1), execution[idx].mean(axis=1),
                                          reference_cost[idx].mean(axis=1), per_token)
         out[method] = {
-            "rho_interval": _interval(rhos, rho, level),
+            "rho_interval": _interval(rhos, rho, level, at_resamples=True),  # as L*'s
             "break_even_interval": _bounds(lstars, level),
             "n_tasks": len(shared),
             "auction_cost_per_task": a,
@@ -548,11 +559,12 @@ def learning_effect(
     tasks at the end reads as forgetting. Each seeded order puts a task at a random
     place; over several orders most tasks are met both in an order's first half
     (memory holding fewer tasks) and in its second. Per task, the mean over its late
-    meetings minus the mean over its early ones cancels its difficulty; the bootstrap
-    resamples those tasks. For every method run over more than one order:
-    ``pass_diff`` (points as a share), ``small_share_diff`` (share of the task's
-    executions won by agents other than ``largest``) and ``cost_ratio`` (late over
-    early total cost), each an interval with ``within_noise``; ``n_tasks`` compared.
+    meetings minus the mean over its early ones cancels its difficulty. For every
+    method run over more than one order: ``pass_diff`` (a share), ``small_share_diff``
+    (share of executions won by agents other than ``largest``) and ``cost_ratio``
+    (late over early total cost), each an interval with ``within_noise``; ``n_tasks``
+    compared. The bootstrap resamples orders as well as tasks: the tasks of one order
+    share its memory, so resampling tasks alone would understate the noise.
     """
     by_method: dict[str, dict[int, list[Record]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
@@ -561,35 +573,83 @@ def learning_effect(
     for method, orders in by_method.items():
         if len(orders) < 2:
             continue
-        half = min(len(v) for v in orders.values()) / 2
-        met: dict[str, dict[bool, list[Record]]] = defaultdict(lambda: {False: [], True: []})
-        for recs in orders.values():
-            for r in recs:
-                met[r.task_id][r.position >= half].append(r)
-        both = sorted(t for t, m in met.items() if m[False] and m[True])
-        if not both:
+        table = _meetings(orders, largest)
+        both = table["late"].any(axis=1) & table["early"].any(axis=1)
+        if not both.any():
             continue
-        idx = _resamples(len(both), n_boot, seed)
-        entry: dict[str, Any] = {"n_tasks": len(both), "n_orders": len(orders)}
-        for key, value in (("pass_diff", lambda r: float(r.passed)),
-                           ("small_share_diff", lambda r: float(r.agent != largest))):
-            d = _half_means(met, both, value, True) - _half_means(met, both, value, False)
-            entry[key] = _interval(d[idx].mean(axis=1), d.mean(), level)
+        table = {k: v[both] for k, v in table.items()}
+        n_tasks, n_orders = table["late"].shape
+        rng = np.random.default_rng(seed)
+        weights = (np.ones((1, n_tasks)), np.ones((1, n_orders)))
+        draws = (rng.multinomial(n_tasks, [1 / n_tasks] * n_tasks, size=n_boot).astype(float),
+                 rng.multinomial(n_orders, [1 / n_orders] * n_orders, size=n_boot).astype(float))
+        entry: dict[str, Any] = {"n_tasks": n_tasks, "n_orders": n_orders}
+        for key, value in (("pass_diff", "passed"), ("small_share_diff", "small")):
+            point = _late_minus_early(table, value, *weights)[0]
+            d = _late_minus_early(table, value, *draws)
+            entry[key] = _interval(d[~np.isnan(d)], point, level)  # a draw may meet none
             entry[key]["within_noise"] = bool(entry[key]["lo"] <= 0.0 <= entry[key]["hi"])
-        late = _half_means(met, both, lambda r: r.cost, True)
-        early = _half_means(met, both, lambda r: r.cost, False)
-        num, den = late[idx].sum(axis=1), early[idx].sum(axis=1)
-        ratios = np.divide(num, den, out=np.full_like(num, np.inf), where=den > 0)
-        ratio = _interval(ratios, late.sum() / early.sum() if early.sum() else math.inf, level)
+        point = _late_over_early(table, *weights)[0]
+        ratios = _late_over_early(table, *draws)
+        ratio = _interval(ratios[~np.isnan(ratios)], point, level)
         ratio["within_noise"] = bool(ratio["lo"] <= 1.0 <= ratio["hi"])
         entry["cost_ratio"] = ratio
         out[method] = entry
     return out
 
 
+def _meetings(orders: Mapping[int, list[Record]], largest: str) -> dict[str, np.ndarray]:
+    """Task x order tables: met early or late, passed, won by a smaller agent, cost.
+
+    Each order is split at its own middle.
+    """
+    keys = sorted(orders)
+    tasks = sorted({r.task_id for recs in orders.values() for r in recs})
+    row = {t: i for i, t in enumerate(tasks)}
+    table = {k: np.zeros((len(tasks), len(keys))) for k in
+             ("early", "late", "passed", "small", "cost")}  # fmt: skip
+    for j, k in enumerate(keys):
+        half = len(orders[k]) / 2
+        for r in orders[k]:
+            i = row[r.task_id]
+            table["late" if r.position >= half else "early"][i, j] = 1.0
+            table["passed"][i, j] = float(r.passed)
+            table["small"][i, j] = float(r.agent != largest)
+            table["cost"][i, j] = r.cost
+    return table
+
+
 def _half_means(
-    met: Mapping[str, Mapping[bool, list[Record]]], tasks: Sequence[str],
-    value: Callable[[Record], float], late: bool,
+    table: Mapping[str, np.ndarray], value: str, half: str, orders: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per (draw, task): the mean ``value`` over its meetings in one half, and their count.
+
+    A task the drawn orders never met in that half counts 0 (its mean is then 0).
+    """
+    met = table[half]
+    counts = orders @ met.T
+    sums = orders @ (met * table[value]).T
+    return np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0), counts
+
+
+def _late_minus_early(
+    table: Mapping[str, np.ndarray], value: str, tasks: np.ndarray, orders: np.ndarray
 ) -> np.ndarray:
-    """Per task, the mean ``value`` over its meetings in one half of the orders."""
-    return np.array([np.mean([value(r) for r in met[t][late]]) for t in tasks])
+    """Per draw: the task-weighted mean of late minus early, over tasks met in both."""
+    late, n_late = _half_means(table, value, "late", orders)
+    early, n_early = _half_means(table, value, "early", orders)
+    w = tasks * ((n_late > 0) & (n_early > 0))
+    total = w.sum(axis=1)
+    return np.divide((w * (late - early)).sum(axis=1), total, out=np.full_like(total, np.nan),
+                     where=total > 0)  # fmt: skip
+
+
+def _late_over_early(
+    table: Mapping[str, np.ndarray], tasks: np.ndarray, orders: np.ndarray
+) -> np.ndarray:
+    """Per draw: total late cost over total early cost, over tasks met in both halves."""
+    late, n_late = _half_means(table, "cost", "late", orders)
+    early, n_early = _half_means(table, "cost", "early", orders)
+    w = tasks * ((n_late > 0) & (n_early > 0))
+    num, den = (w * late).sum(axis=1), (w * early).sum(axis=1)
+    return np.divide(num, den, out=np.full_like(num, np.inf), where=den > 0)

@@ -17,6 +17,7 @@ Outputs in ``out_dir`` (``benchmarks/results/`` by convention):
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,7 @@ def _group_cell(g: Mapping[str, Any], ci: Mapping[str, Any] | None) -> str:
         return f"{_fmt(g['pass_at_1'], 100)} / {_fmt(g['cost_usd'], 1, '.4g')}"
     n = ci["n_tasks"]
     return (f"{_fmt(g['pass_at_1'], 100)} {_ci(ci['pass_at_1'], 100)} / "
-            f"{_fmt(g['cost_usd'], 1, '.4g')} {_ci(ci['cost_per_task'], n, '.3g')}")
+            f"{_fmt(g['cost_usd'], 1, '.4g')} {_ci(ci['cost_per_task'], n, '.4g')}")
 
 
 def markdown_report(
@@ -135,8 +136,9 @@ def markdown_report(
         group_ci = (analysis.get("group_intervals") or {}).get(group, {})
         lines += ["", f"## pass@1 (%) and cost ($) per {title}", ""]
         if group_ci:
-            lines += ["pass@1 [95% CI] / total cost [95% CI]: the intervals over the group's "
-                      "tasks, as above; a group holds fewer tasks, so they are wider.", ""]
+            lines += ["pass@1 [95% CI] / total cost [95% CI]: bootstrap intervals over the "
+                      "group's tasks, as above (a group holds fewer tasks, so they are "
+                      "wider); ± is the spread over a method's orders.", ""]
         lines.append("| method | " + " | ".join(labels) + " |")
         lines.append("|---|" + "---|" * len(labels))
         for method, s in summary.items():
@@ -287,7 +289,7 @@ def break_even_section(analysis: Mapping[str, Any]) -> list[str]:
         ".",
         "",
         "Intervals: 95% bootstrap over the shared tasks (A and rho resampled together); "
-        "*never* as an upper bound means that in over 2.5% of resamples rho reached 1.",
+        "*never* as a bound means that in at least 2.5% of resamples rho reached 1.",
         "",
         "| method | against | A: auction $/task | rho [95% CI] | L* (tokens) [95% CI] "
         "| L* / mean execution |",
@@ -298,7 +300,7 @@ def break_even_section(analysis: Mapping[str, Any]) -> list[str]:
             lstar = b["break_even_tokens"]
             span = _lstar_ci(b.get("break_even_interval"))
             if lstar is None or not mean:
-                tail = f"| never{span} | - |"
+                tail = "| never | - |"
             elif b["auction_cost_per_task"] <= 0:  # assessed for free: pays from any length
                 tail = "| any | - |"
             else:
@@ -312,10 +314,25 @@ def break_even_section(analysis: Mapping[str, Any]) -> list[str]:
 
 def _lstar_ci(bounds: Mapping[str, float | None] | None) -> str:
     """L*'s interval; an unbounded end reads "never"."""
-    if not bounds or bounds["lo"] is None:  # even the lower end never pays: nothing to add
+    if not bounds:
         return ""
-    hi = "never" if bounds["hi"] is None else f"{bounds['hi']:,.0f}"
-    return f" [{bounds['lo']:,.0f}, {hi}]"
+    lo, hi = (("never" if bounds[k] is None else f"{bounds[k]:,.0f}") for k in ("lo", "hi"))
+    return f" [{lo}, {hi}]"
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every infinite or NaN float as None: strict JSON has neither.
+
+    A ratio over a zero cost is infinite (a pool priced at nothing); readers of
+    ``results.json`` (jq, a browser) refuse the ``Infinity`` Python would write.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def longest_section(longest: Mapping[str, Any], order: Sequence[str]) -> list[str]:
@@ -717,7 +734,8 @@ def write_report(
         **{k: v for k, v in (steps or {}).items() if v},
         "records": [r.to_dict() for r in recs],
     }
-    paths["json"].write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    text = json.dumps(_finite(payload), indent=2, sort_keys=True, allow_nan=False)
+    paths["json"].write_text(text + "\n", encoding="utf-8")
     images = [
         ("pass@1 against cost, every method", "pareto.png"),
         ("rolling pass@1, cost and win shares along the task order", "learning.png"),

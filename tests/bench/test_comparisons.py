@@ -194,3 +194,35 @@ def test_group_intervals_resample_each_group_on_its_own() -> None:
     assert set(out["by_domain_bin"]) == {"coding/easy", "coding/hard", "reasoning/easy",
                                          "reasoning/hard"}  # fmt: skip
     assert out["by_domain_bin"]["coding/hard"]["m"]["pass_at_1"]["estimate"] == 0.0
+
+
+def test_learning_effect_weighs_cost_as_a_ratio_of_totals_and_splits_each_order_alone() -> None:
+    # task t0 costs 1 early and 3 late, t1 costs 10 early and 10 late: the ratio of totals
+    # is 13 / 11, not the mean of the per-task ratios ((3 + 1) / 2)
+    recs = []
+    for k, (first, second) in enumerate((("t0", "t1"), ("t1", "t0"))):
+        for pos, task in enumerate((first, second)):
+            late = pos >= 1
+            cost = {"t0": 3.0 if late else 1.0, "t1": 10.0}[task]
+            recs.append(_rec("SALE", task, True, order=k, position=pos, ce=cost))
+    # a third order, twice as long, split at its own middle (position 2), not at 1
+    recs += [_rec("SALE", t, True, order=2, position=p, ce=2.0 if t == "t0" else 20.0)
+             for p, t in enumerate(("t0", "t1", "t2", "t3"))]  # fmt: skip
+    out = learning_effect(recs, "large", n_boot=300)["SALE"]
+    assert out["n_tasks"] == 2  # t2 and t3 were met late only
+    # t1 at position 1 of the long order is early there (costing 20): early mean 15
+    assert out["cost_ratio"]["estimate"] == pytest.approx((3 + 10) / ((1 + 2) / 2 + 15))
+
+
+def test_learning_effect_over_a_zero_cost_stays_finite_or_none_in_json() -> None:
+    import json
+
+    from sale_graph.bench.report import _finite
+
+    # nothing cost anything early, something late: the ratio is infinite, not NaN
+    recs = [_rec("free", f"t{(p + k) % 4}", True, order=k, position=p, ce=0.0 if p < 2 else 1.0)
+            for k in range(4) for p in range(4)]  # fmt: skip
+    ratio = learning_effect(recs, "large", n_boot=200)["free"]["cost_ratio"]
+    assert ratio["estimate"] == float("inf") and ratio["lo"] == float("inf")
+    assert not any(v != v for v in (ratio["lo"], ratio["hi"]))  # no NaN
+    assert json.loads(json.dumps(_finite(ratio), allow_nan=False))["hi"] is None

@@ -238,7 +238,7 @@ def test_report_sections_name_both_largest_rows_and_noise() -> None:
     assert f"| 0.50 [0.50, 0.50] | {lstar:,.0f} [{lstar:,.0f}, {lstar:,.0f}] |" in row
     assert "## Longest executions (top tercile)" in md
     assert "## Learning along the task order" in md
-    json.dumps(analysis)  # the report writes it as JSON
+    json.dumps(analysis, allow_nan=False)  # the report writes it as strict JSON
 
 
 def test_a_staged_auction_that_spends_nothing_on_its_auction_has_a_break_even_row() -> None:

@@ -652,4 +652,6 @@ def _late_over_early(
     early, n_early = _half_means(table, "cost", "early", orders)
     w = tasks * ((n_late > 0) & (n_early > 0))
     num, den = (w * late).sum(axis=1), (w * early).sum(axis=1)
-    return np.divide(num, den, out=np.full_like(num, np.inf), where=den > 0)
+    ratio = np.divide(num, den, out=np.full_like(num, np.inf), where=den > 0)
+    ratio[w.sum(axis=1) == 0] = np.nan  # a draw of orders that met no task in both halves
+    return ratio

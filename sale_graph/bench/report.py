@@ -395,7 +395,10 @@ def learning_section(
             "",
             "The same task met in an order's second half (more in memory) against itself met "
             "in its first half, over the orders that put it in both; 95% bootstrap over "
-            "those tasks. *within noise*: the interval holds 0 (difference) or 1 (ratio).",
+            "orders and those tasks (an order's tasks share its memory; a draw of orders "
+            "that meets no task in both halves is left out, so with few orders the interval "
+            "leans on the tasks). *within noise*: the interval holds 0 (difference) or 1 "
+            "(ratio).",
             "",
             "| method | orders | tasks | pass@1 late - early (points) [95% CI] | "
             "agents other than the largest, late - early (points) [95% CI] | "

@@ -226,3 +226,12 @@ def test_learning_effect_over_a_zero_cost_stays_finite_or_none_in_json() -> None
     assert ratio["estimate"] == float("inf") and ratio["lo"] == float("inf")
     assert not any(v != v for v in (ratio["lo"], ratio["hi"]))  # no NaN
     assert json.loads(json.dumps(_finite(ratio), allow_nan=False))["hi"] is None
+
+
+def test_learning_effect_leaves_out_draws_of_orders_that_meet_no_task_twice() -> None:
+    # two orders, each task early in one and late in the other: a draw of the same
+    # order twice compares nothing, and must not read as an infinite cost ratio
+    recs = [_rec("SALE", f"t{i}", True, order=k, position=i if k == 0 else 3 - i, ce=1.0)
+            for k in range(2) for i in range(4)]  # fmt: skip
+    ratio = learning_effect(recs, "large", n_boot=200)["SALE"]["cost_ratio"]
+    assert ratio == {"estimate": 1.0, "lo": 1.0, "hi": 1.0, "within_noise": True}

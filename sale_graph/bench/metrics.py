@@ -503,6 +503,14 @@ def longest_bin(
 # --------------------------------------------------------------------------- learning
 
 
+def _several_orders(records: Iterable[Record]) -> dict[str, dict[int, list[Record]]]:
+    """``{method: {order: records}}`` for the methods run over more than one order."""
+    by_method: dict[str, dict[int, list[Record]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        by_method[r.method][r.order].append(r)
+    return {m: dict(orders) for m, orders in by_method.items() if len(orders) > 1}
+
+
 def learning_curves(
     records: Iterable[Record], agents: Sequence[str], window: int | None = None
 ) -> dict[str, dict[str, Any]]:
@@ -512,13 +520,8 @@ def learning_curves(
     mean over the ``window`` tasks ending there (fewer at the start), so the curve
     shows what memory changes as tasks are seen, not the luck of one task.
     """
-    by_method: dict[str, dict[int, list[Record]]] = defaultdict(lambda: defaultdict(list))
-    for r in records:
-        by_method[r.method][r.order].append(r)
     out: dict[str, dict[str, Any]] = {}
-    for method, orders in by_method.items():
-        if len(orders) < 2:
-            continue
+    for method, orders in _several_orders(records).items():
         n = min(len(v) for v in orders.values())
         w = window or max(3, math.ceil(n / 6))
         series: dict[str, list[np.ndarray]] = defaultdict(list)
@@ -566,13 +569,8 @@ def learning_effect(
     compared. The bootstrap resamples orders as well as tasks: the tasks of one order
     share its memory, so resampling tasks alone would understate the noise.
     """
-    by_method: dict[str, dict[int, list[Record]]] = defaultdict(lambda: defaultdict(list))
-    for r in records:
-        by_method[r.method][r.order].append(r)
     out: dict[str, dict[str, Any]] = {}
-    for method, orders in by_method.items():
-        if len(orders) < 2:
-            continue
+    for method, orders in _several_orders(records).items():
         table = _meetings(orders, largest)
         both = table["late"].any(axis=1) & table["early"].any(axis=1)
         if not both.any():

@@ -428,14 +428,9 @@ def _break_even_draws(
 
 
 def _bounds(draws: np.ndarray, level: float) -> dict[str, float | None]:
-    """Percentile bounds of draws that may be infinite; None for an infinite bound.
-
-    The bounds are taken at resamples (not between them), so "never" stays "never".
-    """
-    tail = 100 * (1 - level) / 2
-    lo = float(np.percentile(draws, tail, method="lower"))
-    hi = float(np.percentile(draws, 100 - tail, method="higher"))
-    return {"lo": None if math.isinf(lo) else lo, "hi": None if math.isinf(hi) else hi}
+    """``_interval`` at resamples, an infinite bound as None: "never" stays "never"."""
+    iv = _interval(draws, math.nan, level, at_resamples=True)
+    return {k: None if math.isinf(iv[k]) else iv[k] for k in ("lo", "hi")}
 
 
 def length_bins(
@@ -553,7 +548,7 @@ def _rolling(values: Sequence[float], window: int) -> np.ndarray:
 
 
 def learning_effect(
-    records: Iterable[Record], largest: str, *, n_boot: int = N_BOOT, level: float = 0.95,
+    records: Iterable[Record], largest: str, *, n_boot: int = N_BOOT, level: float = LEVEL,
     seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """What memory adds along an order, each task compared with itself: late minus early.
@@ -630,13 +625,20 @@ def _half_means(
     return np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0), counts
 
 
+def _both_halves(
+    table: Mapping[str, np.ndarray], value: str, tasks: np.ndarray, orders: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per (draw, task): late mean, early mean, and the task's weight (0 unless met in both)."""
+    late, n_late = _half_means(table, value, "late", orders)
+    early, n_early = _half_means(table, value, "early", orders)
+    return late, early, tasks * ((n_late > 0) & (n_early > 0))
+
+
 def _late_minus_early(
     table: Mapping[str, np.ndarray], value: str, tasks: np.ndarray, orders: np.ndarray
 ) -> np.ndarray:
     """Per draw: the task-weighted mean of late minus early, over tasks met in both."""
-    late, n_late = _half_means(table, value, "late", orders)
-    early, n_early = _half_means(table, value, "early", orders)
-    w = tasks * ((n_late > 0) & (n_early > 0))
+    late, early, w = _both_halves(table, value, tasks, orders)
     total = w.sum(axis=1)
     return np.divide((w * (late - early)).sum(axis=1), total, out=np.full_like(total, np.nan),
                      where=total > 0)  # fmt: skip
@@ -646,9 +648,7 @@ def _late_over_early(
     table: Mapping[str, np.ndarray], tasks: np.ndarray, orders: np.ndarray
 ) -> np.ndarray:
     """Per draw: total late cost over total early cost, over tasks met in both halves."""
-    late, n_late = _half_means(table, "cost", "late", orders)
-    early, n_early = _half_means(table, "cost", "early", orders)
-    w = tasks * ((n_late > 0) & (n_early > 0))
+    late, early, w = _both_halves(table, "cost", tasks, orders)
     num, den = (w * late).sum(axis=1), (w * early).sum(axis=1)
     ratio = np.divide(num, den, out=np.full_like(num, np.inf), where=den > 0)
     ratio[w.sum(axis=1) == 0] = np.nan  # a draw of orders that met no task in both halves

@@ -662,27 +662,51 @@ def _plot_learning(
     plt.close(fig)
 
 
+def break_even_lines(
+    bins: Mapping[str, Any],
+) -> tuple[dict[str, list[tuple[float, float]]], list[str]]:
+    """The break-even plot's lines, and the rows left off it because their auction is free.
+
+    A staged auction assessing from memory spends nothing at every length: a dozen such
+    rows would lie on top of each other at 0%, so they are named once instead of drawn.
+    Returns ``({method: [(median tokens, share %), ...]}, [free methods])``.
+    """
+    x = bins.get("median_tokens") or []
+    lines: dict[str, list[tuple[float, float]]] = {}
+    free: list[str] = []
+    for m, shares in (bins.get("methods") or {}).items():
+        pts = [(xi, 100 * v) for xi, v in zip(x, shares, strict=True) if v is not None]
+        if pts and all(share == 0 for _, share in pts):
+            free.append(m)
+        elif pts:
+            lines[m] = pts
+    return lines, free
+
+
 def _plot_break_even(analysis: Mapping[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    bins = analysis.get("length_bins") or {}
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    x = bins.get("median_tokens") or []
-    for m, shares in (bins.get("methods") or {}).items():
-        pts = [(xi, 100 * v) for xi, v in zip(x, shares, strict=True) if v is not None]
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
+    lines, free = break_even_lines(analysis.get("length_bins") or {})
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    tab20 = plt.get_cmap("tab20")
+    markers = "osD^vP*Xh<>"
+    for n, (m, pts) in enumerate(lines.items()):
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=markers[n % len(markers)],
+                color=tab20(n % 20), label=m)  # fmt: skip
+    if free:  # named once, below the axis, instead of a dozen lines on top of each other
+        fig.text(0.01, 0.01, "0% at every length (the auction costs nothing): "
+                 + ", ".join(free), fontsize=7, wrap=True)  # fmt: skip
     ax.set_xlabel("execution length of the largest agent (tokens; median of each quantile bin)")
     ax.set_ylabel("auction share of cost (%)")
     ax.set_ylim(0, 100)
     ax.set_title("What the auction costs against how long executions are", fontsize=10)
     ax.grid(alpha=0.3)
-    if bins.get("methods"):
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    if lines:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout(rect=(0, 0.08 if free else 0, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

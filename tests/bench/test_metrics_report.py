@@ -10,6 +10,7 @@ from sale_graph.bench.metrics import group_metrics, mean_std, summarise, win_rat
 from sale_graph.bench.records import Record, bids_from_audit, dollars, record_from_audit
 from sale_graph.bench.report import (
     analyse,
+    break_even_lines,
     break_even_section,
     learning_reference,
     markdown_report,
@@ -258,6 +259,18 @@ def test_a_staged_auction_that_spends_nothing_on_its_auction_has_a_break_even_ro
     assert f"| staged dear | {LARGE} | 0 | 1.20 [1.20, 1.20] | never | - |" in md
     # without the run's list, only spending tells: no row
     assert analyse(recs, "large", AGENTS)["break_even"][LARGE] == {}
+
+
+def test_break_even_plot_names_free_auctions_once_instead_of_drawing_them(tmp_path) -> None:
+    # a dozen memory-only staged rows all lie at 0%: drawn, they hide each other
+    free = [_crec("staged", f"t{i:02d}", i % 2 == 0, ce=0.6) for i in range(20)]
+    paid = [_crec("SALE", f"t{i:02d}", i % 2 == 0, ta=10, ca=0.2, ce=0.6) for i in range(20)]
+    analysis = analyse(_largest() + free + paid, "large", AGENTS,
+                       auction_methods=["staged", "SALE"])  # fmt: skip
+    lines, named = break_even_lines(analysis["length_bins"])
+    assert named == ["staged"] and list(lines) == ["SALE"]
+    assert all(0 < share < 100 for _, share in lines["SALE"])
+    assert break_even_lines({}) == ({}, [])
 
 
 def test_learning_curves_are_read_against_the_largest_agent_answering_directly() -> None:

@@ -261,7 +261,7 @@ def test_a_staged_auction_that_spends_nothing_on_its_auction_has_a_break_even_ro
     assert analyse(recs, "large", AGENTS)["break_even"][LARGE] == {}
 
 
-def test_break_even_plot_names_free_auctions_once_instead_of_drawing_them(tmp_path) -> None:
+def test_break_even_plot_names_free_auctions_once_instead_of_drawing_them() -> None:
     # a dozen memory-only staged rows all lie at 0%: drawn, they hide each other
     free = [_crec("staged", f"t{i:02d}", i % 2 == 0, ce=0.6) for i in range(20)]
     paid = [_crec("SALE", f"t{i:02d}", i % 2 == 0, ta=10, ca=0.2, ce=0.6) for i in range(20)]

@@ -531,6 +531,13 @@ def pareto_front(points: Mapping[str, tuple[float, float]]) -> list[str]:
     return sorted(front, key=lambda n: points[n][0])
 
 
+def _series_style(n: int) -> tuple[str, Any]:
+    """The n-th series' marker and colour: plots with many rows tell them apart by both."""
+    import matplotlib
+
+    return "osD^vP*Xh<>"[n % 11], matplotlib.colormaps["tab20"](n % 20)
+
+
 def _plot_pareto(summary: Mapping[str, Mapping[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -542,18 +549,16 @@ def _plot_pareto(summary: Mapping[str, Mapping[str, Any]], path: Path) -> None:
         for m, s in summary.items()
     }
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    tab20 = plt.get_cmap("tab20")
-    colours = [tab20(i) for i in range(20)]
-    markers = "osD^vP*Xh<>"
     for n, (m, s) in enumerate(summary.items()):
         o = s["overall"]
+        marker, colour = _series_style(n)
         ax.errorbar(
             o["cost_usd"]["mean"],
             100 * o["pass_at_1"]["mean"],
             xerr=o["cost_usd"]["std"] or None,
             yerr=100 * o["pass_at_1"]["std"] or None,
-            fmt=markers[n % len(markers)],
-            color=colours[n % len(colours)],
+            fmt=marker,
+            color=colour,
             capsize=3,
             label=m,
         )
@@ -691,11 +696,9 @@ def _plot_break_even(analysis: Mapping[str, Any], path: Path) -> None:
 
     lines, free = break_even_lines(analysis.get("length_bins") or {})
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    tab20 = plt.get_cmap("tab20")
-    markers = "osD^vP*Xh<>"
     for n, (m, pts) in enumerate(lines.items()):
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=markers[n % len(markers)],
-                color=tab20(n % 20), label=m)  # fmt: skip
+        marker, colour = _series_style(n)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=colour, label=m)
     if free:  # named once, below the axis, instead of a dozen lines on top of each other
         fig.text(0.01, 0.01, "0% at every length (the auction costs nothing): "
                  + ", ".join(free), fontsize=7, wrap=True)  # fmt: skip

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from sale_graph.bench.bank import OutcomeBank
 from sale_graph.bench.config import BenchConfig, _direct_key, _outcome_key, _result_key
 from sale_graph.bench.signals import (
     auc,
+    boot_auc,
     jury_section,
     jury_signal,
     refinement_effect,
@@ -25,6 +27,23 @@ def test_auc_counts_ties_half_and_can_look_within_each_bidder():
     assert auc(votes, within_bidder=True) == 1.0
     assert auc([(3.0, True, "a"), (3.0, False, "a")]) == 0.5
     assert math.isnan(auc([(3.0, True, "a")]))
+
+
+@pytest.mark.parametrize("within", [False, True])
+def test_the_bootstrap_auc_equals_auc_on_every_resample(within):
+    rng = np.random.default_rng(3)
+    tasks = [f"t{i}" for i in range(15)]
+    votes = {t: [(float(rng.integers(0, 6)) / (2 if i % 3 else 1), bool(rng.random() < 0.5),
+                  str(rng.choice(["a", "b", "c"]))) for _ in range(int(rng.integers(0, 4)))]
+             for i, t in enumerate(tasks)}
+    idx = rng.integers(0, len(tasks), size=(300, len(tasks)))
+    idx[0] = 0  # one resample of a single task: no passing or no failing vote, no AUC
+    fast = boot_auc(votes, tasks, idx, within)
+    slow = [auc([v for i in draw for v in votes[tasks[i]]], within) for draw in idx]
+    assert fast.shape == (300,)
+    for f, s in zip(fast, slow, strict=True):
+        assert (math.isnan(f) and math.isnan(s)) or f == s  # exact, not approximate
+    assert not np.isnan(fast).all()
 
 
 def _audit(votes_by_bid: dict[str, dict[str, float]]) -> dict:

@@ -110,9 +110,8 @@ def boot_auc(
     below it. The counts are whole numbers, so each AUC equals ``auc``'s exactly.
     """
     flat = [v for t in tasks for v in votes.get(t, ())]
-    nan = np.full(len(idx), np.nan)
     if not flat:
-        return nan
+        return np.full(len(idx), np.nan)
     values = sorted({v for v, _, _ in flat})
     column = {v: k for k, v in enumerate(values)}
     groups = sorted({b for _, _, b in flat}) if within_bidder else [""]
@@ -128,8 +127,7 @@ def boot_auc(
     below = np.cumsum(neg, axis=2) - neg  # failing votes strictly below each value
     wins = (pos * (below + 0.5 * neg)).sum(axis=(1, 2))
     pairs = (pos.sum(axis=2) * neg.sum(axis=2)).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(pairs > 0, wins / np.where(pairs > 0, pairs, 1.0), nan)
+    return np.where(pairs > 0, wins / np.maximum(pairs, 1.0), np.nan)
 
 
 def jury_signal(
@@ -152,17 +150,20 @@ def jury_signal(
     reference = rows[REFERENCE][1] if REFERENCE in rows else {}
     tasks = list(test_ids)
     idx = _resamples(len(tasks), n_boot, seed)
+    ref_boot = {(juror, within): boot_auc(votes, tasks, idx, within)  # once, not per row
+                for juror, votes in reference.items() for within in (False, True)}
     out: dict[str, dict[str, Any]] = {}
     for name, (method, by_juror) in rows.items():
         jurors: dict[str, Any] = {}
         for juror, votes in sorted(by_juror.items()):
             entry: dict[str, Any] = {"bids": sum(len(v) for v in votes.values())}
             for key, within in (("auc", False), ("auc_within_bidder", True)):
-                boot = boot_auc(votes, tasks, idx, within)
+                boot = ref_boot[juror, within] if name == REFERENCE else boot_auc(
+                    votes, tasks, idx, within)
                 entry[key] = _finite_interval(boot, _auc_over(votes, tasks, within), level)
                 ref = reference.get(juror)
                 if name != REFERENCE and ref and entry[key]["estimate"] is not None:
-                    diff = boot - boot_auc(ref, tasks, idx, within)
+                    diff = boot - ref_boot[juror, within]
                     entry[key + "_vs_reference"] = _finite_interval(
                         diff, entry[key]["estimate"] - _auc_over(ref, tasks, within), level)
             jurors[juror] = entry

@@ -37,7 +37,7 @@ def test_the_bootstrap_auc_equals_auc_on_every_resample(within):
                   str(rng.choice(["a", "b", "c"]))) for _ in range(int(rng.integers(0, 4)))]
              for i, t in enumerate(tasks)}
     idx = rng.integers(0, len(tasks), size=(300, len(tasks)))
-    idx[0] = 0  # one resample of a single task: no passing or no failing vote, no AUC
+    idx[0] = 0  # a resample drawing one task every time: one side has no vote, no AUC
     fast = boot_auc(votes, tasks, idx, within)
     slow = [auc([v for i in draw for v in votes[tasks[i]]], within) for draw in idx]
     assert fast.shape == (300,)
